@@ -1,0 +1,1 @@
+"""Pure numpy geometry: part boxes, surface sampling, connectivity, symmetry."""

@@ -1,0 +1,228 @@
+"""Part contacts, the joint constraints they imply, and projection onto them.
+
+Two parts are connected where their surfaces come within ``tolerance`` of
+each other. Each connected pair gets one joint point (the mean of the
+surface points that lie in the contact zone). A joint at ``p`` between parts
+a and b stays attached after deformation when its position, carried along by
+either part, agrees:
+
+    c'_a + u_a * s'_a = c'_b + u_b * s'_b,   u_k = (p - c_k) / s_k
+
+which is linear in the stacked parameters ``x = [c'_0, s'_0, c'_1, ...]``:
+``B x = 0`` with B of shape (3J, 6K). An orthonormal basis N of the null
+space of B spans every connectivity-preserving deformation, and
+``N N^T x`` projects any deformation onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from backend.geometry.boxes import PARAMS_PER_PART, boxes_from_points, safe_half_sizes
+
+
+@dataclass(frozen=True)
+class Contacts:
+    """Contact zones between labelled point sets.
+
+    Attributes:
+        pairs: (J, 2) int64 part indices, ``a < b``, sorted.
+        point_sums: (J, 3) sum of the positions of the points in each zone.
+        counts: (J,) number of points in each zone.
+    """
+
+    pairs: np.ndarray
+    point_sums: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def joint_points(self) -> np.ndarray:
+        """(J, 3) one joint per contact: the mean of its zone's points."""
+        return self.point_sums / np.maximum(self.counts, 1)[:, None]
+
+    @staticmethod
+    def empty() -> "Contacts":
+        return Contacts(np.zeros((0, 2), np.int64), np.zeros((0, 3)), np.zeros(0, np.int64))
+
+    def relabel(self, mapping: np.ndarray) -> "Contacts":
+        """Contacts between groups, where ``mapping[i]`` is the group of item i.
+
+        Zones between items of the same group disappear; zones between the
+        same two groups are pooled into one joint.
+        """
+        if len(self.pairs) == 0:
+            return Contacts.empty()
+        mapped = np.sort(np.asarray(mapping)[self.pairs], axis=1)
+        keep = mapped[:, 0] != mapped[:, 1]
+        mapped, sums, counts = mapped[keep], self.point_sums[keep], self.counts[keep]
+        if len(mapped) == 0:
+            return Contacts.empty()
+        unique, inverse = np.unique(mapped, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        pooled_sums = np.zeros((len(unique), 3))
+        np.add.at(pooled_sums, inverse, sums)
+        pooled_counts = np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+        return Contacts(unique.astype(np.int64), pooled_sums, pooled_counts)
+
+
+def find_contacts(points: np.ndarray, labels: np.ndarray, n_parts: int, tolerance: float) -> Contacts:
+    """Find the pairs of labelled point sets that come within ``tolerance``.
+
+    Only pairs whose boxes, grown by ``tolerance``, overlap are examined, so
+    the cost follows the number of plausible contacts rather than K^2.
+
+    Args:
+        points: (N, 3) surface points (samples and vertices) in metres.
+        labels: (N,) part index of each point.
+        n_parts: K.
+        tolerance: contact distance in metres.
+
+    Returns:
+        The contact zones, one per touching pair.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    boxes = boxes_from_points(points, labels, n_parts)
+    lo = boxes[:, :3] - boxes[:, 3:] - tolerance
+    hi = boxes[:, :3] + boxes[:, 3:] + tolerance
+    overlap = np.all((lo[:, None, :] <= hi[None, :, :]) & (lo[None, :, :] <= hi[:, None, :]), axis=2)
+    candidates = np.argwhere(np.triu(overlap, k=1))
+    if len(candidates) == 0:
+        return Contacts.empty()
+
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(n_parts + 1))
+    members = [order[starts[k] : starts[k + 1]] for k in range(n_parts)]
+    trees: dict[int, cKDTree] = {}
+
+    def tree(k: int) -> cKDTree:
+        if k not in trees:
+            trees[k] = cKDTree(points[members[k]])
+        return trees[k]
+
+    def near(a: int, b: int) -> np.ndarray:
+        """Points of part a within tolerance of part b."""
+        pts = points[members[a]]
+        inside = np.all((pts >= lo[b]) & (pts <= hi[b]), axis=1)
+        pts = pts[inside]
+        if len(pts) == 0:
+            return pts
+        dist, _ = tree(b).query(pts, k=1, distance_upper_bound=tolerance)
+        return pts[np.isfinite(dist)]
+
+    pairs, sums, counts = [], [], []
+    for a, b in candidates:
+        if len(members[a]) == 0 or len(members[b]) == 0:
+            continue
+        zone = np.concatenate([near(a, b), near(b, a)])
+        if len(zone):
+            pairs.append((a, b))
+            sums.append(zone.sum(axis=0))
+            counts.append(len(zone))
+    if not pairs:
+        return Contacts.empty()
+    return Contacts(np.asarray(pairs, np.int64), np.asarray(sums), np.asarray(counts, np.int64))
+
+
+def joint_constraint_matrix(
+    boxes: np.ndarray, pairs: np.ndarray, joint_points: np.ndarray, min_half_size: float
+) -> np.ndarray:
+    """The matrix B (3J, 6K) with ``B x = 0`` iff every joint stays attached.
+
+    Args:
+        boxes: (K, 6) original part boxes.
+        pairs: (J, 2) connected part indices.
+        joint_points: (J, 3) joint positions on the original shape.
+        min_half_size: floor for half-sizes of flat parts (metres).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    n_parts = len(boxes)
+    constraint = np.zeros((3 * len(pairs), PARAMS_PER_PART * n_parts))
+    half = safe_half_sizes(boxes[:, 3:], min_half_size)
+    rows = np.arange(3)
+    for j, ((a, b), p) in enumerate(zip(pairs, np.asarray(joint_points, dtype=np.float64))):
+        for part, sign in ((a, 1.0), (b, -1.0)):
+            local = (p - boxes[part, :3]) / half[part]
+            col = PARAMS_PER_PART * part
+            constraint[3 * j + rows, col + rows] = sign
+            constraint[3 * j + rows, col + 3 + rows] = sign * local
+    return constraint
+
+
+def null_space_basis(constraint: np.ndarray, n_params: int, rtol: float = 1e-9) -> np.ndarray:
+    """Orthonormal basis (n_params, D) of ``{x : constraint @ x = 0}``."""
+    if constraint.size == 0:
+        return np.eye(n_params)
+    _, singular, vt = np.linalg.svd(constraint, full_matrices=True)
+    rank = int(np.sum(singular > rtol * max(singular.max(initial=0.0), 1e-300)))
+    return np.ascontiguousarray(vt[rank:].T)
+
+
+def joint_gaps(boxes: np.ndarray, new_boxes: np.ndarray, pairs: np.ndarray, joint_points: np.ndarray, min_half_size: float) -> np.ndarray:
+    """(J,) distance (metres) between where each joint lands when carried by either part."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    new_boxes = np.asarray(new_boxes, dtype=np.float64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        return np.zeros(0)
+    half = safe_half_sizes(boxes[:, 3:], min_half_size)
+    p = np.asarray(joint_points, dtype=np.float64)
+    ends = []
+    for side in (0, 1):
+        k = pairs[:, side]
+        ends.append(new_boxes[k, :3] + (p - boxes[k, :3]) / half[k] * new_boxes[k, 3:])
+    return np.linalg.norm(ends[0] - ends[1], axis=1)
+
+
+def project_to_connected(
+    params: np.ndarray, basis: np.ndarray, min_half_size: float, iterations: int = 100
+) -> np.ndarray:
+    """Nearest connectivity-preserving deformation with positive half-sizes.
+
+    The orthogonal projection ``N N^T x`` keeps every joint attached but may
+    drive a half-size to zero or below (the part would collapse or mirror).
+    Dykstra's alternating projections between the subspace and the convex
+    set ``{s >= min_half_size}`` converge to the nearest point of their
+    intersection, which is never empty: the undeformed source lies in both.
+
+    Args:
+        params: (K, 6) deformed boxes, possibly violating the joints.
+        basis: (6K, D) orthonormal null-space basis from ``null_space_basis``.
+        min_half_size: smallest half-size allowed (metres).
+        iterations: cap on Dykstra iterations when a half-size is violated.
+
+    Returns:
+        (K, 6) projected boxes.
+    """
+    shape = np.shape(params)
+    x = np.asarray(params, dtype=np.float64).reshape(-1)
+    half_mask = np.tile(np.r_[np.zeros(3, bool), np.ones(3, bool)], shape[0])
+
+    def to_subspace(v: np.ndarray) -> np.ndarray:
+        return basis @ (basis.T @ v)
+
+    def to_positive(v: np.ndarray) -> np.ndarray:
+        out = v.copy()
+        out[half_mask] = np.maximum(out[half_mask], min_half_size)
+        return out
+
+    y = to_subspace(x)
+    if np.all(y[half_mask] >= min_half_size):
+        return y.reshape(shape)
+    p = np.zeros_like(x)
+    q = np.zeros_like(x)
+    current = x
+    for _ in range(iterations):
+        y = to_subspace(current + p)
+        p = current + p - y
+        current = to_positive(y + q)
+        q = y + q - current
+        if np.all(y[half_mask] >= min_half_size * (1 - 1e-6)):
+            break
+    # y lies on the subspace (joints exact); the clamp only removes round-off
+    # or, if the iteration cap was hit, the last small violation.
+    return to_positive(y).reshape(shape)

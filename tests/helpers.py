@@ -1,0 +1,61 @@
+"""Hand-built test models, in Blender's Z-up world (metres)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+# glTF and OBJ are Y-up on disk: rotate Z-up geometry so it reads back Z-up.
+Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
+
+
+def box(size, centre) -> trimesh.Trimesh:
+    mesh = trimesh.creation.box(extents=size)
+    mesh.apply_translation(centre)
+    return mesh
+
+
+def chair_parts(arms: bool = False, screws: int = 0, slats: int = 0) -> dict[str, trimesh.Trimesh]:
+    """A chair: seat on four legs with a back; optional arms, screws, back slats."""
+    parts = {"seat": box((0.5, 0.5, 0.05), (0, 0, 0.45))}
+    for i, (x, y) in enumerate([(-0.2, -0.2), (0.2, -0.2), (-0.2, 0.2), (0.2, 0.2)]):
+        parts[f"leg{i}"] = box((0.04, 0.04, 0.425), (x, y, 0.2125))
+    if slats:
+        width = 0.5 / slats
+        for i in range(slats):
+            x = -0.25 + width * (i + 0.5)
+            parts[f"slat{i:02d}"] = box((width * 0.6, 0.04, 0.5), (x, 0.23, 0.725))
+        parts["rail"] = box((0.5, 0.04, 0.04), (0, 0.23, 0.995))
+    else:
+        parts["back"] = box((0.5, 0.04, 0.5), (0, 0.23, 0.725))
+    if arms:
+        parts["arm_left"] = box((0.04, 0.4, 0.2), (-0.23, 0.0, 0.575))
+    for i in range(screws):
+        screw = trimesh.creation.cylinder(radius=0.004, height=0.02, sections=8)
+        screw.apply_translation((-0.2 + 0.4 * i / max(screws - 1, 1), -0.2, 0.43))
+        parts[f"screw{i:03d}"] = screw
+    return parts
+
+
+def write_scene(parts: dict[str, trimesh.Trimesh], path: Path) -> Path:
+    """One node per part; converted to the file format's own up axis."""
+    scene = trimesh.Scene()
+    for name, mesh in parts.items():
+        scene.add_geometry(mesh.copy(), node_name=name, geom_name=name)
+    if path.suffix.lower() in (".glb", ".gltf", ".obj"):
+        scene.apply_transform(Z_UP_TO_Y_UP)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scene.export(str(path))
+    return path
+
+
+def write_single_mesh(parts: dict[str, trimesh.Trimesh], path: Path) -> Path:
+    """All parts concatenated into one mesh (parts become connected components)."""
+    mesh = trimesh.util.concatenate(list(parts.values()))
+    if path.suffix.lower() in (".glb", ".gltf", ".obj"):
+        mesh.apply_transform(Z_UP_TO_Y_UP)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mesh.export(str(path))
+    return path

@@ -1,0 +1,77 @@
+import numpy as np
+
+from backend.geometry.boxes import boxes_from_points
+from backend.geometry.connectivity import (
+    find_contacts,
+    joint_constraint_matrix,
+    joint_gaps,
+    null_space_basis,
+    project_to_connected,
+)
+from backend.geometry.sampling import sample_surface
+from helpers import chair_parts
+
+
+def sampled(parts, count=20000, seed=0):
+    meshes = list(parts.values())
+    points, labels = [], []
+    for k, mesh in enumerate(meshes):
+        n = max(200, int(count * mesh.area / sum(m.area for m in meshes)))
+        p, _ = sample_surface(mesh.vertices, mesh.faces, n, np.random.default_rng(seed + k))
+        points.append(np.concatenate([p, mesh.vertices]))
+        labels.append(np.full(len(points[-1]), k))
+    return np.concatenate(points), np.concatenate(labels)
+
+
+def chair_constraints():
+    parts = chair_parts()
+    points, labels = sampled(parts)
+    names = list(parts)
+    boxes = boxes_from_points(points, labels, len(names))
+    contacts = find_contacts(points, labels, len(names), tolerance=0.01)
+    return names, boxes, contacts
+
+
+def test_contacts_of_a_chair():
+    names, _, contacts = chair_constraints()
+    found = {tuple(sorted((names[a], names[b]))) for a, b in contacts.pairs}
+    expected = {tuple(sorted(("seat", f"leg{i}"))) for i in range(4)} | {("back", "seat")}
+    assert found == expected
+    # Each leg's joint sits on the leg's top face, below the seat.
+    for (a, b), p in zip(contacts.pairs, contacts.joint_points):
+        if "leg" in names[a] + names[b]:
+            assert abs(p[2] - 0.425) < 0.01
+
+
+def test_parts_apart_are_not_connected():
+    parts = {"a": chair_parts()["leg0"], "b": chair_parts()["leg3"]}
+    points, labels = sampled(parts)
+    assert len(find_contacts(points, labels, 2, tolerance=0.01).pairs) == 0
+
+
+def test_projection_reattaches_every_joint():
+    _, boxes, contacts = chair_constraints()
+    constraint = joint_constraint_matrix(boxes, contacts.pairs, contacts.joint_points, 1e-4)
+    basis = null_space_basis(constraint, boxes.size)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-10)
+    assert np.abs(constraint @ boxes.reshape(-1)).max() < 1e-9  # the rest pose satisfies B x = 0
+    rng = np.random.default_rng(3)
+    edited = boxes + np.c_[rng.normal(0, 0.05, (len(boxes), 3)), rng.normal(0, 0.02, (len(boxes), 3))]
+    before = joint_gaps(boxes, edited, contacts.pairs, contacts.joint_points, 1e-4)
+    projected = project_to_connected(edited, basis, 1e-3)
+    after = joint_gaps(boxes, projected, contacts.pairs, contacts.joint_points, 1e-4)
+    assert before.max() > 0.02
+    assert after.max() < 1e-9
+    # A deformation that already keeps the joints is left alone.
+    np.testing.assert_allclose(project_to_connected(projected, basis, 1e-3), projected, atol=1e-12)
+
+
+def test_projection_never_mirrors_a_part():
+    _, boxes, contacts = chair_constraints()
+    basis = null_space_basis(joint_constraint_matrix(boxes, contacts.pairs, contacts.joint_points, 1e-4), boxes.size)
+    squashed = boxes.copy()
+    squashed[:, 3:] *= -0.5  # every part flipped inside out
+    out = project_to_connected(squashed, basis, min_half_size=1e-3)
+    assert out[:, 3:].min() >= 1e-3
+    gaps = joint_gaps(boxes, out, contacts.pairs, contacts.joint_points, 1e-4)
+    assert gaps.max() < 1e-3

@@ -98,3 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LibraryIndexError, NotADirectoryError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0

@@ -75,3 +75,40 @@ def test_projection_never_mirrors_a_part():
     assert out[:, 3:].min() >= 1e-3
     gaps = joint_gaps(boxes, out, contacts.pairs, contacts.joint_points, 1e-4)
     assert gaps.max() < 1e-3
+
+
+def test_point_triangle_distance_matches_dense_sampling():
+    from backend.geometry.connectivity import point_triangle_distance
+
+    rng = np.random.default_rng(7)
+    triangles = rng.normal(size=(5, 3, 3))
+    points = rng.normal(size=(40, 3)) * 2
+    dense = []
+    for tri in triangles:
+        p, _ = sample_surface(tri, np.array([[0, 1, 2]]), 20000, rng)
+        dense.append(np.concatenate([p, tri]))
+    dense = np.concatenate(dense)
+    brute = np.linalg.norm(points[:, None] - dense[None], axis=2).min(axis=1)
+    exact = point_triangle_distance(points, triangles)
+    assert np.all(exact <= brute + 1e-9)
+    assert np.abs(exact - brute).max() < 0.02
+    # vertices of a triangle are at distance zero
+    np.testing.assert_allclose(point_triangle_distance(triangles[0], triangles[:1]), 0, atol=1e-12)
+
+
+def test_small_part_on_a_sparsely_sampled_face_is_found():
+    """A handle on a large door: the door's samples are far apart, the contact is exact."""
+    from helpers import box
+
+    door = box((1.0, 0.02, 2.0), (0, 0, 1.0))
+    handle = box((0.01, 0.02, 0.1), (0.3, -0.02, 1.0))
+    meshes = [door, handle]
+    vertices = np.concatenate([door.vertices, handle.vertices])
+    faces = np.concatenate([door.faces, handle.faces + len(door.vertices)])
+    face_labels = np.repeat([0, 1], [len(door.faces), len(handle.faces)])
+    points = np.concatenate([vertices, door.vertices.mean(axis=0, keepdims=True)])  # almost no samples
+    labels = np.r_[np.repeat([0, 1], [len(m.vertices) for m in meshes]), 0]
+    loose = find_contacts(points, labels, 2, tolerance=0.01)
+    exact = find_contacts(points, labels, 2, 0.01, triangles=vertices[faces], triangle_labels=face_labels, spacing=2.0)
+    assert len(loose.pairs) == 0
+    assert exact.pairs.tolist() == [[0, 1]]

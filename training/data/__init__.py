@@ -1,0 +1,1 @@
+"""Procedural furniture data: shapes, files, point cloud and image targets."""

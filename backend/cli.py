@@ -67,6 +67,65 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_points(path: str):
+    """An (N, 3) array from .npy (no pickle), .ply/.obj/.off vertices, or whitespace text (.xyz, .txt)."""
+    import numpy as np
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in (".ply", ".obj", ".off", ".stl", ".glb", ".gltf"):
+        import trimesh
+
+        loaded = trimesh.load(path, process=False)
+        if isinstance(loaded, trimesh.Scene):
+            loaded = loaded.to_geometry()
+        return np.asarray(loaded.vertices)
+    return np.loadtxt(path, ndmin=2)[:, :3]
+
+
+def read_image(path: str):
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from backend.export import export_fit
+    from backend.fitting import Fitter, FitOptions
+
+    if not os.path.exists(args.checkpoint):
+        raise ValueError(f"checkpoint not found: {args.checkpoint}")
+    options = FitOptions(top_k=args.top_k, refine=args.refine, yaw_search=args.yaw_search)
+    fitter = Fitter.open(args.checkpoint, args.index, device=args.device)
+    if args.points:
+        try:
+            points = read_points(args.points)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read points from {args.points}: {error}") from error
+        result = fitter.fit_points(points, options)
+    else:
+        result = fitter.fit_image(read_image(args.image), options)
+    for note in result.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    data = result.to_json()
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(data, handle, indent=1)
+    if args.export:
+        export_fit(fitter.index, result.candidates[0], args.export)
+    for c in result.candidates:
+        measured = "" if c.measured_chamfer is None else f", chamfer {c.measured_chamfer * 100:.3f} x1e-2"
+        print(f"{c.rank + 1}. {c.source_path} ({len(c.fitted_boxes)} parts{measured})")
+    print(f"fitted in {result.seconds:.2f} s" + (f"; wrote {args.out}" if args.out else "") + (f" and {args.export}" if args.export else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Retrieve-and-fit backend.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("index", help="index folder")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(run=_cmd_info)
+
+    from backend.fitting import DEFAULT_CHECKPOINT
+
+    fit = commands.add_parser("fit", help="retrieve sources for a target and deform them to it")
+    fit.add_argument("--index", required=True, help="index folder (python -m backend index)")
+    target = fit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--points", help="point cloud: .npy (N x 3), .ply, .xyz; Z-up world coordinates")
+    target.add_argument("--image", help="reference image (.png, .jpg)")
+    fit.add_argument("--top-k", dest="top_k", type=int, default=5)
+    fit.add_argument("--refine", action="store_true", help="inner deformation optimisation (point clouds)")
+    fit.add_argument("--yaw-search", dest="yaw_search", type=int, default=1, help="try this many turns about the up axis")
+    fit.add_argument("--out", help="write the ranked candidates as JSON")
+    fit.add_argument("--export", help="write the best fit as .glb (one node per part)")
+    fit.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    fit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    fit.set_defaults(run=_cmd_fit)
     return parser
 
 
@@ -95,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (LibraryIndexError, NotADirectoryError, ValueError) as error:
+    except (LibraryIndexError, NotADirectoryError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

@@ -1,0 +1,79 @@
+"""Writing a fit as a .glb: one node per part whose transform IS the fitted box.
+
+Each part's mesh is stored relative to its original box centre; the node
+carries location = fitted centre and scale = fitted / original half-size, all
+under a root node turned by the fit's yaw. Imported into Blender, every part
+is an object whose location and scale are the fit, as the add-on builds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from backend.library.index import LibraryIndex
+from backend.library.loading import load_model
+from backend.library.partnet import load_partnet
+from backend.library.scanning import PARTNET
+from backend.library.source import Source
+
+# Blender (Z up) -> glTF (Y up), as Blender's glTF exporter.
+Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
+
+
+def part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
+    """The original pieces of source ``row`` grouped into its parts, in the
+    file's world frame (Z up, metres), one mesh per part."""
+    record = index.sources[row]
+    path = index.source_file(row)
+    options = index.options
+    if record.kind == PARTNET:
+        model = load_partnet(path, index.library_root, options.up_axis, options.max_faces)
+    else:
+        model = load_model(path, index.library_root, options.up_axis, options.max_faces)
+    source: Source = index.load_source(row)
+    vertices, faces, offset = [], [], 0
+    for piece in model.pieces:
+        vertices.append(piece.vertices)
+        faces.append(piece.faces + offset)
+        offset += len(piece.vertices)
+    piece_face_part = np.concatenate([np.full(len(p.faces), part) for p, part in zip(model.pieces, source.piece_part)])
+    all_vertices, all_faces = np.concatenate(vertices), np.concatenate(faces)
+    meshes = []
+    for part in range(source.n_parts):
+        mesh = trimesh.Trimesh(all_vertices, all_faces[piece_face_part == part], process=False)
+        mesh.remove_unreferenced_vertices()
+        meshes.append(mesh)
+    return meshes
+
+
+def _rotation_z(angle: float) -> np.ndarray:
+    matrix = np.eye(4)
+    c, s = np.cos(angle), np.sin(angle)
+    matrix[:2, :2] = [[c, -s], [s, c]]
+    return matrix
+
+
+def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
+    """Write ``candidate`` (a ``backend.fitting.Candidate``) as a .glb."""
+    path = Path(path)
+    meshes = part_meshes(index, candidate.source_index)
+    scene = trimesh.Scene()
+    root = np.eye(4)
+    root[:3, 3] = candidate.pivot
+    root = root @ _rotation_z(candidate.yaw)
+    scene.graph.update(frame_from=scene.graph.base_frame, frame_to="fit", matrix=Z_UP_TO_Y_UP @ root @ Z_UP_TO_Y_UP.T)
+    unturn = _rotation_z(-candidate.yaw)[:3, :3]
+    for k, (mesh, source_box, fitted_box) in enumerate(zip(meshes, candidate.source_boxes, candidate.fitted_boxes)):
+        local = mesh.copy()
+        local.apply_translation(-source_box[:3])
+        local.apply_transform(Z_UP_TO_Y_UP)
+        matrix = np.eye(4)
+        matrix[:3, 3] = unturn @ (fitted_box[:3] - candidate.pivot)
+        matrix[:3, :3] = np.diag(fitted_box[3:] / np.maximum(source_box[3:], 1e-9))
+        scene.add_geometry(local, node_name=f"part_{k:02d}", geom_name=f"part_{k:02d}", parent_node_name="fit", transform=Z_UP_TO_Y_UP @ matrix @ Z_UP_TO_Y_UP.T)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(scene.export(file_type="glb"))
+    return path

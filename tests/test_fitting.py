@@ -1,0 +1,168 @@
+"""Retrieve and fit: the inference API, the cache of source codes, export, CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from backend.export import export_fit
+from backend.fitting import FitError, FitOptions, Fitter
+from backend.geometry.connectivity import joint_gaps
+from backend.library import build_index, load_index
+from backend.model.checkpoint import save_checkpoint
+from backend.model.networks import JointModel, ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "backend" / "demo"
+TINY = ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fit")
+    library = folder / "library"
+    for category in ("chair", "table", "storage"):
+        for i in range(3):
+            (library / category).mkdir(parents=True, exist_ok=True)
+            shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", library / category)
+    build_index(library, folder / "index")
+    torch.manual_seed(0)
+    model = JointModel(TINY)
+    with torch.no_grad():  # a non-trivial deformation, so tests see parts move
+        model.deformation.part_mlp[-1].bias.copy_(torch.tensor([0.01, 0.0, 0.02, 0.01, -0.01, 0.02]))
+    save_checkpoint(folder / "model.pt", model)
+    return folder
+
+
+def chair_target():
+    return np.load(DEMO / "targets" / "chair_full.npy")
+
+
+def test_fit_points_ranks_by_measured_chamfer_and_keeps_joints(setup):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    result = fitter.fit_points(chair_target(), FitOptions(top_k=4))
+    assert result.modality == "points" and len(result.candidates) == 4
+    measured = [c.measured_chamfer for c in result.candidates]
+    assert measured == sorted(measured)
+    index = load_index(setup / "index")
+    for candidate in result.candidates:
+        source = index.load_source(candidate.source_index)
+        np.testing.assert_allclose(candidate.source_boxes, source.boxes, atol=1e-5)
+        # The joints, carried from the source onto the target like the boxes, stay attached.
+        src_lo, src_hi = source.bounds
+        orig = candidate.original_boxes
+        scale = orig[0, 3] / source.boxes[0, 3] if source.boxes[0, 3] > 0 else 1.0
+        joints = (source.joint_points - (src_lo + src_hi) / 2) * scale + (orig[:, :3] - (source.boxes[:, :3] - (src_lo + src_hi) / 2) * scale)[0]
+        gaps = joint_gaps(orig, candidate.fitted_boxes, source.joint_pairs, joints, 1e-6)
+        assert gaps.max(initial=0) < 1e-4
+        assert not np.allclose(candidate.fitted_boxes, orig)
+        assert np.all(candidate.fitted_boxes[:, 3:] > 0)
+    # boxes are in the target's frame: the fit overlaps the target's box
+    lo, hi = chair_target().min(axis=0), chair_target().max(axis=0)
+    fit = result.candidates[0].fitted_boxes
+    assert np.all((fit[:, :3] > lo - 0.2) & (fit[:, :3] < hi + 0.2))
+
+
+def test_refinement_lowers_the_chamfer(setup):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    plain = fitter.fit_points(chair_target(), FitOptions(top_k=2))
+    refined = fitter.fit_points(chair_target(), FitOptions(top_k=2, refine=True, refine_steps=60))
+    assert refined.candidates[0].measured_chamfer < plain.candidates[0].measured_chamfer
+
+
+def test_bad_point_input(setup):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    points = chair_target().astype(np.float64)
+    points[:10] = np.nan
+    result = fitter.fit_points(points, FitOptions(top_k=1))
+    assert any("dropped 10" in w for w in result.warnings)
+    with pytest.raises(FitError, match="NaN or infinite"):
+        fitter.fit_points(np.full((100, 3), np.nan))
+    with pytest.raises(FitError, match="at least 64"):
+        fitter.fit_points(points[10:40])
+    with pytest.raises(FitError, match="N x 3"):
+        fitter.fit_points(np.zeros((100, 2)))
+    with pytest.raises(FitError, match="same place"):
+        fitter.fit_points(np.ones((100, 3)))
+
+
+def test_fit_image(setup):
+    from PIL import Image
+
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    image = np.asarray(Image.open(DEMO / "targets" / "chair.png"))
+    result = fitter.fit_image(image, FitOptions(top_k=3, refine=True))
+    assert len(result.candidates) == 3 and result.candidates[0].measured_chamfer is None
+    assert result.warnings  # refinement is not possible for images, and says so
+    fit = result.candidates[0].fitted_boxes
+    assert abs((fit[:, 2] - fit[:, 5]).min()) < 1e-6  # rests on the floor
+    with pytest.raises(FitError, match="H x W x 3"):
+        fitter.fit_image(np.zeros((10, 10)))
+
+
+def test_yaw_search_finds_a_turned_target(setup):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    c, s = np.cos(np.pi / 2), np.sin(np.pi / 2)
+    turned = chair_target() @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T
+    plain = fitter.fit_points(turned, FitOptions(top_k=1))
+    searched = fitter.fit_points(turned, FitOptions(top_k=1, yaw_search=4))
+    assert searched.candidates[0].measured_chamfer <= plain.candidates[0].measured_chamfer
+    assert searched.candidates[0].yaw in [0.0, np.pi / 2, np.pi, 3 * np.pi / 2]
+
+
+def test_codes_are_cached_per_checkpoint_and_refreshed(setup, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(setup / "index", index)
+    Fitter.open(setup / "model.pt", index)
+    caches = list(index.glob("model-*.npz"))
+    assert len(caches) == 1
+    stamp = caches[0].stat().st_mtime_ns
+    Fitter.open(setup / "model.pt", index)
+    assert caches[0].stat().st_mtime_ns == stamp  # reused
+    other = JointModel(TINY)
+    save_checkpoint(tmp_path / "other.pt", other)
+    fitter = Fitter.open(tmp_path / "other.pt", index)
+    assert [p.name for p in index.glob("model-*.npz")] == [f"model-{fitter.model_id}.npz"] != [caches[0].name]
+    expected = fitter.encode_sources(fitter.sources)["embedding"]
+    torch.testing.assert_close(fitter.codes["embedding"], expected)
+
+
+def test_export_glb_parts_are_the_fitted_boxes(setup, tmp_path):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    candidate = fitter.fit_points(chair_target(), FitOptions(top_k=1, yaw_search=2)).candidates[0]
+    path = export_fit(fitter.index, candidate, tmp_path / "fit.glb")
+    scene = trimesh.load_scene(str(path))
+    nodes = sorted(n for n in scene.graph.nodes_geometry)
+    assert len(nodes) == len(candidate.fitted_boxes)
+    to_z_up = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0.0]])
+    for node, box in zip(nodes, candidate.fitted_boxes):
+        transform, name = scene.graph[node]
+        vertices = scene.geometry[name].vertices @ transform[:3, :3].T + transform[:3, 3]
+        vertices = vertices @ to_z_up.T
+        # the deformed part fills its fitted box (turned by the yaw about the pivot)
+        c, s = np.cos(-candidate.yaw), np.sin(-candidate.yaw)
+        local = (vertices - candidate.pivot) @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]).T
+        centre = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ (box[:3] - candidate.pivot)
+        np.testing.assert_allclose((local.min(0) + local.max(0)) / 2, centre, atol=1e-4)
+        np.testing.assert_allclose((local.max(0) - local.min(0)) / 2, box[3:], atol=1e-4)
+
+
+def test_fit_command(setup, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "backend", "fit", "--index", str(setup / "index"), "--points", str(DEMO / "targets" / "table_partial.npy"),
+         "--checkpoint", str(setup / "model.pt"), "--top-k", "3", "--out", str(tmp_path / "r.json"), "--export", str(tmp_path / "f.glb")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert len(data["candidates"]) == 3 and (tmp_path / "f.glb").stat().st_size > 0
+    first = data["candidates"][0]
+    assert first["measured_chamfer_x100"] > 0 and first["parts"][0].keys() == {"index", "source_box", "original_box", "fitted_box"}
+    bad = subprocess.run([sys.executable, "-m", "backend", "fit", "--index", str(setup / "index"), "--image", str(tmp_path / "r.json"), "--checkpoint", str(setup / "model.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "cannot read image" in bad.stderr

@@ -1,0 +1,130 @@
+"""Torch geometry, losses and checkpoints of the joint model."""
+
+import numpy as np
+import pytest
+import torch
+
+from backend.geometry.connectivity import joint_gaps
+from backend.geometry.boxes import deform_points as deform_points_np
+from backend.library import IndexOptions, build_source, load_model
+from backend.model.checkpoint import load_checkpoint, save_checkpoint
+from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_points, project
+from backend.model.networks import JointModel, ModelConfig, deformed_points
+from backend.model.sources import stack_sources
+from helpers import chair_parts, write_scene
+from training.joint.objectives import deformation_loss, embedding_loss, sample_candidates, soft_probabilities
+
+
+def test_chamfer_matches_brute_force_and_its_gradient():
+    a = torch.randn(3, 50, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 70, 3, dtype=torch.float64)
+    d = ((a[:, :, None] - b[:, None]) ** 2).sum(-1)
+    brute = d.min(2).values.mean(1) + d.min(1).values.mean(1)
+    fast = chamfer_distance(a, b)
+    torch.testing.assert_close(fast, brute)
+    (g_fast,) = torch.autograd.grad(fast.sum(), a)
+    (g_brute,) = torch.autograd.grad(brute.sum(), a)
+    torch.testing.assert_close(g_fast, g_brute)
+    assert float(chamfer_distance(b, b).abs().max()) < 1e-12
+
+
+@pytest.fixture(scope="module")
+def chair_source(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chair")
+    path = write_scene(chair_parts(), folder / "chair.glb")
+    return build_source(load_model(path, folder), IndexOptions(), seed=0)
+
+
+def test_torch_deformation_matches_numpy(chair_source):
+    rng = np.random.default_rng(0)
+    new = chair_source.boxes + rng.normal(0, 0.02, chair_source.boxes.shape)
+    expected = deform_points_np(chair_source.points, chair_source.point_labels, chair_source.boxes, new)
+    got = deform_points(
+        torch.from_numpy(chair_source.points).double()[None], torch.from_numpy(chair_source.point_labels).long()[None],
+        torch.from_numpy(chair_source.boxes)[None], torch.from_numpy(new)[None],
+    )[0]
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-9)
+
+
+def test_projection_in_the_normalised_frame_keeps_joints(chair_source):
+    tensors = stack_sources([chair_source], n_points=256)
+    k = chair_source.n_parts
+    noisy = tensors.boxes.double() + torch.randn(tensors.boxes.shape, dtype=torch.float64) * 0.05 * tensors.part_mask[..., None]
+    projected = project(noisy, tensors.basis.double())[0, :k].numpy()
+    lo, hi = chair_source.bounds
+    centre, scale = (lo + hi) / 2, np.linalg.norm(hi - lo)
+    joints = (chair_source.joint_points - centre) / scale
+    before = joint_gaps(tensors.boxes[0, :k].double().numpy(), noisy[0, :k].numpy(), chair_source.joint_pairs, joints, 1e-6)
+    after = joint_gaps(tensors.boxes[0, :k].double().numpy(), projected, chair_source.joint_pairs, joints, 1e-6)
+    assert before.max() > 0.01 and after.max() < 1e-5
+
+
+def test_symmetry_loss_zero_for_the_source_and_positive_when_broken(chair_source):
+    tensors = stack_sources([chair_source], n_points=64)
+    assert float(box_symmetry_loss(tensors.boxes, tensors.mirror, tensors.axis)) < 1e-10
+    moved = tensors.boxes.clone()
+    moved[0, 1, 2] += 0.1  # one leg longer than its mirror
+    assert float(box_symmetry_loss(moved, tensors.mirror, tensors.axis)) > 1e-4
+
+
+def test_probabilities_are_normalised_per_target_not_per_batch():
+    distance = torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
+    p = soft_probabilities(distance, 10.0)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2))
+    # one target's probabilities do not depend on another target in the batch
+    torch.testing.assert_close(soft_probabilities(distance[:1], 10.0), p[:1])
+    assert p[0, 0] > p[0, 1] > p[0, 2]
+
+
+def test_candidates_are_distinct_and_follow_the_distribution():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.05, 0.05]])).repeat(20000, 1)
+    picks = sample_candidates(logits, 2, torch.Generator().manual_seed(0))
+    assert torch.all(picks[:, 0] != picks[:, 1])
+    first = torch.bincount(picks[:, 0], minlength=4).float() / len(picks)
+    torch.testing.assert_close(first, torch.tensor([0.7, 0.2, 0.05, 0.05]), atol=0.015, rtol=0)
+
+
+def test_embedding_loss_trains_sigma_and_the_embedding_but_not_the_fit():
+    distance = torch.tensor([[1.0, 5.0, 9.0]], requires_grad=True)
+    sigma = torch.tensor([[0.01, 0.02, 0.03]], requires_grad=True)
+    fit = torch.tensor([[0.02, 0.01, 0.03]], requires_grad=True)
+    loss = embedding_loss(distance * 10, fit, sigma, sigma0=100.0)
+    loss.backward()
+    assert distance.grad.abs().sum() > 0 and sigma.grad.abs().sum() > 0
+    assert fit.grad is None
+    weights = torch.tensor([[0.5, 0.5]], requires_grad=True)
+    deformation_loss(weights, torch.tensor([[1.0, 2.0]], requires_grad=True)).backward()
+    assert weights.grad is None
+
+
+def test_untrained_model_predicts_the_identity(chair_source):
+    model = JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8))
+    tensors = stack_sources([chair_source], n_points=128)
+    target = tensors.points
+    boxes = model.deformation(target, "points", tensors, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    k = chair_source.n_parts
+    torch.testing.assert_close(boxes[:, :k], tensors.boxes[:, :k], atol=1e-5, rtol=0)
+    torch.testing.assert_close(deformed_points(tensors, boxes), tensors.points, atol=1e-5, rtol=0)
+    images = model.retrieval.embed_target(torch.rand(2, 3, 128, 128), "images")
+    assert images.shape == (2, 8)
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
+    config = ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8)
+    model = JointModel(config)
+    save_checkpoint(tmp_path / "m.pt", model, {"step": 3})
+    loaded, extra, state = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.config == config and extra == {"step": 3} and state is None
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an rfit checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "rfit-checkpoint-1", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(tmp_path / "evil.pt")

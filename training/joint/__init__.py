@@ -1,0 +1,1 @@
+"""Joint training of retrieval and deformation (paper, Sec. 2.1)."""

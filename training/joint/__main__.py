@@ -1,0 +1,29 @@
+"""``python -m training.joint train --config training/configs/default.toml``."""
+
+from __future__ import annotations
+
+import argparse
+
+from training.joint.train import TrainConfig, train
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.joint", description="Joint retrieval and deformation training.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("train", help="train or resume (runs under torchrun too)")
+    run.add_argument("--config", default="training/configs/default.toml")
+    run.add_argument("--data", help="data set folder (python -m training.data generate)")
+    run.add_argument("--out", help="run folder: config.json, log.jsonl, last.pt, best.pt")
+    run.add_argument("--steps", type=int)
+    run.add_argument("--max-minutes", dest="max_minutes", type=float)
+    run.add_argument("--sampling", choices=["retrieval", "uniform"])
+    run.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    best = train(TrainConfig.from_toml(args.config, **overrides))
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

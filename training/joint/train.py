@@ -1,0 +1,306 @@
+"""The joint training loop: warm-up, then alternating retrieval and deformation updates.
+
+Runs on one CPU or GPU as it is, and under ``torchrun`` with
+DistributedDataParallel (gloo on CPU, NCCL on CUDA): each process draws its
+own targets and gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from backend.model.checkpoint import load_checkpoint, save_checkpoint
+from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
+from backend.model.networks import JointModel, ModelConfig, deformed_points
+from backend.model.sources import SourceTensors
+from training.joint.data import Targets, TrainingData, prepare
+from training.joint.objectives import deformation_loss, embedding_loss, sample_candidates, soft_probabilities
+
+
+@dataclass
+class TrainConfig:
+    data: str = "data/default"
+    out: str = "runs/default"
+    steps: int = 3000
+    warmup: int = 400
+    batch: int = 16
+    candidates: int = 10
+    sigma0: float = 100.0
+    lr: float = 1e-3
+    symmetry_weight: float = 1.0
+    positivity_weight: float = 10.0
+    noise: float = 0.01
+    sampling: str = "retrieval"  # "retrieval" (ours) or "uniform" (the ablation)
+    refresh_every: int = 25
+    val_every: int = 200
+    save_every: int = 100
+    max_minutes: float = 0.0  # 0: no wall-time limit
+    modalities: tuple[str, ...] = ("points", "images")
+    views: int = 2
+    source_fraction: float = 0.35
+    val_fraction: float = 0.1
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
+        data = tomllib.loads(Path(path).read_text()) if path else {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        model = ModelConfig(**data.pop("model", {}))
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        if "modalities" in data:
+            data["modalities"] = tuple(data["modalities"])
+        return cls(model=model, **data)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def device_for_rank() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def target_batch(targets: Targets, rows: torch.Tensor, modality: str, n_points: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network input and true shape (B, n_points, 3), in the input's normalised frame.
+
+    Point targets are a random subset of the clean samples with Gaussian
+    noise, re-normalised by their own box (as at inference); image targets
+    are one random view, and their true shape is the clean samples.
+    """
+    clean = targets.points[rows]
+    pick = torch.stack([torch.randperm(clean.shape[1], generator=generator)[:n_points] for _ in range(len(rows))])
+    truth = torch.gather(clean, 1, pick.unsqueeze(-1).expand(-1, -1, 3))
+    if modality == "points":
+        scale = torch.rand(len(rows), 1, 1, generator=generator) * noise
+        noisy = truth + torch.randn(truth.shape, generator=generator) * scale
+        centre, diagonal = normalisation(noisy)
+        frame = lambda x: (x - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)  # noqa: E731
+        return frame(noisy), frame(truth)
+    view = torch.randint(targets.images.shape[1], (len(rows),), generator=generator)
+    return targets.images[rows, view].float() / 255.0, truth
+
+
+def fit_pairs(model: JointModel, deformation, target, modality, sources: SourceTensors, pair_source, pair_target, truth):
+    """Deformed boxes, chamfer to the true shape and symmetry error of each pair."""
+    boxes = deformation(target, modality, sources, pair_source, pair_target)
+    chosen = sources.select(pair_source)
+    fit = chamfer_distance(deformed_points(chosen, boxes), truth[pair_target])
+    symmetry = box_symmetry_loss(boxes, chosen.mirror, chosen.axis)
+    shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - boxes[..., 3:]) * chosen.part_mask.unsqueeze(-1)
+    return boxes, fit, symmetry, shortfall.square().sum((1, 2))
+
+
+@torch.no_grad()
+def oracle_chamfer(model: JointModel, sources: SourceTensors, targets: Targets, modality: str, n_points: int, seed: int = 0, reduce: str = "min") -> float:
+    """Mean over targets of the best deformed fit over *all* sources, x 100
+    (oracle retrieval: the deformation module's own quality, Table 2);
+    ``reduce="mean"`` averages over sources instead (the warm-up objective)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    global_code, part_code = model.deformation.encode_sources(sources)
+    best = []
+    for row in range(len(targets)):
+        target, truth = target_batch(targets, torch.tensor([row]), modality, n_points, 0.0, generator)
+        code = model.deformation.encode_target(target, modality).expand(len(sources), -1)
+        boxes = model.deformation.predict_boxes(sources, global_code, part_code, code)
+        fits = chamfer_distance(deformed_points(sources, boxes), truth.expand(len(sources), -1, -1))
+        best.append(fits.min() if reduce == "min" else fits.mean())
+    model.train()
+    return float(torch.stack(best).mean()) * 100
+
+
+@torch.no_grad()
+def evaluate(model: JointModel, sources: SourceTensors, targets: Targets, modality: str, n_points: int, batch: int = 32, seed: int = 0) -> dict:
+    """Top-1 retrieval then deformation on every target: mean chamfer x 100.
+
+    Also reports the retrieved source before deforming
+    (``retrieved_undeformed``) to show what deformation adds.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    embeddings, _ = model.retrieval.embed_sources(sources)
+    global_code, part_code = model.deformation.encode_sources(sources)
+    fits, raw = [], []
+    for start in range(0, len(targets), batch):
+        rows = torch.arange(start, min(start + batch, len(targets)))
+        target, truth = target_batch(targets, rows, modality, n_points, 0.0, generator)
+        target, truth = target.to(device), truth.to(device)
+        best = torch.cdist(model.retrieval.embed_target(target, modality), embeddings).argmin(dim=1)
+        chosen = sources.select(best)
+        boxes = model.deformation.predict_boxes(chosen, global_code[best], part_code[best], model.deformation.encode_target(target, modality))
+        fits.append(chamfer_distance(deformed_points(chosen, boxes), truth))
+        raw.append(chamfer_distance(chosen.points, truth))
+    model.train()
+    return {"chamfer_x100": float(torch.cat(fits).mean()) * 100, "retrieved_undeformed_x100": float(torch.cat(raw).mean()) * 100}
+
+
+class Logger:
+    """Progress to the terminal (or plain lines when not one) and a JSONL log."""
+
+    def __init__(self, path: Path, total: int, enabled: bool):
+        self.enabled = enabled
+        self.file = open(path, "a") if enabled else None
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr)
+
+    def step(self, step: int, record: dict, every: int = 25) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        if step % every == 0:
+            self.file.flush()
+            text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            if self.bar is not None:
+                self.bar.set_postfix_str(text[-120:], refresh=False)
+            else:
+                print(text, flush=True)
+        if self.bar is not None:
+            self.bar.update(step + 1 - self.bar.n)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
+    """Train (or resume) and return the path of the best checkpoint."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    device = device_for_rank()
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_json(), indent=1))
+
+    if data is None:
+        views = config.views if "images" in config.modalities else 0
+        if rank == 0:  # one process indexes; the others read the index it wrote
+            data = prepare(Path(config.data), config.source_fraction, config.val_fraction, config.model.source_points, views)
+        if distributed:
+            dist.barrier()
+        if rank != 0:
+            data = prepare(Path(config.data), config.source_fraction, config.val_fraction, config.model.source_points, views, build=False)
+    modalities = [m for m in config.modalities if m == "points" or data.train.images is not None]
+    sources = data.sources.to(device)
+    model = JointModel(config.model).to(device)
+    optim_r = torch.optim.Adam(model.retrieval.parameters(), lr=config.lr)
+    optim_d = torch.optim.Adam(model.deformation.parameters(), lr=config.lr)
+    start, best = 0, math.inf
+    last = out / "last.pt"
+    if last.exists():
+        resumed, extra, state = load_checkpoint(last, device)
+        model.load_state_dict(resumed.state_dict())
+        if state:
+            optim_r.load_state_dict(state["optim_r"])
+            optim_d.load_state_dict(state["optim_d"])
+        start, best = extra["step"] + 1, extra.get("best", math.inf)
+    model.train()
+    retrieval, deformation = model.retrieval, model.deformation
+    if distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        retrieval = DistributedDataParallel(model.retrieval, device_ids=ids, find_unused_parameters=True)
+        deformation = DistributedDataParallel(model.deformation, device_ids=ids, find_unused_parameters=True)
+
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank * 7919 + start)
+    logger = Logger(out / "log.jsonl", config.steps, rank == 0)
+    started = time.time()
+    cache = None
+    k = min(config.candidates, len(sources))
+    for step in range(start, config.steps):
+        modality = modalities[(step // 2) % len(modalities)]
+        rows = torch.randint(len(data.train), (config.batch,), generator=generator)
+        target, truth = target_batch(data.train, rows, modality, config.model.n_points, config.noise, generator)
+        target, truth = target.to(device), truth.to(device)
+        warm = step < config.warmup
+        if warm or config.sampling == "uniform":
+            candidates = torch.stack([torch.randperm(len(sources), generator=generator)[:k] for _ in range(config.batch)]).to(device)
+        else:
+            if cache is None or step % config.refresh_every == 0:
+                with torch.no_grad():
+                    cache = model.retrieval.embed_sources(sources)[0]
+            with torch.no_grad():
+                logits = -torch.cdist(model.retrieval.embed_target(target, modality), cache).square() / config.sigma0**2
+            candidates = sample_candidates(logits.cpu(), k, generator).to(device)
+        unique, inverse = torch.unique(candidates, return_inverse=True)
+        subset = sources.select(unique)
+        pair_source = inverse.reshape(-1)
+        pair_target = torch.arange(config.batch, device=device).repeat_interleave(k)
+        update_retrieval = not warm and step % 2 == 1
+        record = {"step": step, "modality": modality, "phase": "warmup" if warm else ("retrieval" if update_retrieval else "deformation")}
+        if update_retrieval:
+            with torch.no_grad():
+                _, fit, _, _ = fit_pairs(model, model.deformation, target, modality, subset, pair_source, pair_target, truth)
+            e_t, e_s, sigma = retrieval(target, modality, subset)
+            distance = (e_t[pair_target] - e_s[pair_source]).norm(dim=-1).view(config.batch, k)
+            loss = embedding_loss(distance, fit.view(config.batch, k), sigma[pair_source].view(config.batch, k), config.sigma0)
+            optim_r.zero_grad(set_to_none=True)
+            loss.backward()
+            optim_r.step()
+            record.update(loss_emb=float(loss.detach()), sigma=float(sigma.detach().mean()), distance=float(distance.detach().mean()))
+        else:
+            if warm or config.sampling == "uniform":
+                weights = torch.full((config.batch, k), 1.0 / k, device=device)
+            else:
+                with torch.no_grad():
+                    e_t, e_s, _ = model.retrieval(target, modality, subset)
+                    distance = (e_t[pair_target] - e_s[pair_source]).norm(dim=-1).view(config.batch, k)
+                    weights = soft_probabilities(distance, config.sigma0)
+            _, fit, symmetry, shortfall = fit_pairs(model, deformation, target, modality, subset, pair_source, pair_target, truth)
+            loss = deformation_loss(weights, fit.view(config.batch, k))
+            loss = loss + config.symmetry_weight * (weights.reshape(-1) * symmetry).sum() / config.batch
+            loss = loss + config.positivity_weight * shortfall.mean()
+            optim_d.zero_grad(set_to_none=True)
+            loss.backward()
+            optim_d.step()
+            record.update(loss_def=float(loss.detach()), fit_x100=float(fit.detach().mean()) * 100)
+        logger.step(step, record)
+
+        out_of_time = config.max_minutes > 0 and (time.time() - started) / 60 > config.max_minutes
+        if distributed:  # every rank stops at the same step
+            flag = torch.tensor([float(out_of_time)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        last_step = step == config.steps - 1 or out_of_time
+        if rank == 0 and ((step + 1) % config.val_every == 0 or last_step) and len(data.val):
+            scores = {m: evaluate(model, sources, data.val, m, config.model.n_points) for m in modalities}
+            score = float(np.mean([s["chamfer_x100"] for s in scores.values()]))
+            logger.step(step, {"step": step, "phase": "validation", "score": score, **{f"val_{m}": s["chamfer_x100"] for m, s in scores.items()}}, every=1)
+            if score < best:
+                best = score
+                save_checkpoint(out / "best.pt", model, {"step": step, "score": score, "validation": scores, "config": config.to_json()})
+        if rank == 0 and ((step + 1) % config.save_every == 0 or last_step):
+            state = {"optim_r": optim_r.state_dict(), "optim_d": optim_d.state_dict()}
+            save_checkpoint(last, model, {"step": step, "best": best, "config": config.to_json()}, state)
+        if out_of_time:
+            break
+    logger.close()
+    if distributed:
+        dist.barrier()
+    return out / "best.pt"

@@ -44,6 +44,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
         report = build_index(args.library, args.out, options=options, jobs=args.jobs, progress=progress)
     finally:
         close()
+    if args.encode:
+        from backend.fitting import Fitter
+
+        if len(load_index(args.out)):
+            Fitter.open(args.encode, args.out)  # computes and caches the library's codes
     if args.json:
         print(json.dumps({**report.__dict__, "skipped": [s.__dict__ for s in report.skipped]}, indent=1))
     else:
@@ -139,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--contact-tolerance", dest="contact_tolerance", type=float, help="contact distance as a fraction of the model's diagonal (default 0.01)")
     index.add_argument("--samples", dest="n_samples", type=int, help="surface samples per model (default 2048)")
     index.add_argument("--up-axis", dest="up_axis", choices=UP_AXES, help="up axis of the files (default: auto, per format)")
+    index.add_argument("--encode", metavar="CHECKPOINT", help="also encode the library with this model now, so the first fit is fast")
     index.add_argument("--json", action="store_true", help="print the run's report as JSON")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_cmd_index)

@@ -28,6 +28,8 @@ from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors, stack_sources
 
 MIN_POINTS = 64
+RERANK_POINTS = 512
+MEASURE_POINTS = 1024
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 CACHE_VERSION = 1
 
@@ -56,7 +58,7 @@ class FitOptions:
     yaw_search: int = 1
     rerank_pool: int = 20
     refine_steps: int = 300
-    refine_seconds: float = 2.0
+    refine_seconds: float = 1.5
     symmetry_weight: float = 1.0
 
 
@@ -275,25 +277,27 @@ class Fitter:
         boxes = model.deformation.predict_boxes(chosen, self.codes["global"][order], self.codes["parts"][order], target_code)
         measured = None
         if modality == "points":
-            truth = target.expand(pool, -1, -1)
-            measured = chamfer_distance(deformed_points(chosen, boxes), truth)
-            keep = torch.argsort(measured)[: options.top_k]
-            order, boxes, measured, chosen = order[keep], boxes[keep], measured[keep], chosen.select(keep)
+            # Re-rank on uniform subsets of both clouds, measure the kept ones in full.
+            coarse = chamfer_distance(deformed_points(chosen.first_points(RERANK_POINTS), boxes), target[:, :RERANK_POINTS].expand(pool, -1, -1))
+            keep = torch.argsort(coarse)[: options.top_k]
+            order, boxes, chosen = order[keep], boxes[keep], chosen.select(keep)
+            truth = target.expand(len(keep), -1, -1)
             if options.refine:
-                boxes, measured = self.refine(chosen, boxes, truth[: len(keep)], options)
-                resort = torch.argsort(measured)
-                order, boxes, measured, chosen = order[resort], boxes[resort], measured[resort], chosen.select(resort)
+                boxes = self.refine(chosen.first_points(RERANK_POINTS), boxes, truth, options)
+            measured = chamfer_distance(deformed_points(chosen.first_points(MEASURE_POINTS), boxes), truth)
+            resort = torch.argsort(measured)
+            order, boxes, measured, chosen = order[resort], boxes[resort], measured[resort], chosen.select(resort)
         else:
             order, boxes = order[: options.top_k], boxes[: options.top_k]
             chosen = chosen.select(torch.arange(len(order), device=self.device))
         predicted = self.codes["sigma"][order] * distance[order] / 100.0
         return self._candidates(order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement)
 
-    def refine(self, chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    def refine(self, chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions) -> torch.Tensor:
         """Inner deformation optimisation: Adam on each candidate's null-space
         coordinates, on chamfer to the target plus symmetry, from the
         network's prediction; stops on convergence, at ``refine_steps`` or
-        after ``refine_seconds``. Returns boxes and chamfer per candidate."""
+        after ``refine_seconds``. Returns the refined boxes (P, K, 6)."""
         basis = chosen.basis
         with torch.enable_grad():
             z = (basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)).detach().requires_grad_(True)
@@ -316,8 +320,7 @@ class Fitter:
                     break
         with torch.no_grad():
             final = (basis @ z).reshape(boxes.shape)
-            final = torch.cat([final[..., :3], torch.maximum(final[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
-            return final, chamfer_distance(deformed_points(chosen, final), truth)
+            return torch.cat([final[..., :3], torch.maximum(final[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
 
     def _candidates(self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement) -> list[Candidate]:
         out = []

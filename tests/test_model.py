@@ -128,3 +128,17 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
     torch.save({"format": "rfit-checkpoint-1", "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(Exception, match="[Ww]eights only"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_exported_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
+    from backend.model.checkpoint import export_checkpoint
+
+    model = JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8))
+    save_checkpoint(tmp_path / "full.pt", model, {"step": 1}, state={"optim": {"lr": torch.tensor(1.0)}})
+    export_checkpoint(tmp_path / "full.pt", tmp_path / "small.pt")
+    loaded, extra, state = load_checkpoint(tmp_path / "small.pt")
+    assert state is None and extra == {"step": 1}
+    assert (tmp_path / "small.pt").stat().st_size < 0.6 * (tmp_path / "full.pt").stat().st_size
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)

@@ -80,3 +80,31 @@ def test_two_processes_with_gloo(dataset, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / "best.pt").exists()
     assert steps_logged(run) == list(range(8))  # rank 0 logs; both ranks stepped together
+
+
+def test_scanned_targets_see_one_side():
+    from training.joint.data import Targets
+    from training.joint.train import target_batch, visible_from
+
+    # the surface of a closed cube, 0.5 on a side
+    g = torch.stack(torch.meshgrid(torch.linspace(-0.25, 0.25, 24), torch.linspace(-0.25, 0.25, 24), indexing="ij"), -1).reshape(-1, 2)
+    side = torch.full((len(g), 1), 0.25)
+    faces = [torch.cat([side * s, g], 1)[:, order] for s in (-1, 1) for order in ([0, 1, 2], [1, 0, 2], [1, 2, 0])]
+    cube = torch.cat(faces).unsqueeze(0)
+    front_face = cube[0, :, 1] < -0.249
+    back_face = cube[0, :, 1] > 0.249
+    seen = visible_from(cube, torch.tensor([[0.0, -1.0, 0.0]]))[0]
+    assert seen[front_face].all() and not seen[back_face].any()
+    directions = torch.nn.functional.normalize(torch.randn(20, 3), dim=-1)
+    fraction = visible_from(cube.expand(20, -1, -1), directions).float().mean(1)
+    assert torch.all((fraction > 0.15) & (fraction < 0.6))
+
+    targets = Targets(["cube"], cube, None)
+    rows = torch.zeros(16, dtype=torch.long)
+
+    def coverage_gap(partial: float) -> float:
+        inputs, truth = target_batch(targets, rows, "points", 512, 0.0, torch.Generator().manual_seed(0), partial=partial)
+        # how far the true surface is from what the input shows (frames match)
+        return float(torch.cdist(truth, inputs).min(dim=2).values.mean())
+
+    assert coverage_gap(1.0) > 5 * coverage_gap(0.0)

@@ -38,7 +38,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an rfit checkpoint")
     model = JointModel(ModelConfig(**json.loads(payload["config"])))
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(payload["model"])  # copies into float32 parameters, also from float16
     model.to(device).eval()
     return model, json.loads(payload["extra"]), payload.get("state")
 
@@ -50,3 +50,17 @@ def checkpoint_id(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """A shippable copy: no optimiser state, floating-point weights in float16
+    (half the size; ``load_checkpoint`` restores float32)."""
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{source} is not an rfit checkpoint")
+    payload.pop("state", None)
+    payload["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    tmp = Path(target).with_name(f".{Path(target).name}.tmp")
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, tmp)
+    os.replace(tmp, target)

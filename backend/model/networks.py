@@ -26,7 +26,7 @@ from backend.model.sources import SourceTensors
 @dataclass(frozen=True)
 class ModelConfig:
     point_width: int = 128
-    image_width: int = 32
+    image_width: int = 16
     global_code: int = 256
     part_code: int = 32
     target_code: int = 256

@@ -42,6 +42,7 @@ class TrainConfig:
     symmetry_weight: float = 1.0
     positivity_weight: float = 10.0
     noise: float = 0.01
+    partial: float = 0.5  # share of point targets given as single-view scans
     sampling: str = "retrieval"  # "retrieval" (ours) or "uniform" (the ablation)
     refresh_every: int = 25
     val_every: int = 200
@@ -77,19 +78,58 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
-def target_batch(targets: Targets, rows: torch.Tensor, modality: str, n_points: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def visible_from(points: torch.Tensor, direction: torch.Tensor, grid: int = 40, tolerance: float = 0.02) -> torch.Tensor:
+    """(B, N) mask of points a viewer looking along ``-direction`` sees.
+
+    A point z-buffer: points are binned on a ``grid`` x ``grid`` image plane
+    and kept when within ``tolerance`` (normalised units) of the nearest
+    point of their cell, which is what a single scan of the shape records.
+
+    Args:
+        points: (B, N, 3) in a normalised frame.
+        direction: (B, 3) unit vectors from the shape towards the viewer.
+    """
+    up = torch.tensor([0.0, 0.0, 1.0]).expand_as(direction)
+    right = torch.nn.functional.normalize(torch.cross(up, direction, dim=-1), dim=-1)
+    true_up = torch.cross(direction, right, dim=-1)
+    u = (points * right.unsqueeze(1)).sum(-1)
+    v = (points * true_up.unsqueeze(1)).sum(-1)
+    depth = -(points * direction.unsqueeze(1)).sum(-1)
+    cell_u = ((u + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
+    cell_v = ((v + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
+    cell = cell_u * grid + cell_v
+    nearest = torch.full((points.shape[0], grid * grid), float("inf")).scatter_reduce(1, cell, depth, reduce="amin")
+    return depth <= torch.gather(nearest, 1, cell) + tolerance
+
+
+def target_batch(
+    targets: Targets, rows: torch.Tensor, modality: str, n_points: int, noise: float, generator: torch.Generator, partial: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Network input and true shape (B, n_points, 3), in the input's normalised frame.
 
-    Point targets are a random subset of the clean samples with Gaussian
-    noise, re-normalised by their own box (as at inference); image targets
-    are one random view, and their true shape is the clean samples.
+    Point targets are a random subset of the clean samples, with probability
+    ``partial`` only what one random viewpoint sees (a single scan), plus
+    Gaussian noise, re-normalised by their own box (as at inference); the
+    true shape is always the whole surface. Image targets are one random
+    view, and their true shape is the clean samples.
     """
     clean = targets.points[rows]
     pick = torch.stack([torch.randperm(clean.shape[1], generator=generator)[:n_points] for _ in range(len(rows))])
     truth = torch.gather(clean, 1, pick.unsqueeze(-1).expand(-1, -1, 3))
     if modality == "points":
+        seen = truth
+        scans = torch.rand(len(rows), generator=generator) < partial
+        if scans.any():
+            azimuth = torch.rand(len(rows), generator=generator) * 2 * math.pi
+            elevation = torch.rand(len(rows), generator=generator) * math.radians(45)
+            direction = torch.stack([torch.sin(azimuth) * torch.cos(elevation), -torch.cos(azimuth) * torch.cos(elevation), torch.sin(elevation)], dim=-1)
+            visible = visible_from(clean, direction)
+            weights = visible.float() + 1e-6  # draw from the visible points
+            picked = torch.multinomial(weights, n_points, replacement=True, generator=generator)
+            scanned = torch.gather(clean, 1, picked.unsqueeze(-1).expand(-1, -1, 3))
+            seen = torch.where(scans.view(-1, 1, 1), scanned, truth)
         scale = torch.rand(len(rows), 1, 1, generator=generator) * noise
-        noisy = truth + torch.randn(truth.shape, generator=generator) * scale
+        noisy = seen + torch.randn(seen.shape, generator=generator) * scale
         centre, diagonal = normalisation(noisy)
         frame = lambda x: (x - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)  # noqa: E731
         return frame(noisy), frame(truth)
@@ -236,7 +276,7 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
     for step in range(start, config.steps):
         modality = modalities[(step // 2) % len(modalities)]
         rows = torch.randint(len(data.train), (config.batch,), generator=generator)
-        target, truth = target_batch(data.train, rows, modality, config.model.n_points, config.noise, generator)
+        target, truth = target_batch(data.train, rows, modality, config.model.n_points, config.noise, generator, config.partial)
         target, truth = target.to(device), truth.to(device)
         warm = step < config.warmup
         if warm or config.sampling == "uniform":

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     fit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     fit.set_defaults(run=_cmd_fit)
+
+    serve = commands.add_parser("serve", help="run the worker the Blender add-on talks to (framed protocol on stdin/stdout)")
+    serve.set_defaults(run=lambda args: __import__("backend.worker", fromlist=["serve"]).serve())
     return parser
 
 

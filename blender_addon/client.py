@@ -1,0 +1,142 @@
+"""The add-on's side of the backend process: start, talk, poll, restart.
+
+Pure Python (subprocess and threads), no bpy and no torch, so it is tested
+without Blender. Blender's UI polls ``BackendClient.poll()`` from a timer or
+modal operator and never blocks on the worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .protocol import Message, ProtocolError, read_message, request, write_message
+
+ENV_PYTHON = "RFIT_BACKEND_PYTHON"
+
+
+class BackendUnavailable(RuntimeError):
+    """No usable backend: not configured, failed to start, or died."""
+
+
+def backend_root() -> Path:
+    """The folder that holds the ``backend`` package (bundled in the add-on, or the checkout)."""
+    here = Path(__file__).resolve().parent
+    return here if (here / "backend").is_dir() else here.parent
+
+
+class BackendClient:
+    """A running ``python -m backend serve`` worker."""
+
+    def __init__(self, python: str | None = None):
+        self.python = os.environ.get(ENV_PYTHON) or python
+        if not self.python:
+            raise BackendUnavailable(f"no backend Python is set: choose one in the add-on preferences or set {ENV_PYTHON}")
+        if not Path(self.python).exists():
+            raise BackendUnavailable(f"backend Python not found: {self.python}")
+        self.ids = itertools.count(1)
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.process: subprocess.Popen | None = None
+        self.lock = threading.Lock()
+        self.stderr_tail: list[str] = []
+        self.start()
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(backend_root()), os.environ.get("PYTHONPATH", "")])), "PYTHONUNBUFFERED": "1"}
+        try:
+            self.process = subprocess.Popen(
+                [self.python, "-m", "backend", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(backend_root())
+            )
+        except OSError as error:
+            raise BackendUnavailable(f"cannot start the backend with {self.python}: {error}") from error
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        try:
+            while True:
+                message = read_message(process.stdout)
+                if message is None:
+                    break
+                self.inbox.put(message)
+        except (ProtocolError, EOFError, OSError) as error:
+            self.inbox.put(Message({"id": -1, "type": "error", "message": f"backend stream broken: {error}", "fatal": True}))
+
+    def _drain_stderr(self, process: subprocess.Popen) -> None:
+        for line in process.stderr:
+            self.stderr_tail = (self.stderr_tail + [line.decode("utf-8", "replace").rstrip()])[-40:]
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def submit(self, kind: str, arrays=None, **fields) -> int:
+        """Send a request; returns its id. Restarts a dead worker first."""
+        if not self.alive:
+            self.start()
+        request_id = next(self.ids)
+        with self.lock:
+            try:
+                write_message(self.process.stdin, request(kind, request_id, arrays, **fields))
+            except (BrokenPipeError, OSError) as error:
+                raise BackendUnavailable(f"the backend stopped: {self.last_error()}") from error
+        return request_id
+
+    def poll(self) -> list[Message]:
+        """Every message that arrived since the last poll (never blocks)."""
+        messages = []
+        while True:
+            try:
+                messages.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        if not messages and not self.alive:
+            messages.append(Message({"id": -1, "type": "error", "message": f"the backend exited: {self.last_error()}", "fatal": True}))
+        return messages
+
+    def wait(self, request_id: int, timeout: float = 600.0, on_progress=None) -> Message:
+        """Block until the answer to ``request_id`` (scripts and tests; the UI polls instead)."""
+        deadline = time.monotonic() + timeout
+        pending: list[Message] = []
+        while time.monotonic() < deadline:
+            try:
+                message = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                if not self.alive and self.inbox.empty():
+                    raise BackendUnavailable(f"the backend exited: {self.last_error()}")
+                continue
+            if message.id == request_id and message.type in ("result", "error"):
+                for other in pending:
+                    self.inbox.put(other)
+                return message
+            if message.id == -1 and message.get("fatal"):
+                raise BackendUnavailable(message["message"])
+            if message.id == request_id and on_progress is not None:
+                on_progress(message)
+            elif message.id != request_id:
+                pending.append(message)
+        raise TimeoutError(f"no answer to request {request_id} within {timeout} s")
+
+    def call(self, kind: str, arrays=None, timeout: float = 600.0, **fields) -> Message:
+        """Send and wait; raises ``RuntimeError`` with the backend's message on an error."""
+        answer = self.wait(self.submit(kind, arrays, **fields), timeout)
+        if answer.type == "error":
+            raise RuntimeError(answer["message"])
+        return answer
+
+    def last_error(self) -> str:
+        return self.stderr_tail[-1] if self.stderr_tail else "no output"
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        if not self.alive:
+            return
+        try:
+            self.submit("shutdown")
+            self.process.wait(timeout)
+        except (BackendUnavailable, subprocess.TimeoutExpired):
+            self.process.kill()

@@ -1,0 +1,121 @@
+"""The framed protocol and the worker process, driven as the add-on drives it."""
+
+import io
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.model.checkpoint import save_checkpoint
+from backend.model.networks import JointModel, ModelConfig
+from backend.protocol import MAGIC, ProtocolError, encode, read_message, request, response
+from blender_addon.client import BackendClient, BackendUnavailable
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "backend" / "demo"
+
+
+def test_round_trip_with_arrays():
+    points = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    message = request("fit", 7, {"points": points, "image": np.zeros((4, 4, 3), np.uint8)}, index="/x", options={"top_k": 3})
+    stream = io.BytesIO(encode(message) + encode(response("result", 7, ok=True)))
+    first = read_message(stream)
+    assert first.type == "fit" and first.id == 7 and first["options"] == {"top_k": 3}
+    np.testing.assert_array_equal(first.arrays["points"], points)
+    assert first.arrays["image"].dtype == np.uint8
+    assert read_message(stream)["ok"] is True
+    assert read_message(stream) is None
+
+
+def test_malformed_frames_are_refused():
+    with pytest.raises(ProtocolError, match="not a protocol frame"):
+        read_message(io.BytesIO(b"hello world"))
+    with pytest.raises(ProtocolError, match="larger than allowed"):
+        read_message(io.BytesIO(MAGIC + struct.pack("<I", 1 << 30)))
+    header = b'{"protocol": 99, "id": 1, "type": "hello"}'
+    with pytest.raises(ProtocolError, match="do not match"):
+        read_message(io.BytesIO(MAGIC + struct.pack("<I", len(header)) + header))
+    # a pickled object array is never loaded
+    evil = io.BytesIO()
+    np.save(evil, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    header = b'{"protocol": 1, "id": 1, "type": "fit", "arrays": [{"name": "points", "nbytes": %d}]}' % len(evil.getvalue())
+    with pytest.raises(ProtocolError, match="plain .npy"):
+        read_message(io.BytesIO(MAGIC + struct.pack("<I", len(header)) + header + evil.getvalue()))
+    with pytest.raises(ProtocolError, match="needs"):
+        request("index_library", 1, library="/x")
+    with pytest.raises(EOFError):
+        read_message(io.BytesIO(encode(request("hello", 1))[:-3]))
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("worker")
+    for category in ("chair", "table"):
+        (folder / "library").mkdir(exist_ok=True)
+        for i in range(3):
+            shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", folder / "library" / f"{category}_{i}.glb")
+    torch.manual_seed(0)
+    save_checkpoint(folder / "model.pt", JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)))
+    client = BackendClient(sys.executable)
+    yield client, folder
+    client.shutdown()
+    assert not client.alive
+
+
+def test_hello_index_fit(worker):
+    client, folder = worker
+    hello = client.call("hello")
+    assert hello["protocol"] == 1 and hello["device"] in ("cpu", "cuda") and hello["torch"]
+    progress = []
+    answer = client.wait(client.submit("index_library", library=str(folder / "library"), index=str(folder / "index")), on_progress=progress.append)
+    assert answer.type == "result" and len(answer["added"]) == 6
+    assert progress and progress[-1]["done"] == progress[-1]["total"] == 6
+    points = np.load(DEMO / "targets" / "chair_full.npy")
+    fit = client.call("fit", {"points": points}, index=str(folder / "index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[0])
+    assert len(fit["candidates"]) == 2
+    parts = fit["candidates"][0]["parts"]
+    for k in range(len(parts)):
+        assert fit.arrays[f"c0_part{k}_vertices"].shape[1] == 3
+        assert fit.arrays[f"c0_part{k}_faces"].max() < len(fit.arrays[f"c0_part{k}_vertices"])
+
+
+def test_errors_are_answers_and_the_worker_lives_on(worker):
+    client, folder = worker
+    bad = client.wait(client.submit("fit", {"points": np.full((10, 3), np.nan)}, index=str(folder / "index"), checkpoint=str(folder / "model.pt")))
+    assert bad.type == "error" and "NaN" in bad["message"]
+    missing = client.wait(client.submit("index_library", library=str(folder / "nowhere"), index=str(folder / "i2")))
+    assert missing.type == "error" and "not found" in missing["message"]
+    assert client.call("hello")["protocol"] == 1
+
+
+def test_cancel_an_indexing_run(worker, tmp_path):
+    client, folder = worker
+    library = tmp_path / "big"
+    library.mkdir()
+    for i in range(40):
+        shutil.copy(DEMO / "library" / "storage" / f"storage_{i % 20:02d}.glb", library / f"s{i}.glb")
+    job = client.submit("index_library", library=str(library), index=str(tmp_path / "index"))
+    client.submit("cancel", target=job)
+    answer = client.wait(job)
+    assert answer.type == "error" and answer.get("cancelled")
+    assert not (tmp_path / "index" / "manifest.json").exists()  # nothing half-written
+
+
+def test_a_dead_worker_is_restarted(worker):
+    client, _ = worker
+    client.process.kill()
+    client.process.wait()
+    assert not client.alive
+    assert client.call("hello")["protocol"] == 1  # submit restarted it
+
+
+def test_unconfigured_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("RFIT_BACKEND_PYTHON", raising=False)
+    with pytest.raises(BackendUnavailable, match="no backend Python"):
+        BackendClient(None)
+    with pytest.raises(BackendUnavailable, match="not found"):
+        BackendClient("/nonexistent/python")

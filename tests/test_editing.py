@@ -1,0 +1,82 @@
+"""Hand edits with the structure kept (backend API, no Blender)."""
+
+import numpy as np
+import pytest
+
+from backend.editing import keep_connected
+from backend.geometry.connectivity import joint_gaps
+from backend.library import IndexOptions, build_source, load_model
+from helpers import chair_parts, write_scene
+
+
+@pytest.fixture(scope="module")
+def chair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chair")
+    path = write_scene(chair_parts(), folder / "chair.glb")
+    source = build_source(load_model(path, folder), IndexOptions(), seed=0)
+    names = dict(zip(source.piece_names, source.piece_part.tolist()))
+    return source, names
+
+
+def solve(source, boxes, locked, **kw):
+    return keep_connected(source.boxes, source.joint_pairs, source.joint_points, boxes, locked, min_half_size=source.min_half_size, **kw)
+
+
+def test_a_longer_leg_pulls_the_seat_and_keeps_every_joint(chair):
+    source, part = chair
+    leg = part["leg0"]
+    edited = source.boxes.copy()
+    edited[leg, 5] *= 1.3  # taller leg (half-size along z)
+    edited[leg, 2] += edited[leg, 5] - source.boxes[leg, 5]  # grown upwards, foot on the floor
+    before = joint_gaps(source.boxes, edited, source.joint_pairs, source.joint_points, 1e-6)
+    locked = np.zeros(source.n_parts, bool)
+    locked[leg] = True
+    result = solve(source, edited, locked)
+    assert before.max() > 0.05
+    assert result.gaps.max() < 1e-6
+    np.testing.assert_allclose(result.boxes[leg], edited[leg], atol=1e-9)  # the edited part did not move
+    assert result.lock_residual < 1e-9
+    assert result.boxes[part["seat"], 2] > source.boxes[part["seat"], 2] + 0.05  # the seat followed
+    np.testing.assert_allclose(result.boxes[part["seat"], 5], source.boxes[part["seat"], 5], rtol=0.05)  # not squashed
+    for other in ("leg1", "leg2", "leg3"):  # the other legs grew and still stand on the floor
+        k = part[other]
+        assert abs(result.boxes[k, 2] - result.boxes[k, 5]) < 1e-3
+        assert result.boxes[k, 5] > source.boxes[k, 5] + 0.03
+
+
+def test_symmetry_applies_the_edit_to_the_mirror_part(chair):
+    source, part = chair
+    leg, other = part["leg0"], part["leg1"]
+    assert source.part_mirror[leg] == other
+    edited = source.boxes.copy()
+    edited[leg, 3:5] *= 1.5  # thicker leg
+    locked = np.zeros(source.n_parts, bool)
+    locked[leg] = True
+    plain = solve(source, edited, locked)
+    mirrored = solve(source, edited, locked, mirror=source.part_mirror, symmetry_axis=source.symmetry_axis, keep_symmetry=True)
+    np.testing.assert_allclose(plain.boxes[other], source.boxes[other], atol=2e-3)
+    np.testing.assert_allclose(mirrored.boxes[other, 3:], edited[leg, 3:], atol=1e-9)
+    assert mirrored.locked[other] and mirrored.gaps.max() < 1e-6
+
+
+def test_rotated_parts_are_left_out(chair):
+    source, part = chair
+    back = part["back"]
+    edited = source.boxes.copy()
+    edited[back, :3] += [0.0, 0.3, 0.2]  # moved away (and, say, rotated by the user)
+    excluded = np.zeros(source.n_parts, bool)
+    excluded[back] = True
+    result = solve(source, edited, np.zeros(source.n_parts, bool), excluded=excluded)
+    np.testing.assert_allclose(result.boxes[back], edited[back])
+    np.testing.assert_allclose(result.boxes[part["seat"]], source.boxes[part["seat"]], atol=1e-9)  # nothing pulled towards it
+
+
+def test_contradicting_edits_are_reported(chair):
+    source, part = chair
+    edited = source.boxes.copy()
+    edited[part["seat"], 2] += 0.2  # the seat lifted ...
+    locked = np.zeros(source.n_parts, bool)
+    locked[[part["seat"], part["leg0"]]] = True  # ... while its leg is held where it was
+    result = solve(source, edited, locked)
+    assert result.lock_residual > 0.01
+    assert result.gaps.max() < 1e-6

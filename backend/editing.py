@@ -69,9 +69,13 @@ def mirror_box(box: np.ndarray, axis: int, offset: float) -> np.ndarray:
     return out
 
 
-def symmetry_plane(boxes: np.ndarray, mirror: np.ndarray, axis: int) -> float:
-    """Position of the reflection plane implied by the mirrored parts' current boxes."""
+def symmetry_plane(boxes: np.ndarray, mirror: np.ndarray, axis: int, edited: np.ndarray | None = None) -> float:
+    """Position of the reflection plane implied by the mirrored parts' boxes,
+    from the parts the user did not edit when there are such pairs."""
     pairs = [(k, m) for k, m in enumerate(mirror) if m >= 0]
+    if edited is not None:
+        untouched = [(k, m) for k, m in pairs if not edited[k] and not edited[m]]
+        pairs = untouched or pairs
     return float(np.mean([(boxes[k, axis] + boxes[m, axis]) / 2 for k, m in pairs])) if pairs else 0.0
 
 
@@ -107,7 +111,7 @@ def keep_connected(
     excluded = np.zeros(n_parts, bool) if excluded is None else np.asarray(excluded, dtype=bool)
     target = boxes.copy()
     if keep_symmetry and symmetry_axis >= 0 and mirror is not None:
-        offset = symmetry_plane(boxes, np.asarray(mirror), symmetry_axis)
+        offset = symmetry_plane(boxes, np.asarray(mirror), symmetry_axis, edited=locked)
         for k in np.flatnonzero(locked):
             m = int(mirror[k])
             if m >= 0 and m != k and not locked[m] and not excluded[m]:
@@ -132,15 +136,15 @@ def keep_connected(
     rows[np.arange(len(grounded)), PARAMS * grounded + 2] = FLOOR_WEIGHT
     rows[np.arange(len(grounded)), PARAMS * grounded + 5] = -FLOOR_WEIGHT
     values = FLOOR_WEIGHT * (boxes[grounded, 2] - boxes[grounded, 5])
-    for _ in range(n_parts + 1):  # active set: half-sizes that would collapse are held
+    for _ in range(n_parts + 1):  # active set: half-sizes that would collapse are held (softly, after the user's locks)
         z = _solve(basis, goal, fixed, weight, rows, values)
         solved = (basis @ z).reshape(n_parts, PARAMS)
         collapsing = np.zeros((n_parts, PARAMS), bool)
         collapsing[:, 3:] = solved[:, 3:] < np.maximum(min_half_size, 0.5 * target[:, 3:])
-        collapsing &= ~fixed.reshape(n_parts, PARAMS)
+        collapsing = collapsing.reshape(-1) & ~fixed & (weight < FLOOR_WEIGHT)
         if not collapsing.any():
             break
-        fixed = fixed | collapsing.reshape(-1)
+        weight = np.where(collapsing, FLOOR_WEIGHT, weight)
     residual = float(np.abs(solved[locked] - target[locked]).max(initial=0.0))
     solved[excluded] = boxes[excluded]
     solved[:, 3:] = np.maximum(solved[:, 3:], min_half_size)

@@ -293,18 +293,35 @@ class Fitter:
         predicted = self.codes["sigma"][order] * distance[order] / 100.0
         return self._candidates(order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement)
 
-    def refine(self, chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions) -> torch.Tensor:
+    def refine(self, chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions, locked: torch.Tensor | None = None) -> torch.Tensor:
         """Inner deformation optimisation: Adam on each candidate's null-space
         coordinates, on chamfer to the target plus symmetry, from the
         network's prediction; stops on convergence, at ``refine_steps`` or
-        after ``refine_seconds``. Returns the refined boxes (P, K, 6)."""
+        after ``refine_seconds``. Parts marked in ``locked`` (P, K) keep
+        their boxes exactly. Returns the refined boxes (P, K, 6)."""
         basis = chosen.basis
+        start = basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)
+        directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
+        if locked is not None and bool(locked.any()):
+            # z = z0 + M w: z0 meets the locked boxes, M spans what leaves them be.
+            starts, spans = [], []
+            for p in range(len(boxes)):
+                rows = locked[p].repeat_interleave(6).cpu().numpy()
+                n_locked = basis[p].cpu().double().numpy()[rows]
+                z0 = np.linalg.lstsq(n_locked, boxes[p].reshape(-1).cpu().double().numpy()[rows], rcond=None)[0]
+                _, singular, vt = np.linalg.svd(n_locked, full_matrices=True)
+                rank = int(np.sum(singular > 1e-9 * max(singular.max(initial=0.0), 1e-300)))
+                starts.append(torch.from_numpy(z0).to(basis)[:, None])
+                spans.append(torch.from_numpy(vt[rank:].T.copy()).to(basis))
+            width = max(m.shape[1] for m in spans)
+            start = torch.stack(starts)
+            directions = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in spans])
         with torch.enable_grad():
-            z = (basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)).detach().requires_grad_(True)
-            optimiser = torch.optim.Adam([z], lr=2e-3)
+            w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
+            optimiser = torch.optim.Adam([w], lr=2e-3)
             started, reference = time.perf_counter(), None
             for step in range(options.refine_steps):
-                current = (basis @ z).reshape(boxes.shape)
+                current = (basis @ (start + directions @ w)).reshape(boxes.shape)
                 fit = chamfer_distance(deformed_points(chosen, current), truth)
                 shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - current[..., 3:]) * chosen.part_mask.unsqueeze(-1)
                 loss = (fit + options.symmetry_weight * box_symmetry_loss(current, chosen.mirror, chosen.axis) + 10 * shortfall.square().sum((1, 2))).sum()
@@ -319,8 +336,40 @@ class Fitter:
                 if time.perf_counter() - started > options.refine_seconds:
                     break
         with torch.no_grad():
-            final = (basis @ z).reshape(boxes.shape)
+            final = (basis @ (start + directions @ w)).reshape(boxes.shape)
             return torch.cat([final[..., :3], torch.maximum(final[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
+
+    def refit(self, points, source_index: int, boxes: np.ndarray, locked: np.ndarray, yaw: float = 0.0, options: FitOptions = FitOptions()) -> FitResult:
+        """Refine an existing fit of source ``source_index`` to the target
+        ``points`` with the ``locked`` (K,) parts held at ``boxes`` (K, 6), the
+        fit's boxes as ``Candidate.fitted_boxes`` gives them (user-edited)."""
+        started = time.perf_counter()
+        cloud, notes = clean_points(points, self.model.config.n_points)
+        pivot = (cloud.min(axis=0) + cloud.max(axis=0)) / 2
+        turned = (cloud - pivot) @ _rotation_z(-yaw).T + pivot
+        target = torch.from_numpy(turned).float().unsqueeze(0).to(self.device)
+        centre, diagonal = normalisation(target)
+        target = (target - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
+        boxes = np.asarray(boxes, np.float64)
+        k = self.index.sources[source_index].n_parts
+        if boxes.shape != (k, 6) or np.shape(locked) != (k,):
+            raise FitError(f"source {source_index} has {k} parts: boxes must be {k} x 6 and locked {k} long")
+        unturned = (boxes[:, :3] - pivot) @ _rotation_z(yaw) + pivot  # R^T applied to rows
+        padded = self.sources.boxes[source_index].clone().double().cpu().numpy()
+        padded[:k, :3] = (unturned - centre[0].cpu().numpy()) / float(diagonal)
+        padded[:k, 3:] = boxes[:, 3:] / float(diagonal)
+        row = torch.tensor([source_index], device=self.device)
+        chosen = self.sources.select(row)
+        mask = torch.zeros(1, padded.shape[0], dtype=torch.bool)
+        mask[0, :k] = torch.as_tensor(np.asarray(locked, bool))
+        start = torch.from_numpy(padded).float().unsqueeze(0).to(self.device)
+        refined = self.refine(chosen.first_points(RERANK_POINTS), start, target, options, locked=mask.to(self.device))
+        with torch.no_grad():
+            measured = chamfer_distance(deformed_points(chosen.first_points(MEASURE_POINTS), refined), target)
+            distance = torch.cdist(self.model.retrieval.embed_target(target, "points"), self.codes["embedding"])[0]
+        predicted = self.codes["sigma"][row] * distance[row] / 100.0
+        candidates = self._candidates(row, distance, predicted, measured, chosen, refined, centre[0].cpu().numpy(), float(diagonal), yaw, pivot, None)
+        return FitResult("points", candidates, notes, time.perf_counter() - started)
 
     def _candidates(self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement) -> list[Candidate]:
         out = []

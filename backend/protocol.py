@@ -14,7 +14,9 @@ a ``.npy`` file image (loaded with ``allow_pickle=False``). Every header
 carries ``protocol`` (the version), ``id`` (the request it belongs to) and
 ``type``.
 
-Requests: ``hello``, ``index_library``, ``fit``, ``cancel``, ``shutdown``.
+Requests: ``hello``, ``index_library``, ``fit``, ``refit`` (refine a fit with
+edited parts locked), ``keep_connected`` (re-attach joints around edited
+parts), ``part_meshes`` (a source's geometry by part), ``cancel``, ``shutdown``.
 Responses: ``progress`` (any number, while working), then exactly one of
 ``result`` or ``error`` per request.
 """
@@ -33,7 +35,7 @@ MAGIC = b"RFIT"
 MAX_HEADER_BYTES = 16 << 20
 MAX_ARRAY_BYTES = 1 << 31
 
-REQUESTS = ("hello", "index_library", "fit", "cancel", "shutdown")
+REQUESTS = ("hello", "index_library", "fit", "refit", "keep_connected", "part_meshes", "cancel", "shutdown")
 RESPONSES = ("progress", "result", "error")
 
 # Fields each request type must carry (beyond protocol, id, type).
@@ -41,6 +43,9 @@ REQUIRED = {
     "hello": (),
     "index_library": ("library", "index"),
     "fit": ("index",),
+    "refit": ("index", "source_index", "locked"),
+    "keep_connected": ("index", "source_index", "locked"),
+    "part_meshes": ("index", "source_index"),
     "cancel": ("target",),
     "shutdown": (),
 }

@@ -120,7 +120,6 @@ class Worker:
         return self.fitters[key][0]
 
     def handle_fit(self, message: Message):
-        from backend.export import part_meshes
         from backend.fitting import DEFAULT_CHECKPOINT, FitOptions
 
         fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
@@ -135,12 +134,51 @@ class Worker:
         arrays = {}
         for rank in message.get("meshes_for", [0]):  # part geometry of the candidates the add-on will build
             if rank < len(result.candidates):
-                candidate = result.candidates[rank]
-                for k, mesh in enumerate(part_meshes(fitter.index, candidate.source_index)):
-                    arrays[f"c{rank}_part{k}_vertices"] = np.asarray(mesh.vertices, np.float32)
-                    arrays[f"c{rank}_part{k}_faces"] = np.asarray(mesh.faces, np.int32)
+                arrays.update(self.mesh_arrays(fitter.index, result.candidates[rank].source_index, f"c{rank}_"))
         self.progress(message.id, 1, 1, "done")
         return result.to_json(), arrays
+
+    @staticmethod
+    def mesh_arrays(index, source_index: int, prefix: str = "") -> dict[str, np.ndarray]:
+        from backend.export import part_meshes
+
+        arrays = {}
+        for k, mesh in enumerate(part_meshes(index, source_index)):
+            arrays[f"{prefix}part{k}_vertices"] = np.asarray(mesh.vertices, np.float32)
+            arrays[f"{prefix}part{k}_faces"] = np.asarray(mesh.faces, np.int32)
+        return arrays
+
+    def handle_part_meshes(self, message: Message):
+        from backend.library import load_index
+
+        index = load_index(message["index"])
+        return {"source": index.sources[int(message["source_index"])].path}, self.mesh_arrays(index, int(message["source_index"]))
+
+    def handle_refit(self, message: Message):
+        from backend.fitting import DEFAULT_CHECKPOINT, FitOptions
+
+        fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
+        options = FitOptions(**{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__})
+        if "points" not in message.arrays or "boxes" not in message.arrays:
+            raise ValueError("a refit needs the target 'points' and the current 'boxes' arrays")
+        result = fitter.refit(message.arrays["points"], int(message["source_index"]), message.arrays["boxes"], np.asarray(message["locked"], bool), float(message.get("yaw", 0.0)), options)
+        return result.to_json(), None
+
+    def handle_keep_connected(self, message: Message):
+        from backend.editing import keep_connected
+        from backend.library import load_index
+
+        index = load_index(message["index"])
+        source = index.load_source(int(message["source_index"]))
+        if "boxes" not in message.arrays:
+            raise ValueError("keep_connected needs the current 'boxes' array")
+        excluded = message.get("excluded")
+        result = keep_connected(
+            source.boxes, source.joint_pairs, source.joint_points, message.arrays["boxes"], np.asarray(message["locked"], bool),
+            excluded=None if excluded is None else np.asarray(excluded, bool), mirror=source.part_mirror, symmetry_axis=source.symmetry_axis,
+            keep_symmetry=bool(message.get("keep_symmetry", False)), min_half_size=source.min_half_size,
+        )
+        return {"locked": result.locked.tolist(), "lock_residual": result.lock_residual, "max_gap": float(result.gaps.max(initial=0.0))}, {"boxes": result.boxes}
 
 
 def serve(inbox: BinaryIO | None = None, outbox: BinaryIO | None = None) -> int:

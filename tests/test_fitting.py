@@ -166,3 +166,19 @@ def test_fit_command(setup, tmp_path):
     assert first["measured_chamfer_x100"] > 0 and first["parts"][0].keys() == {"index", "source_box", "original_box", "fitted_box"}
     bad = subprocess.run([sys.executable, "-m", "backend", "fit", "--index", str(setup / "index"), "--image", str(tmp_path / "r.json"), "--checkpoint", str(setup / "model.pt")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "cannot read image" in bad.stderr
+
+
+def test_refit_keeps_edited_parts_and_improves_the_rest(setup):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    points = chair_target()
+    candidate = fitter.fit_points(points, FitOptions(top_k=1)).candidates[0]
+    edited = candidate.fitted_boxes.copy()
+    edited[0, 3:] *= 1.2  # the user scaled part 0
+    locked = np.zeros(len(edited), bool)
+    locked[0] = True
+    result = fitter.refit(points, candidate.source_index, edited, locked, options=FitOptions(refine_steps=80))
+    refit = result.candidates[0]
+    np.testing.assert_allclose(refit.fitted_boxes[0], edited[0], atol=1e-4)
+    assert not np.allclose(refit.fitted_boxes[1:], edited[1:], atol=1e-4)
+    with pytest.raises(FitError, match="parts"):
+        fitter.refit(points, candidate.source_index, edited[:2], locked[:2])

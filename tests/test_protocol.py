@@ -60,6 +60,9 @@ def worker(tmp_path_factory):
             shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", folder / "library" / f"{category}_{i}.glb")
     torch.manual_seed(0)
     save_checkpoint(folder / "model.pt", JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)))
+    from backend.library import build_index
+
+    build_index(folder / "library", folder / "index")
     client = BackendClient(sys.executable)
     yield client, folder
     client.shutdown()
@@ -71,11 +74,11 @@ def test_hello_index_fit(worker):
     hello = client.call("hello")
     assert hello["protocol"] == 1 and hello["device"] in ("cpu", "cuda") and hello["torch"]
     progress = []
-    answer = client.wait(client.submit("index_library", library=str(folder / "library"), index=str(folder / "index")), on_progress=progress.append)
+    answer = client.wait(client.submit("index_library", library=str(folder / "library"), index=str(folder / "worker-index")), on_progress=progress.append)
     assert answer.type == "result" and len(answer["added"]) == 6
     assert progress and progress[-1]["done"] == progress[-1]["total"] == 6
     points = np.load(DEMO / "targets" / "chair_full.npy")
-    fit = client.call("fit", {"points": points}, index=str(folder / "index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[0])
+    fit = client.call("fit", {"points": points}, index=str(folder / "worker-index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[0])
     assert len(fit["candidates"]) == 2
     parts = fit["candidates"][0]["parts"]
     for k in range(len(parts)):
@@ -119,3 +122,21 @@ def test_unconfigured_backend_is_a_clear_error(monkeypatch):
         BackendClient(None)
     with pytest.raises(BackendUnavailable, match="not found"):
         BackendClient("/nonexistent/python")
+
+
+def test_edit_requests(worker):
+    client, folder = worker
+    fit = client.call("fit", {"points": np.load(DEMO / "targets" / "chair_full.npy")}, index=str(folder / "index"), checkpoint=str(folder / "model.pt"), options={"top_k": 1}, meshes_for=[])
+    best = fit["candidates"][0]
+    boxes = np.array([p["fitted_box"] for p in best["parts"]])
+    edited = boxes.copy()
+    edited[0, :3] += 0.05
+    locked = [True] + [False] * (len(boxes) - 1)
+    kept = client.call("keep_connected", {"boxes": edited}, index=str(folder / "index"), source_index=best["source_index"], locked=locked, keep_symmetry=True)
+    np.testing.assert_allclose(kept.arrays["boxes"][0], edited[0], atol=1e-9)
+    assert kept["max_gap"] < 1e-6
+    refit = client.call("refit", {"boxes": kept.arrays["boxes"], "points": np.load(DEMO / "targets" / "chair_full.npy")}, index=str(folder / "index"),
+                        checkpoint=str(folder / "model.pt"), source_index=best["source_index"], locked=locked, options={"refine_steps": 20})
+    np.testing.assert_allclose(refit["candidates"][0]["parts"][0]["fitted_box"], edited[0], atol=1e-4)
+    meshes = client.call("part_meshes", index=str(folder / "index"), source_index=best["source_index"])
+    assert len([k for k in meshes.arrays if k.endswith("_vertices")]) == len(boxes)

@@ -1,8 +1,8 @@
 """Retrieve & Fit: Blender add-on.
 
 Registers the sidebar panel and operators that drive the backend worker.
-This module only registers; the work lives in the modules beside it and in
-the backend process (the add-on never imports torch).
+This module only registers; the work lives in ``api`` (scriptable), the UI
+in ``ui/`` and the backend process (the add-on never imports torch).
 """
 
 bl_info = {
@@ -15,18 +15,31 @@ bl_info = {
     "category": "Object",
 }
 
-_classes: tuple = ()
+
+def _modules():
+    from .ui import operators, panels, preferences, props
+
+    return (props, preferences, operators, panels)
 
 
 def register() -> None:
     import bpy
 
-    for cls in _classes:
-        bpy.utils.register_class(cls)
+    for module in _modules():
+        for cls in module.classes:
+            bpy.utils.register_class(cls)
+        if hasattr(module, "register"):
+            module.register()
 
 
 def unregister() -> None:
     import bpy
 
-    for cls in reversed(_classes):
-        bpy.utils.unregister_class(cls)
+    from . import api
+
+    api.shutdown()
+    for module in reversed(_modules()):
+        if hasattr(module, "unregister"):
+            module.unregister()
+        for cls in reversed(module.classes):
+            bpy.utils.unregister_class(cls)

@@ -1,0 +1,1 @@
+"""Blender UI: thin operators, panels, properties and preferences over ``api``."""

@@ -30,10 +30,10 @@ class RFIT_PT_main(bpy.types.Panel):
         box.label(text="Target", icon="OUTLINER_OB_POINTCLOUD")
         obj = context.active_object
         box.label(text=f"Active: {obj.name}" if obj is not None else "Select a scan, or pick an image")
-        box.prop(s, "image_path")
-        row = box.row()
-        row.prop(s, "top_k")
-        row.prop(s, "yaw_search")
+        box.prop(s, "image_path", text="")
+        col = box.column(align=True)
+        col.prop(s, "top_k")
+        col.prop(s, "yaw_search", text="Turns")
         box.prop(s, "refine")
         box.operator("rfit.retrieve_and_fit", icon="MOD_MESHDEFORM")
         if s.busy or s.status:
@@ -45,10 +45,9 @@ class RFIT_PT_main(bpy.types.Panel):
         if parent is not None:
             box = layout.box()
             box.label(text="Edit the fit", icon="MODIFIER")
-            box.label(text="Move or scale parts; rotations are not part of the model")
-            row = box.row()
-            row.prop(s, "keep_symmetry")
-            row.operator("rfit.enforce_connectivity").keep_symmetry = s.keep_symmetry
+            box.label(text="Move or scale parts (no rotations)")
+            box.prop(s, "keep_symmetry")
+            box.operator("rfit.enforce_connectivity", icon="LINKED").keep_symmetry = s.keep_symmetry
 
 
 classes = (RFIT_UL_candidates, RFIT_PT_main)

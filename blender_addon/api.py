@@ -154,3 +154,68 @@ def enforce_connectivity(context, parent=None, keep_symmetry: bool = False, lock
     )
     build.apply_boxes(parent, answer.arrays["boxes"])
     return {"locked": answer["locked"], "lock_residual": answer["lock_residual"], "rotated": [bool(x) for x in rotated]}
+
+
+def refit(context, parent=None, keep_edited: bool = True, refine_steps: int = 300) -> dict:
+    """Rerun the deformation optimisation against the fit's target, with the
+    parts the user edited held where they are (``keep_edited``)."""
+    parent = parent or fit_parent(context.active_object)
+    if parent is None:
+        raise RfitError("select a fitted result first")
+    info = json.loads(parent[build.PROP_PREFIX + "info"])
+    target = info.get("target", {})
+    if "object" not in target:
+        raise RfitError("refitting needs a point cloud target; this fit was made from an image")
+    obj = context.scene.objects.get(target["object"])
+    if obj is None:
+        raise RfitError(f"the target object '{target['object']}' is no longer in the scene")
+    try:
+        points = targets.points_from_object(obj, context.evaluated_depsgraph_get())
+    except targets.TargetError as error:
+        raise RfitError(str(error)) from error
+    boxes, rotated = build.current_boxes(parent)
+    applied = np.array([o[build.PROP_PREFIX + "applied_box"] for o in build.part_objects(parent)])
+    edited = np.any(np.abs(boxes - applied) > 1e-6 * max(1.0, float(np.abs(applied).max())), axis=1) | rotated
+    locked = edited if keep_edited else np.zeros(len(boxes), bool)
+    answer = _call(
+        context, "refit", {"points": points.astype(np.float32), "boxes": boxes}, index=info["index"], checkpoint=info.get("checkpoint") or None,
+        source_index=int(parent[build.PROP_PREFIX + "source_index"]), locked=[bool(x) for x in locked], yaw=float(parent.rotation_euler[2]),
+        options={"refine_steps": int(refine_steps)},
+    )
+    fitted = np.array([p["fitted_box"] for p in answer["candidates"][0]["parts"]])
+    build.apply_boxes(parent, fitted)
+    return {"locked": [bool(x) for x in locked], "chamfer_x100": answer["candidates"][0]["measured_chamfer_x100"]}
+
+
+def reset_parts(context, parts=None) -> int:
+    """Put parts (default: the selected part objects) back to the predicted boxes."""
+    parts = parts if parts is not None else [o for o in context.selected_objects if build.PROP_PREFIX + "part" in o]
+    for obj in parts:
+        parent = obj.parent
+        box = np.asarray(obj[build.PROP_PREFIX + "fitted_box"], dtype=np.float64)
+        obj.rotation_euler = (0.0, 0.0, 0.0)
+        index = build.part_objects(parent).index(obj)
+        boxes, _ = build.current_boxes(parent)
+        boxes[index] = box
+        build.apply_boxes(parent, boxes)
+    return len(parts)
+
+
+def apply_fit(context, parent=None) -> int:
+    """Bake every part's scale into its mesh and drop the add-on's properties:
+    plain objects from here on. Returns the number of parts baked."""
+    parent = parent or fit_parent(context.active_object)
+    if parent is None:
+        raise RfitError("select a fitted result first")
+    parts = build.part_objects(parent)
+    for obj in parts:
+        scale = np.array(obj.scale, dtype=np.float64)
+        co = np.empty(len(obj.data.vertices) * 3, np.float32)
+        obj.data.vertices.foreach_get("co", co)
+        obj.data.vertices.foreach_set("co", (co.reshape(-1, 3) * scale).astype(np.float32).reshape(-1))
+        obj.data.update()
+        obj.scale = (1.0, 1.0, 1.0)
+    for obj in [parent, *parts]:
+        for key in [k for k in obj.keys() if k.startswith(build.PROP_PREFIX)]:
+            del obj[key]
+    return len(parts)

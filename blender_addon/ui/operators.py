@@ -215,4 +215,74 @@ class RFIT_OT_enforce_connectivity(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (RFIT_OT_index_library, RFIT_OT_retrieve_and_fit, RFIT_OT_use_candidate, RFIT_OT_enforce_connectivity)
+class RFIT_OT_refit(bpy.types.Operator):
+    """Optimise the fit against its target again, holding the parts you edited"""
+
+    bl_idname = "rfit.refit"
+    bl_label = "Refit Keeping My Edits"
+    bl_options = {"REGISTER", "UNDO"}
+
+    keep_edited: BoolProperty(name="Keep edited parts", default=True)
+
+    def execute(self, context):
+        try:
+            outcome = api.refit(context, keep_edited=self.keep_edited)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"refitted with {sum(outcome['locked'])} part(s) held; chamfer {outcome['chamfer_x100']:.3f} x1e-2")
+        return {"FINISHED"}
+
+
+class RFIT_OT_reset_parts(bpy.types.Operator):
+    """Put the selected parts (or all parts of the fit) back to the predicted boxes"""
+
+    bl_idname = "rfit.reset_parts"
+    bl_label = "Reset Parts"
+    bl_options = {"REGISTER", "UNDO"}
+
+    all_parts: BoolProperty(name="All parts", default=False)
+
+    def execute(self, context):
+        parts = None
+        if self.all_parts:
+            parent = api.fit_parent(context.active_object)
+            if parent is None:
+                self.report({"ERROR"}, "select a fitted result first")
+                return {"CANCELLED"}
+            from ..build import part_objects
+
+            parts = part_objects(parent)
+        count = api.reset_parts(context, parts)
+        if count == 0:
+            self.report({"WARNING"}, "select the part objects to reset")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class RFIT_OT_apply_fit(bpy.types.Operator):
+    """Bake the fit into plain meshes and remove the add-on's properties"""
+
+    bl_idname = "rfit.apply_fit"
+    bl_label = "Apply"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        try:
+            count = api.apply_fit(context)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"baked {count} parts")
+        return {"FINISHED"}
+
+
+classes = (
+    RFIT_OT_index_library,
+    RFIT_OT_retrieve_and_fit,
+    RFIT_OT_use_candidate,
+    RFIT_OT_enforce_connectivity,
+    RFIT_OT_refit,
+    RFIT_OT_reset_parts,
+    RFIT_OT_apply_fit,
+)

@@ -46,8 +46,15 @@ class RFIT_PT_main(bpy.types.Panel):
             box = layout.box()
             box.label(text="Edit the fit", icon="MODIFIER")
             box.label(text="Move or scale parts (no rotations)")
-            box.prop(s, "keep_symmetry")
+            row = box.row()
+            row.prop(s, "keep_symmetry")
+            row.prop(s, "live", text="Live")
             box.operator("rfit.enforce_connectivity", icon="LINKED").keep_symmetry = s.keep_symmetry
+            box.operator("rfit.refit", icon="FILE_REFRESH")
+            row = box.row(align=True)
+            row.operator("rfit.reset_parts", text="Reset Part").all_parts = False
+            row.operator("rfit.reset_parts", text="Reset All").all_parts = True
+            box.operator("rfit.apply_fit", icon="CHECKMARK")
 
 
 classes = (RFIT_UL_candidates, RFIT_PT_main)

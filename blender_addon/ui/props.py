@@ -2,6 +2,12 @@ import bpy
 from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
 
 
+def _live_changed(self, context) -> None:
+    from .. import live
+
+    live.enable(self.live)
+
+
 class RFIT_Candidate(bpy.types.PropertyGroup):
     rank: IntProperty()
     source: StringProperty()
@@ -16,6 +22,7 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
     refine: BoolProperty(name="Refine", default=True, description="Optimise the deformation on the target after the network's prediction (point targets)")
     yaw_search: IntProperty(name="Yaw search", default=1, min=1, max=16, description="Also try the target turned by this many angles about Z (for scans facing an unknown way)")
     keep_symmetry: BoolProperty(name="Keep symmetry", default=True)
+    live: BoolProperty(name="Live", default=False, description="Keep parts connected while you move or scale them", update=_live_changed)
     status: StringProperty(default="")
     progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
     busy: BoolProperty(default=False)
@@ -31,4 +38,7 @@ def register() -> None:
 
 
 def unregister() -> None:
+    from .. import live
+
+    live.enable(False)
     del bpy.types.Scene.rfit

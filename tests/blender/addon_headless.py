@@ -107,6 +107,34 @@ result = bpy.ops.rfit.enforce_connectivity(keep_symmetry=False)
 assert result == {"FINISHED"}
 facts["part0_scale_kept"] = parts[0].scale[2]
 
+# -- live mode: moving a part re-attaches the others through the depsgraph handler ------------
+settings.keep_symmetry = False
+settings.live = True
+boxes_before = [tuple(o.location) for o in parts]
+parts[1].location.z += 0.05
+bpy.context.view_layer.update()
+facts["live_moved_others"] = any(tuple(o.location) != b for o, b in zip(parts[2:], boxes_before[2:]))
+settings.live = False
+assert facts["live_moved_others"] or len(parts) <= 2, facts
+
+# -- refit keeping the edit, reset, apply -----------------------------------------------------
+parts[0].scale = (parts[0].scale[0] * 1.1, parts[0].scale[1], parts[0].scale[2])
+held = tuple(parts[0].scale)
+assert bpy.ops.rfit.refit(keep_edited=True) == {"FINISHED"}
+assert np.allclose(tuple(parts[0].scale), held, atol=1e-4), (tuple(parts[0].scale), held)
+for obj in bpy.context.selected_objects:
+    obj.select_set(False)
+parts[0].select_set(True)
+bpy.context.view_layer.objects.active = parts[0]
+assert bpy.ops.rfit.reset_parts() == {"FINISHED"}
+fitted = np.array(parts[0]["rfit_fitted_box"])
+assert np.allclose(np.array(parts[0].matrix_world.translation), fitted[:3], atol=1e-4)
+assert bpy.ops.rfit.apply_fit() == {"FINISHED"}
+assert all(tuple(o.scale) == (1.0, 1.0, 1.0) and not any(k.startswith("rfit_") for k in o.keys()) for o in parts)
+corners = np.array([parts[0].matrix_world @ v.co for v in parts[0].data.vertices])
+facts["apply_kept_shape"] = bool(np.allclose((corners.max(0) - corners.min(0)) / 2, fitted[3:], atol=1e-3))
+assert facts["apply_kept_shape"]
+
 # -- an image target ------------------------------------------------------------------------
 result = bpy.ops.rfit.retrieve_and_fit(image_path=image_path, top_k=2)
 assert result == {"FINISHED"}

@@ -49,6 +49,25 @@ def part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
     return meshes
 
 
+def part_colours(index: LibraryIndex, row: int) -> list[np.ndarray | None]:
+    """RGBA base colour of each part of source ``row`` (that of its largest
+    piece with a material), or None where the file has no colours."""
+    from backend.library.materials import node_colours
+
+    source = index.load_source(row)
+    colours = node_colours(index.source_file(row), index.library_root)
+    best: list[tuple[float, np.ndarray | None]] = [(-1.0, None)] * source.n_parts
+    for name, part in zip(source.piece_names, source.piece_part):
+        node = name.split("#", 1)[0]
+        colour = colours.get(node)
+        if colour is None:
+            continue
+        faces = int(np.sum(source.face_part == part))
+        if faces > best[part][0]:
+            best[part] = (faces, colour)
+    return [colour for _, colour in best]
+
+
 def _rotation_z(angle: float) -> np.ndarray:
     matrix = np.eye(4)
     c, s = np.cos(angle), np.sin(angle)
@@ -66,8 +85,12 @@ def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
     root = root @ _rotation_z(candidate.yaw)
     scene.graph.update(frame_from=scene.graph.base_frame, frame_to="fit", matrix=Z_UP_TO_Y_UP @ root @ Z_UP_TO_Y_UP.T)
     unturn = _rotation_z(-candidate.yaw)[:3, :3]
+    colours = part_colours(index, candidate.source_index)
     for k, (mesh, source_box, fitted_box) in enumerate(zip(meshes, candidate.source_boxes, candidate.fitted_boxes)):
         local = mesh.copy()
+        if colours[k] is not None:
+            rgba = np.round(np.asarray(colours[k]) * 255).astype(np.uint8)
+            local.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(baseColorFactor=rgba))
         local.apply_translation(-source_box[:3])
         local.apply_transform(Z_UP_TO_Y_UP)
         matrix = np.eye(4)
@@ -77,3 +100,21 @@ def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(scene.export(file_type="glb"))
     return path
+
+
+def render_thumbnail(index: LibraryIndex, candidate, size: int = 96) -> np.ndarray:
+    """(size, size, 3) uint8 picture of the deformed candidate, seen from the front left."""
+    from backend.render import Camera, shade
+
+    meshes = part_meshes(index, candidate.source_index)
+    colours = part_colours(index, candidate.source_index)
+    unturn = _rotation_z(-candidate.yaw)[:3, :3]
+    vertices, faces, face_colours, offset = [], [], [], 0
+    for mesh, colour, source_box, fitted_box in zip(meshes, colours, candidate.source_boxes, candidate.fitted_boxes):
+        centre = unturn @ (fitted_box[:3] - candidate.pivot)
+        scale = fitted_box[3:] / np.maximum(source_box[3:], 1e-9)
+        vertices.append(centre + (np.asarray(mesh.vertices) - source_box[:3]) * scale)
+        faces.append(np.asarray(mesh.faces) + offset)
+        face_colours.append(np.tile((colour[:3] if colour is not None else [0.7, 0.7, 0.72]), (len(mesh.faces), 1)))
+        offset += len(mesh.vertices)
+    return shade(np.concatenate(vertices), np.concatenate(faces), np.concatenate(face_colours), Camera(azimuth=35, elevation=20), size=size, background=(0.16, 0.16, 0.16))

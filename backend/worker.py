@@ -135,17 +135,25 @@ class Worker:
         for rank in message.get("meshes_for", [0]):  # part geometry of the candidates the add-on will build
             if rank < len(result.candidates):
                 arrays.update(self.mesh_arrays(fitter.index, result.candidates[rank].source_index, f"c{rank}_"))
+        if message.get("thumbnails"):
+            from backend.export import render_thumbnail
+
+            for candidate in result.candidates:
+                arrays[f"thumbnail{candidate.rank}"] = render_thumbnail(fitter.index, candidate, int(message["thumbnails"]))
         self.progress(message.id, 1, 1, "done")
         return result.to_json(), arrays
 
     @staticmethod
     def mesh_arrays(index, source_index: int, prefix: str = "") -> dict[str, np.ndarray]:
-        from backend.export import part_meshes
+        """Each part's geometry (file frame) and, where the file has one, its colour."""
+        from backend.export import part_colours, part_meshes
 
         arrays = {}
-        for k, mesh in enumerate(part_meshes(index, source_index)):
+        for k, (mesh, colour) in enumerate(zip(part_meshes(index, source_index), part_colours(index, source_index))):
             arrays[f"{prefix}part{k}_vertices"] = np.asarray(mesh.vertices, np.float32)
             arrays[f"{prefix}part{k}_faces"] = np.asarray(mesh.faces, np.int32)
+            if colour is not None:
+                arrays[f"{prefix}part{k}_colour"] = np.asarray(colour, np.float32)
         return arrays
 
     def handle_part_meshes(self, message: Message):

@@ -31,6 +31,8 @@ def preferences(context):
 def client(context) -> BackendClient:
     """The running worker, started on first use with the configured Python."""
     global _client
+    if _client is not None and not _client.alive:
+        backend_info.clear()
     if _client is None or not _client.alive:
         prefs = preferences(context)
         python = getattr(prefs, "backend_python", "") if prefs is not None else ""
@@ -88,8 +90,41 @@ def retrieve_and_fit(context, index: str, obj=None, image_path: str = "", top_k:
     except targets.TargetError as error:
         raise RfitError(str(error)) from error
     options = {"top_k": int(top_k), "refine": bool(refine), "yaw_search": int(yaw_search)}
-    answer = _call(context, "fit", arrays, index=index, checkpoint=checkpoint or None, options=options, meshes_for=[0])
+    answer = _call(context, "fit", arrays, index=index, checkpoint=checkpoint or None, options=options, meshes_for=[0], thumbnails=THUMBNAIL_SIZE)
     return build_answer(context, answer, {"index": index, "checkpoint": checkpoint, "target": target, "options": options})
+
+
+THUMBNAIL_SIZE = 96
+backend_info: dict = {}
+
+
+def check_backend(context) -> dict:
+    """Start the worker if needed and ask what it runs on."""
+    answer = _call(context, "hello")
+    backend_info.clear()
+    backend_info.update(answer.header)
+    return dict(backend_info)
+
+
+def store_thumbnails(answer) -> dict[int, str]:
+    """Image datablocks of the candidates' thumbnails, by rank."""
+    import bpy
+
+    names = {}
+    for key, pixels in answer.arrays.items():
+        if not key.startswith("thumbnail"):
+            continue
+        rank = int(key[len("thumbnail"):])
+        name = f"rfit thumbnail {rank}"
+        height, width = pixels.shape[:2]
+        image = bpy.data.images.get(name) or bpy.data.images.new(name, width, height)
+        if tuple(image.size) != (width, height):
+            image.scale(width, height)
+        rgba = np.concatenate([pixels[::-1].astype(np.float32) / 255.0, np.ones((height, width, 1), np.float32)], axis=2)
+        image.pixels.foreach_set(rgba.reshape(-1))
+        image.update()
+        names[rank] = name
+    return names
 
 
 def build_answer(context, answer, info: dict):
@@ -97,6 +132,8 @@ def build_answer(context, answer, info: dict):
     candidates = answer["candidates"]
     if not candidates:
         raise RfitError("the library has no source to fit")
+    for rank, name in store_thumbnails(answer).items():
+        candidates[rank]["thumbnail"] = name
     parent = build.build_fit(context, candidates[0], answer.arrays, "c0_", info)
     parent[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
     _select(context, parent)

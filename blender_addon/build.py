@@ -61,6 +61,9 @@ def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: s
         mesh = bpy.data.meshes.new(f"{name} part {k}")
         mesh.from_pydata(vertices.tolist(), [], faces.tolist())
         mesh.update()
+        colour = meshes.get(f"{prefix}part{k}_colour")
+        if colour is not None:
+            mesh.materials.append(material_for(colour))
         obj = bpy.data.objects.new(f"{name} part {k:02d}", mesh)
         obj.parent = parent
         obj.location = unturn @ (fitted[:3] - pivot)
@@ -73,6 +76,23 @@ def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: s
         obj[PROP_PREFIX + "applied_box"] = fitted.tolist()
         collection.objects.link(obj)
     return parent
+
+
+def material_for(colour) -> object:
+    """A shared material of the source's base colour (one per distinct colour)."""
+    import bpy
+
+    rgba = [float(c) for c in colour]
+    name = "rfit #" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
+    material = bpy.data.materials.get(name)
+    if material is None:
+        material = bpy.data.materials.new(name)
+        material.diffuse_color = rgba
+        material.use_nodes = True
+        bsdf = material.node_tree.nodes.get("Principled BSDF")
+        if bsdf is not None:
+            bsdf.inputs["Base Color"].default_value = rgba
+    return material
 
 
 def part_objects(parent) -> list:

@@ -81,6 +81,12 @@ def test_hello_index_fit(worker):
     fit = client.call("fit", {"points": points}, index=str(folder / "worker-index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[0])
     assert len(fit["candidates"]) == 2
     parts = fit["candidates"][0]["parts"]
+    assert fit.arrays["c0_part0_colour"].shape == (4,)  # the demo files carry materials
+    thumbs = client.call("fit", {"points": points}, index=str(folder / "worker-index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[], thumbnails=64)
+    for rank in range(2):
+        thumb = thumbs.arrays[f"thumbnail{rank}"]
+        assert thumb.shape == (64, 64, 3) and thumb.dtype == np.uint8
+        assert (np.abs(thumb.astype(int) - 41).sum(axis=2) > 30).mean() > 0.05  # the object shows on the background
     for k in range(len(parts)):
         assert fit.arrays[f"c0_part{k}_vertices"].shape[1] == 3
         assert fit.arrays[f"c0_part{k}_faces"].max() < len(fit.arrays[f"c0_part{k}_vertices"])

@@ -157,7 +157,7 @@ class RFIT_OT_retrieve_and_fit(BackendModal, bpy.types.Operator):
             return {"CANCELLED"}
         options = self.fit_options(context)
         self._info = {"index": index, "checkpoint": checkpoint(context), "target": target, "options": options}
-        return self.start(context, "fit", arrays, index=index, checkpoint=checkpoint(context) or None, options=options, meshes_for=[0])
+        return self.start(context, "fit", arrays, index=index, checkpoint=checkpoint(context) or None, options=options, meshes_for=[0], thumbnails=api.THUMBNAIL_SIZE)
 
     def finish(self, context, message):
         parent = api.build_answer(context, message, self._info)
@@ -169,7 +169,7 @@ class RFIT_OT_retrieve_and_fit(BackendModal, bpy.types.Operator):
         s.candidates.clear()
         for c in json.loads(parent["rfit_candidates"]):
             item = s.candidates.add()
-            item.rank, item.source = c["rank"], c["source"]
+            item.rank, item.source, item.thumbnail = c["rank"], c["source"], c.get("thumbnail", "")
             item.chamfer = c["measured_chamfer_x100"] if c["measured_chamfer_x100"] is not None else -1.0
         s.candidate_index = 0
 
@@ -277,7 +277,24 @@ class RFIT_OT_apply_fit(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class RFIT_OT_check_backend(bpy.types.Operator):
+    """Start the backend if needed and show what it runs on"""
+
+    bl_idname = "rfit.check_backend"
+    bl_label = "Check Backend"
+
+    def execute(self, context):
+        try:
+            info = api.check_backend(context)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"backend {info['backend']} on {info.get('gpu', info['device'])}, torch {info['torch']}")
+        return {"FINISHED"}
+
+
 classes = (
+    RFIT_OT_check_backend,
     RFIT_OT_index_library,
     RFIT_OT_retrieve_and_fit,
     RFIT_OT_use_candidate,

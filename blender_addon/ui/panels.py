@@ -6,6 +6,10 @@ from .. import api
 class RFIT_UL_candidates(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row()
+        image = bpy.data.images.get(item.thumbnail) if item.thumbnail else None
+        if image is not None:
+            image.preview_ensure()
+            row.label(text="", icon_value=image.preview.icon_id)
         row.label(text=f"{item.rank + 1}. {item.source.rsplit('/', 1)[-1]}")
         if item.chamfer >= 0:
             row.label(text=f"{item.chamfer:.3f}")
@@ -22,6 +26,13 @@ class RFIT_PT_main(bpy.types.Panel):
     def draw(self, context):
         s = context.scene.rfit
         layout = self.layout
+        row = layout.row()
+        info = api.backend_info
+        if info:
+            row.label(text=f"Backend: {info.get('gpu', info.get('device', '?'))}, torch {info.get('torch', '?')}", icon="CHECKMARK")
+        else:
+            row.label(text="Backend: not started", icon="QUESTION")
+        row.operator("rfit.check_backend", text="", icon="FILE_REFRESH")
         box = layout.box()
         box.label(text="Library", icon="ASSET_MANAGER")
         box.prop(s, "library_directory", text="")
@@ -41,6 +52,11 @@ class RFIT_PT_main(bpy.types.Panel):
         if len(s.candidates):
             layout.label(text="Candidates (chamfer x1e-2)")
             layout.template_list("RFIT_UL_candidates", "", s, "candidates", s, "candidate_index", rows=3)
+            active = s.candidates[s.candidate_index] if s.candidate_index < len(s.candidates) else None
+            image = bpy.data.images.get(active.thumbnail) if active is not None and active.thumbnail else None
+            if image is not None:
+                image.preview_ensure()
+                layout.template_icon(icon_value=image.preview.icon_id, scale=6.0)
         parent = api.fit_parent(obj)
         if parent is not None:
             box = layout.box()

@@ -12,6 +12,7 @@ class RFIT_Candidate(bpy.types.PropertyGroup):
     rank: IntProperty()
     source: StringProperty()
     chamfer: FloatProperty(description="Chamfer distance to the target after deformation (x1e-2)")
+    thumbnail: StringProperty(description="Image datablock of the candidate's picture")
 
 
 class RFIT_SceneSettings(bpy.types.PropertyGroup):

@@ -75,6 +75,11 @@ parts = sorted((c for c in parent.children), key=lambda o: o["rfit_part"])
 facts["parts"] = len(parts)
 assert len(parts) >= 2
 assert len(settings.candidates) == 3
+thumb = bpy.data.images.get(settings.candidates[0].thumbnail)
+assert thumb is not None and tuple(thumb.size) == (96, 96), settings.candidates[0].thumbnail
+assert all(len(o.data.materials) == 1 for o in parts), "the source's colours are kept"
+assert bpy.ops.rfit.check_backend() == {"FINISHED"}
+facts["backend"] = dict(sys.modules[package + ".api"].backend_info)
 for obj in parts:
     fitted = np.array(obj["rfit_fitted_box"])
     source = np.array(obj["rfit_source_box"])

@@ -13,19 +13,30 @@ from training.data.furniture import Furniture
 Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
 
 
-def to_scene(shape: Furniture) -> trimesh.Scene:
-    """A glTF-frame scene with one node per part, named after the part."""
+def to_scene(shape: Furniture, colours: np.ndarray | None = None) -> trimesh.Scene:
+    """A glTF-frame scene with one node per part, named after the part, each
+    with a plain PBR material of the given (n_parts, 3) colours."""
     scene = trimesh.Scene()
-    for name, mesh in shape.parts.items():
+    for k, (name, mesh) in enumerate(shape.parts.items()):
         node_mesh = mesh.copy()
         node_mesh.apply_transform(Z_UP_TO_Y_UP)
+        if colours is not None:
+            rgba = np.r_[np.round(np.asarray(colours[k]) * 255), 255].astype(np.uint8)
+            material = trimesh.visual.material.PBRMaterial(name=f"{name}", baseColorFactor=rgba, roughnessFactor=0.8, metallicFactor=0.0)
+            node_mesh.visual = trimesh.visual.TextureVisuals(material=material)
         scene.add_geometry(node_mesh, node_name=name, geom_name=name)
     return scene
 
 
-def write_glb(shape: Furniture, path: Path) -> Path:
-    """Export ``shape`` to a .glb; the same shape always gives the same bytes."""
+def write_glb(shape: Furniture, path: Path, colours: np.ndarray | None = None) -> Path:
+    """Export ``shape`` to a .glb; the same shape always gives the same bytes.
+    ``colours`` defaults to the shape's own palette (seeded by its structure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = to_scene(shape).export(file_type="glb")
+    if colours is None:
+        from training.data.views import part_colors
+
+        seed = int(sum(float(np.abs(m.vertices).sum()) for m in shape.parts.values()) * 1e6) % 2**32
+        colours = part_colors(shape, np.random.default_rng(seed))
+    data = to_scene(shape, colours).export(file_type="glb")
     path.write_bytes(data)
     return path

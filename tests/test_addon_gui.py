@@ -75,4 +75,5 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     assert done.returncode == 0 and facts.get("ok"), json.dumps(facts, indent=1) + done.stdout[-3000:] + done.stderr[-2000:]
     assert facts["invoke"] == ["RUNNING_MODAL"]  # the modal path, not execute()
     assert facts["parts"] >= 2 and facts["candidates"] >= 2
+    assert facts["keep_connected_moved"] and facts["undo_restored_parts"]  # keep connected is one undo step
     assert facts["after_undo"] == 0 and facts["scan_after_undo"]  # one undo step removes the whole fit

@@ -108,9 +108,28 @@ assert sum(1 for o in bpy.data.objects if o.get("rfit_result")) == 1  # the old 
 parts = sorted(swapped.children, key=lambda o: o["rfit_part"])
 parts[0].scale = (parts[0].scale[0], parts[0].scale[1], parts[0].scale[2] * 1.3)
 bpy.context.view_layer.update()
+held_scale = tuple(parts[0].scale)
 result = bpy.ops.rfit.enforce_connectivity(keep_symmetry=False)
 assert result == {"FINISHED"}
-facts["part0_scale_kept"] = parts[0].scale[2]
+assert np.allclose(tuple(parts[0].scale), held_scale)  # the edited part did not move
+
+
+def joint_gaps(parent):
+    """Gaps (metres) of the source's joints as the part objects place them, from the index files."""
+    index = settings.index_directory
+    manifest = json.load(open(index + "/manifest.json"))
+    record = manifest["sources"][parent["rfit_source_index"]]
+    with np.load(index + "/" + record["arrays"], allow_pickle=False) as data:
+        boxes, pairs, joints = data["boxes"], data["joint_pairs"], data["joint_points"]
+        floor = float(data["min_half_size"])
+    objs = sorted(parent.children, key=lambda o: o["rfit_part"])
+    now = np.array([list(o.matrix_world.translation) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs])
+    ends = [now[pairs[:, s], :3] + (joints - boxes[pairs[:, s], :3]) / np.maximum(boxes[pairs[:, s], 3:], floor) * now[pairs[:, s], 3:] for s in (0, 1)]
+    return np.linalg.norm(ends[0] - ends[1], axis=1)
+
+
+facts["joint_gaps_after_keep_connected"] = float(joint_gaps(swapped).max(initial=0.0))
+assert facts["joint_gaps_after_keep_connected"] < 1e-4, facts
 
 # -- live mode: moving a part re-attaches the others through the depsgraph handler ------------
 settings.keep_symmetry = False

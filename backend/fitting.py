@@ -23,7 +23,7 @@ import torch
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
-from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
+from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation, project_positive
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors, stack_sources
 
@@ -173,6 +173,53 @@ def _rotation_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def refine_boxes(chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions, locked: torch.Tensor | None = None) -> torch.Tensor:
+    """Inner deformation optimisation: Adam on each candidate's null-space
+    coordinates, on chamfer to the target plus symmetry, from the
+    network's prediction; stops on convergence, at ``refine_steps`` or
+    after ``refine_seconds``. Parts marked in ``locked`` (P, K) keep
+    their boxes exactly. Returns the refined boxes (P, K, 6)."""
+    basis = chosen.basis
+    start = basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)
+    directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
+    if locked is not None and bool(locked.any()):
+        # z = z0 + M w: z0 meets the locked boxes, M spans what leaves them be.
+        starts, spans = [], []
+        for p in range(len(boxes)):
+            rows = locked[p].repeat_interleave(6).cpu().numpy()
+            n_locked = basis[p].cpu().double().numpy()[rows]
+            z0 = np.linalg.lstsq(n_locked, boxes[p].reshape(-1).cpu().double().numpy()[rows], rcond=None)[0]
+            _, singular, vt = np.linalg.svd(n_locked, full_matrices=True)
+            rank = int(np.sum(singular > 1e-9 * max(singular.max(initial=0.0), 1e-300)))
+            starts.append(torch.from_numpy(z0).to(basis)[:, None])
+            spans.append(torch.from_numpy(vt[rank:].T.copy()).to(basis))
+        width = max(m.shape[1] for m in spans)
+        start = torch.stack(starts)
+        directions = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in spans])
+    with torch.enable_grad():
+        w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
+        optimiser = torch.optim.Adam([w], lr=2e-3)
+        started, reference = time.perf_counter(), None
+        for step in range(options.refine_steps):
+            current = (basis @ (start + directions @ w)).reshape(boxes.shape)
+            fit = chamfer_distance(deformed_points(chosen, current), truth)
+            shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - current[..., 3:]) * chosen.part_mask.unsqueeze(-1)
+            loss = (fit + options.symmetry_weight * box_symmetry_loss(current, chosen.mirror, chosen.axis) + 10 * shortfall.square().sum((1, 2))).sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if step % 10 == 0:  # converged: under 0.1% better than 10 steps ago
+                value = float(loss.detach())
+                if reference is not None and reference - value <= 1e-3 * abs(reference):
+                    break
+                reference = value
+            if time.perf_counter() - started > options.refine_seconds:
+                break
+    with torch.no_grad():
+        final = (basis @ (start + directions @ w)).reshape(boxes.shape)
+        return torch.cat([final[..., :3], torch.maximum(final[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
+
+
 class Fitter:
     """A loaded model and library, ready to fit targets."""
 
@@ -275,6 +322,7 @@ class Fitter:
         chosen = self.sources.select(order)
         target_code = model.deformation.encode_target(target, modality).expand(pool, -1)
         boxes = model.deformation.predict_boxes(chosen, self.codes["global"][order], self.codes["parts"][order], target_code)
+        boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
         measured = None
         if modality == "points":
             # Re-rank on uniform subsets of both clouds, measure the kept ones in full.
@@ -294,50 +342,8 @@ class Fitter:
         return self._candidates(order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement)
 
     def refine(self, chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions, locked: torch.Tensor | None = None) -> torch.Tensor:
-        """Inner deformation optimisation: Adam on each candidate's null-space
-        coordinates, on chamfer to the target plus symmetry, from the
-        network's prediction; stops on convergence, at ``refine_steps`` or
-        after ``refine_seconds``. Parts marked in ``locked`` (P, K) keep
-        their boxes exactly. Returns the refined boxes (P, K, 6)."""
-        basis = chosen.basis
-        start = basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)
-        directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
-        if locked is not None and bool(locked.any()):
-            # z = z0 + M w: z0 meets the locked boxes, M spans what leaves them be.
-            starts, spans = [], []
-            for p in range(len(boxes)):
-                rows = locked[p].repeat_interleave(6).cpu().numpy()
-                n_locked = basis[p].cpu().double().numpy()[rows]
-                z0 = np.linalg.lstsq(n_locked, boxes[p].reshape(-1).cpu().double().numpy()[rows], rcond=None)[0]
-                _, singular, vt = np.linalg.svd(n_locked, full_matrices=True)
-                rank = int(np.sum(singular > 1e-9 * max(singular.max(initial=0.0), 1e-300)))
-                starts.append(torch.from_numpy(z0).to(basis)[:, None])
-                spans.append(torch.from_numpy(vt[rank:].T.copy()).to(basis))
-            width = max(m.shape[1] for m in spans)
-            start = torch.stack(starts)
-            directions = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in spans])
-        with torch.enable_grad():
-            w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
-            optimiser = torch.optim.Adam([w], lr=2e-3)
-            started, reference = time.perf_counter(), None
-            for step in range(options.refine_steps):
-                current = (basis @ (start + directions @ w)).reshape(boxes.shape)
-                fit = chamfer_distance(deformed_points(chosen, current), truth)
-                shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - current[..., 3:]) * chosen.part_mask.unsqueeze(-1)
-                loss = (fit + options.symmetry_weight * box_symmetry_loss(current, chosen.mirror, chosen.axis) + 10 * shortfall.square().sum((1, 2))).sum()
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                if step % 10 == 0:  # converged: under 0.1% better than 10 steps ago
-                    value = float(loss.detach())
-                    if reference is not None and reference - value <= 1e-3 * abs(reference):
-                        break
-                    reference = value
-                if time.perf_counter() - started > options.refine_seconds:
-                    break
-        with torch.no_grad():
-            final = (basis @ (start + directions @ w)).reshape(boxes.shape)
-            return torch.cat([final[..., :3], torch.maximum(final[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
+        """See ``refine_boxes``."""
+        return refine_boxes(chosen, boxes, truth, options, locked)
 
     def refit(self, points, source_index: int, boxes: np.ndarray, locked: np.ndarray, yaw: float = 0.0, options: FitOptions = FitOptions()) -> FitResult:
         """Refine an existing fit of source ``source_index`` to the target

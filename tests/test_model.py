@@ -142,3 +142,15 @@ def test_exported_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert b.dtype == a.dtype
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=name)
+
+
+def test_positive_projection_keeps_joints_and_half_sizes(chair_source):
+    from backend.model.geometry import project_positive
+
+    tensors = stack_sources([chair_source], n_points=64)
+    k = chair_source.n_parts
+    squashed = tensors.boxes.double().clone()
+    squashed[0, :k, 3:] *= -0.5  # every part inside out
+    out = project_positive(squashed, tensors.basis.double(), tensors.min_half.double(), tensors.part_mask)
+    assert float(out[0, :k, 3:].min()) >= float(tensors.min_half[0]) - 1e-9
+    torch.testing.assert_close(project(out, tensors.basis.double())[0, :k], out[0, :k], atol=1e-4, rtol=0)

@@ -101,3 +101,34 @@ def box_symmetry_loss(boxes: torch.Tensor, mirror: torch.Tensor, axis: torch.Ten
     flip[..., :3] = 1 - 2 * axis_onehot.unsqueeze(1)
     error = (boxes * flip - partner).square().sum(-1) * valid
     return error.sum(1) / valid.sum(1).clamp_min(1)
+
+
+def project_positive(params: torch.Tensor, basis: torch.Tensor, min_half: torch.Tensor, part_mask: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Nearest connectivity-preserving boxes whose half-sizes are at least ``min_half``.
+
+    Dykstra's alternating projections between the subspace and the half-size
+    bounds (the torch twin of ``backend.geometry.connectivity.project_to_connected``),
+    for inference: a part never collapses or mirrors.
+
+    Args:
+        params: (B, K, 6); basis: (B, 6K, D); min_half: (B,); part_mask: (B, K).
+    """
+    floor = min_half.view(-1, 1, 1)
+    y = project(params, basis)
+    if bool(((y[..., 3:] >= floor) | ~part_mask.unsqueeze(-1)).all()):
+        return y
+    half = torch.zeros_like(params, dtype=torch.bool)
+    half[..., 3:] = part_mask.unsqueeze(-1)
+
+    def clamp(v: torch.Tensor) -> torch.Tensor:
+        return torch.where(half, torch.maximum(v, floor.expand_as(v)), v)
+
+    current, p, q = params, torch.zeros_like(params), torch.zeros_like(params)
+    for _ in range(iterations):
+        y = project(current + p, basis)
+        p = current + p - y
+        current = clamp(y + q)
+        q = y + q - current
+        if bool(((y[..., 3:] >= floor * (1 - 1e-4)) | ~part_mask.unsqueeze(-1)).all()):
+            break
+    return clamp(y)

@@ -44,6 +44,11 @@ class TrainConfig:
     noise: float = 0.01
     partial: float = 0.5  # share of point targets given as single-view scans
     sampling: str = "retrieval"  # "retrieval" (ours) or "uniform" (the ablation)
+    # "joint" (ours); "deformation": random pairs only (the DF baseline);
+    # "retrieval": retrieval updates only against a frozen deformation module
+    # loaded from ``init`` (deformation-aware retrieval, DAR).
+    mode: str = "joint"
+    init: str = ""
     refresh_every: int = 25
     val_every: int = 200
     save_every: int = 100
@@ -254,6 +259,10 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
     optim_d = torch.optim.Adam(model.deformation.parameters(), lr=config.lr)
     start, best = 0, math.inf
     last = out / "last.pt"
+    if config.mode not in ("joint", "deformation", "retrieval"):
+        raise ValueError(f"unknown training mode {config.mode!r}")
+    if config.init and not last.exists():
+        model.load_state_dict(load_checkpoint(config.init, device)[0].state_dict())
     if last.exists():
         resumed, extra, state = load_checkpoint(last, device)
         model.load_state_dict(resumed.state_dict())
@@ -278,7 +287,7 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         rows = torch.randint(len(data.train), (config.batch,), generator=generator)
         target, truth = target_batch(data.train, rows, modality, config.model.n_points, config.noise, generator, config.partial)
         target, truth = target.to(device), truth.to(device)
-        warm = step < config.warmup
+        warm = config.mode == "deformation" or (config.mode == "joint" and step < config.warmup)
         if warm or config.sampling == "uniform":
             candidates = torch.stack([torch.randperm(len(sources), generator=generator)[:k] for _ in range(config.batch)]).to(device)
         else:
@@ -292,7 +301,7 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         subset = sources.select(unique)
         pair_source = inverse.reshape(-1)
         pair_target = torch.arange(config.batch, device=device).repeat_interleave(k)
-        update_retrieval = not warm and step % 2 == 1
+        update_retrieval = config.mode == "retrieval" or (not warm and step % 2 == 1)
         record = {"step": step, "modality": modality, "phase": "warmup" if warm else ("retrieval" if update_retrieval else "deformation")}
         if update_retrieval:
             with torch.no_grad():

@@ -1,0 +1,70 @@
+"""The paper's retrieval baseline R: MDS of the shape-to-shape chamfer matrix,
+with target encoders trained to regress into it (Li et al. 2015, as in Table 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backend.model.geometry import chamfer_distance
+from backend.model.networks import JointModel, ModelConfig
+from backend.model.sources import SourceTensors
+from training.joint.data import Targets
+from training.joint.train import target_batch
+
+
+@torch.no_grad()
+def chamfer_matrix(a: torch.Tensor, b: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """(A, B) chamfer distances between every shape of ``a`` (A, N, 3) and of ``b`` (B, M, 3)."""
+    rows = []
+    for i in range(len(a)):
+        row = [chamfer_distance(a[i : i + 1].expand(min(batch, len(b) - j), -1, -1), b[j : j + batch]) for j in range(0, len(b), batch)]
+        rows.append(torch.cat(row))
+    return torch.stack(rows)
+
+
+def classical_mds(squared: np.ndarray, dims: int) -> tuple[np.ndarray, dict]:
+    """Coordinates (S, d) whose distances reproduce ``squared`` distances, and
+    what out-of-sample points need (Gower's formula)."""
+    n = len(squared)
+    centring = np.eye(n) - 1.0 / n
+    gram = -0.5 * centring @ squared @ centring
+    values, vectors = np.linalg.eigh(gram)
+    order = np.argsort(values)[::-1][:dims]
+    values, vectors = np.clip(values[order], 1e-12, None), vectors[:, order]
+    coordinates = vectors * np.sqrt(values)
+    return coordinates, {"coordinates": coordinates, "values": values, "column_mean": squared.mean(axis=0)}
+
+
+def out_of_sample(squared_to_sources: np.ndarray, fit: dict) -> np.ndarray:
+    """(T, d) MDS coordinates of new shapes from their squared distances (T, S) to the sources."""
+    return 0.5 * (fit["column_mean"][None] - squared_to_sources) @ fit["coordinates"] / fit["values"][None]
+
+
+def train_mds_retrieval(
+    sources: SourceTensors, targets: Targets, config: ModelConfig, modalities: list[str], steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, dims: int = 256
+) -> tuple[JointModel, torch.Tensor]:
+    """Baseline R: returns a model whose retrieval target encoders map into the
+    MDS space, and the sources' (S, d) MDS coordinates (their embeddings)."""
+    torch.manual_seed(seed)
+    n = min(config.n_points, targets.points.shape[1], sources.points.shape[1])
+    source_points = sources.points[:, :n]
+    squared = chamfer_matrix(source_points, source_points).double().square().numpy()  # MDS of chamfer distances
+    dims = min(dims, len(sources) - 1)
+    coordinates, fit = classical_mds(squared, dims)
+    target_squared = chamfer_matrix(targets.points[:, :n], source_points).double().square().numpy()
+    goal = torch.from_numpy(out_of_sample(target_squared, fit)).float()
+    model = JointModel(ModelConfig(**{**config.to_json(), "embedding": dims}))
+    optimiser = torch.optim.Adam(list(model.retrieval.points.parameters()) + list(model.retrieval.images.parameters()), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for step in range(steps):
+        modality = modalities[step % len(modalities)]
+        rows = torch.randint(len(targets), (batch,), generator=generator)
+        target, _ = target_batch(targets, rows, modality, config.n_points, 0.01, generator)
+        loss = (model.retrieval.embed_target(target, modality) - goal[rows]).square().sum(-1).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    return model, torch.from_numpy(coordinates).float()

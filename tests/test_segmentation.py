@@ -62,3 +62,18 @@ def test_display_mapping_covers_every_face(tmp_path):
 def test_any_cap_is_respected(tmp_path, max_parts):
     source = source_of(write_scene(chair_parts(arms=True, screws=10), tmp_path / "c.glb"), max_parts=max_parts)
     assert source.n_parts == max_parts
+
+
+def test_floating_specks_join_real_parts_not_each_other(tmp_path):
+    """A single mesh with hundreds of loose tiny components (bolts, debris)."""
+    import trimesh
+
+    parts = chair_parts()
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        speck = trimesh.creation.box(extents=(0.005, 0.005, 0.005))
+        speck.apply_translation(rng.uniform([-0.25, -0.25, 0.0], [0.25, 0.25, 0.9]))
+        parts[f"speck{i}"] = speck
+    source = source_of(write_single_mesh(parts, tmp_path / "specks.ply"))
+    assert len(source.piece_names) == 405
+    assert source.n_parts == 5 and source.n_joints == 4  # the chair's own structure survives

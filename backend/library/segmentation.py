@@ -74,13 +74,16 @@ class _Groups:
         """The group ``a`` should join: a touching one (preferring those of at
         least ``min_diagonal``, so screws join the leg rather than each
         other) whose box grows least, else the nearest one."""
+        diagonals = self.diagonals()
         touching = np.array(sorted(self.neighbours[a]), dtype=np.int64)
         if len(touching):
-            large = touching[self.diagonals()[touching] >= min_diagonal]
+            large = touching[diagonals[touching] >= min_diagonal]
             touching = large if len(large) else touching
             return int(touching[np.argmin(self.growth(a, touching))])
         others = np.flatnonzero(self.alive)
         others = others[others != a]
+        large = others[diagonals[others] >= min_diagonal]
+        others = large if len(large) else others  # floating bolts join a real part, not each other
         return int(others[np.argmin(self.gaps(a, others))])
 
 

@@ -30,6 +30,15 @@ def sample_triangles(vertices: np.ndarray, triangles: np.ndarray, count: int, se
     return (1 - r1) * t[:, 0] + r1 * (1 - r2) * t[:, 1] + r1 * r2 * t[:, 2]
 
 
+def _positions(elements, empty_message: str) -> np.ndarray:
+    """(N, 3) float64 ``co`` of mesh vertices or point cloud points."""
+    if len(elements) == 0:
+        raise TargetError(empty_message)
+    co = np.empty(len(elements) * 3, np.float32)
+    elements.foreach_get("co", co)
+    return co.reshape(-1, 3).astype(np.float64)
+
+
 def points_from_object(obj, depsgraph, max_points: int = MAX_POINTS) -> np.ndarray:
     """(N, 3) world-space points of a mesh (its loose vertices, or samples of
     its surface when it has faces) or of a point cloud object, modifiers applied."""
@@ -37,22 +46,11 @@ def points_from_object(obj, depsgraph, max_points: int = MAX_POINTS) -> np.ndarr
         raise TargetError("select an object (a scan as a mesh or point cloud) or pick a reference image")
     evaluated = obj.evaluated_get(depsgraph)
     if obj.type == "POINTCLOUD":
-        data = evaluated.data
-        count = len(data.points)
-        if count == 0:
-            raise TargetError(f"the point cloud '{obj.name}' is empty")
-        co = np.empty(count * 3, np.float32)
-        data.points.foreach_get("co", co)
-        points = co.reshape(-1, 3).astype(np.float64)
+        points = _positions(evaluated.data.points, f"the point cloud '{obj.name}' is empty")
     elif obj.type == "MESH":
         mesh = evaluated.to_mesh()
         try:
-            count = len(mesh.vertices)
-            if count == 0:
-                raise TargetError(f"the mesh '{obj.name}' has no vertices")
-            co = np.empty(count * 3, np.float32)
-            mesh.vertices.foreach_get("co", co)
-            vertices = co.reshape(-1, 3).astype(np.float64)
+            vertices = _positions(mesh.vertices, f"the mesh '{obj.name}' has no vertices")
             mesh.calc_loop_triangles()
             n_tri = len(mesh.loop_triangles)
             if n_tri == 0:

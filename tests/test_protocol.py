@@ -146,3 +146,11 @@ def test_edit_requests(worker):
     np.testing.assert_allclose(refit["candidates"][0]["parts"][0]["fitted_box"], edited[0], atol=1e-4)
     meshes = client.call("part_meshes", index=str(folder / "index"), source_index=best["source_index"])
     assert len([k for k in meshes.arrays if k.endswith("_vertices")]) == len(boxes)
+
+
+def test_worker_exits_when_blender_goes_away():
+    """Blender closing (the worker's stdin reaching its end) stops the worker."""
+    client = BackendClient(sys.executable)
+    assert client.call("hello")["protocol"] == 1
+    client.process.stdin.close()
+    assert client.process.wait(timeout=30) == 0

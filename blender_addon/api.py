@@ -38,8 +38,12 @@ def client(context) -> BackendClient:
         python = getattr(prefs, "backend_python", "") if prefs is not None else ""
         try:
             _client = BackendClient(python or None)
-        except BackendUnavailable as error:
+            hello = _client.wait(_client.submit("hello"), timeout=120)
+        except (BackendUnavailable, TimeoutError) as error:
             raise RfitError(str(error)) from error
+        backend_info.clear()
+        if hello.type == "result":
+            backend_info.update(hello.header)
     return _client
 
 

@@ -4,4 +4,9 @@ This package never imports ``bpy``; the Blender add-on talks to it through a
 small protocol module (see ``backend.protocol`` once it exists).
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+# The bundled model; a light constant so the CLI need not import torch to name it.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"

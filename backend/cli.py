@@ -9,6 +9,7 @@ import sys
 from dataclasses import fields
 from typing import Sequence
 
+from backend import DEFAULT_CHECKPOINT
 from backend.library import IndexOptions, LibraryIndexError, build_index, load_index
 from backend.library.loading import UP_AXES
 
@@ -153,8 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("index", help="index folder")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(run=_cmd_info)
-
-    from backend.fitting import DEFAULT_CHECKPOINT
 
     fit = commands.add_parser("fit", help="retrieve sources for a target and deform them to it")
     fit.add_argument("--index", required=True, help="index folder (python -m backend index)")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported)
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
@@ -30,7 +31,6 @@ from backend.model.sources import SourceTensors, stack_sources
 MIN_POINTS = 64
 RERANK_POINTS = 512
 MEASURE_POINTS = 1024
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default.pt"
 CACHE_VERSION = 1
 
 

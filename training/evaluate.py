@@ -97,13 +97,13 @@ def evaluate_method(
         distance = retrieval(target, modality)[0]
         ranking = torch.argsort(distance)
         out["ranking"].append(ranking.numpy())
+        target_code = deformation.deformation.encode_target(target, modality) if deformation is not None else None
 
         def fits(rows: torch.Tensor, refine: int = 0) -> torch.Tensor:
             chosen = sources.select(rows)
             if deformation is None:
                 return chamfer_distance(chosen.points, truth.expand(len(rows), -1, -1))
-            code = deformation.deformation.encode_target(target, modality).expand(len(rows), -1)
-            boxes = deformation.deformation.predict_boxes(chosen, global_code[rows], part_code[rows], code)
+            boxes = deformation.deformation.predict_boxes(chosen, global_code[rows], part_code[rows], target_code.expand(len(rows), -1))
             boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
             if refine:
                 boxes = refine_boxes(chosen, boxes, truth.expand(len(rows), -1, -1), FitOptions(refine_steps=refine, refine_seconds=60.0))

@@ -1,6 +1,7 @@
 """Operators: a synchronous ``execute`` (scripts, tests) and a modal
 ``invoke`` that polls the worker on a timer so Blender's UI never waits."""
 
+import functools
 import json
 
 import bpy
@@ -23,6 +24,21 @@ def index_path(context) -> str:
 def checkpoint(context) -> str:
     prefs = api.preferences(context)
     return bpy.path.abspath(prefs.checkpoint) if prefs is not None and prefs.checkpoint else ""
+
+
+def reports_errors(execute):
+    """Turn an ``api.RfitError`` raised by an operator's ``execute`` into a
+    report in the UI and a cancelled operator (nothing in the scene changed)."""
+
+    @functools.wraps(execute)
+    def wrapper(self, context):
+        try:
+            return execute(self, context)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+
+    return wrapper
 
 
 class BackendModal:
@@ -94,13 +110,10 @@ class RFIT_OT_index_library(BackendModal, bpy.types.Operator):
         directory = bpy.path.abspath(self.directory or settings(context).library_directory)
         return directory, (bpy.path.abspath(self.index) if self.index else (index_path(context) if not self.directory else api.default_index(directory)))
 
+    @reports_errors
     def execute(self, context):
         directory, index = self.paths(context)
-        try:
-            summary = api.index_library(context, directory, index)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        summary = api.index_library(context, directory, index)
         settings(context).library_directory, settings(context).index_directory = directory, index
         self.report({"INFO"}, summary["summary"])
         return {"FINISHED"}
@@ -135,13 +148,10 @@ class RFIT_OT_retrieve_and_fit(BackendModal, bpy.types.Operator):
         s = settings(context)
         return {"top_k": self.top_k or s.top_k, "refine": self.refine and s.refine, "yaw_search": self.yaw_search or s.yaw_search}
 
+    @reports_errors
     def execute(self, context):
         image = bpy.path.abspath(self.image_path) if self.image_path else ""
-        try:
-            parent = api.retrieve_and_fit(context, index_path(context), obj=None if image else context.active_object, image_path=image, checkpoint=checkpoint(context), **self.fit_options(context))
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        parent = api.retrieve_and_fit(context, index_path(context), obj=None if image else context.active_object, image_path=image, checkpoint=checkpoint(context), **self.fit_options(context))
         self.after_fit(context, parent)
         return {"FINISHED"}
 
@@ -183,12 +193,9 @@ class RFIT_OT_use_candidate(bpy.types.Operator):
 
     rank: IntProperty(name="Rank", min=0)
 
+    @reports_errors
     def execute(self, context):
-        try:
-            api.use_candidate(context, self.rank)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        api.use_candidate(context, self.rank)
         settings(context).candidate_index = self.rank
         return {"FINISHED"}
 
@@ -202,12 +209,9 @@ class RFIT_OT_enforce_connectivity(bpy.types.Operator):
 
     keep_symmetry: BoolProperty(name="Keep symmetry", default=True)
 
+    @reports_errors
     def execute(self, context):
-        try:
-            outcome = api.enforce_connectivity(context, keep_symmetry=self.keep_symmetry)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        outcome = api.enforce_connectivity(context, keep_symmetry=self.keep_symmetry)
         if any(outcome["rotated"]):
             self.report({"WARNING"}, "rotated parts are outside the deformation model and were left as they are")
         if outcome["lock_residual"] > 1e-4:
@@ -224,12 +228,9 @@ class RFIT_OT_refit(bpy.types.Operator):
 
     keep_edited: BoolProperty(name="Keep edited parts", default=True)
 
+    @reports_errors
     def execute(self, context):
-        try:
-            outcome = api.refit(context, keep_edited=self.keep_edited)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        outcome = api.refit(context, keep_edited=self.keep_edited)
         self.report({"INFO"}, f"refitted with {sum(outcome['locked'])} part(s) held; chamfer {outcome['chamfer_x100']:.3f} x1e-2")
         return {"FINISHED"}
 
@@ -243,13 +244,13 @@ class RFIT_OT_reset_parts(bpy.types.Operator):
 
     all_parts: BoolProperty(name="All parts", default=False)
 
+    @reports_errors
     def execute(self, context):
         parts = None
         if self.all_parts:
             parent = api.fit_parent(context.active_object)
             if parent is None:
-                self.report({"ERROR"}, "select a fitted result first")
-                return {"CANCELLED"}
+                raise api.RfitError("select a fitted result first")
             from ..build import part_objects
 
             parts = part_objects(parent)
@@ -267,12 +268,9 @@ class RFIT_OT_apply_fit(bpy.types.Operator):
     bl_label = "Apply"
     bl_options = {"REGISTER", "UNDO"}
 
+    @reports_errors
     def execute(self, context):
-        try:
-            count = api.apply_fit(context)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        count = api.apply_fit(context)
         self.report({"INFO"}, f"baked {count} parts")
         return {"FINISHED"}
 
@@ -283,12 +281,9 @@ class RFIT_OT_check_backend(bpy.types.Operator):
     bl_idname = "rfit.check_backend"
     bl_label = "Check Backend"
 
+    @reports_errors
     def execute(self, context):
-        try:
-            info = api.check_backend(context)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        info = api.check_backend(context)
         self.report({"INFO"}, f"backend {info['backend']} on {info.get('gpu', info['device'])}, torch {info['torch']}")
         return {"FINISHED"}
 

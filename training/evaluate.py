@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ from backend.model.geometry import chamfer_distance, project_positive
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
 from training.baselines import train_mds_retrieval
-from training.joint.data import Targets, _images, _normalise, prepare
+from training.joint.data import Targets, TrainingData, _images, _normalise, prepare
 from training.joint.train import TrainConfig, target_batch, train
 
 CATEGORIES = ("chair", "table", "storage")
@@ -50,6 +51,7 @@ class EvalConfig:
     modalities: list[str] = field(default_factory=lambda: ["points", "images"])
     max_targets: int = 0  # 0: every test target
     refine_steps: int = 100
+    notes: str = ""  # a markdown file appended to docs/results.md (the analysis of the numbers)
 
     @classmethod
     def from_toml(cls, path: str | None, **overrides) -> "EvalConfig":
@@ -58,22 +60,25 @@ class EvalConfig:
         return cls(**data)
 
 
-def held_out_targets(dataset: Path, views: int, max_targets: int) -> tuple[Targets, list[str], list[str]]:
-    """The test split as targets, with each shape's category and structure."""
+def held_out_targets(dataset: Path, views: int, max_targets: int) -> tuple[Targets, list[str], list[str], list[int]]:
+    """The test split as targets, with each shape's category, structure and
+    row in ``dataset/index-test``; ``max_targets`` > 0 keeps that many, evenly
+    spread over the (category-sorted) index so every category stays in."""
     build_index(dataset / "test", dataset / "index-test", jobs=2)
     index = load_index(dataset / "index-test")
     meta = {row["name"]: row for row in json.loads((dataset / "meta.json").read_text())["shapes"]}
+    rows = list(range(len(index)))
+    if 0 < max_targets < len(rows):
+        rows = sorted(set(np.linspace(0, len(rows) - 1, max_targets).round().astype(int).tolist()))
     names, points, images = [], [], []
-    for i, record in enumerate(index.sources):
-        name = Path(record.path).stem
+    for i in rows:
+        name = Path(index.sources[i].path).stem
         names.append(name)
         points.append(_normalise(index.load_source(i).points))
         images.append(_images(dataset / "images", name, views) if views else None)
-        if max_targets and len(names) >= max_targets:
-            break
     have_images = views > 0 and all(im is not None for im in images)
     targets = Targets(names, torch.from_numpy(np.stack(points)), torch.from_numpy(np.stack(images)) if have_images else None)
-    return targets, [meta[n]["category"] for n in names], [meta[n]["structure"] for n in names]
+    return targets, [meta[n]["category"] for n in names], [meta[n]["structure"] for n in names], rows
 
 
 @torch.no_grad()
@@ -81,6 +86,8 @@ def evaluate_method(
     sources: SourceTensors, targets: Targets, modality: str, n_points: int, retrieval, deformation: JointModel | None, refine_steps: int = 0, oracle: bool = False
 ) -> dict[str, np.ndarray]:
     """Per-target chamfer (x100) of top-1, best of top-10 and, optionally, the oracle.
+
+    With ``refine_steps`` only the top-1 is refined and best-of-top-10 is NaN.
 
     Args:
         retrieval: ``(target, modality) -> (B, S)`` distances to every source.
@@ -109,9 +116,9 @@ def evaluate_method(
                 boxes = refine_boxes(chosen, boxes, truth.expand(len(rows), -1, -1), FitOptions(refine_steps=refine, refine_seconds=60.0))
             return chamfer_distance(deformed_points(chosen, boxes), truth.expand(len(rows), -1, -1))
 
-        top = fits(ranking[:k], refine_steps)
+        top = fits(ranking[: 1 if refine_steps else k], refine_steps)  # refinement is costly: top-1 only
         out["top1"].append(float(top[0]) * 100)
-        out["top10"].append(float(top.min()) * 100)
+        out["top10"].append(float("nan") if refine_steps else float(top.min()) * 100)
         if oracle:
             every = torch.cat([fits(torch.arange(s, min(s + 256, len(sources)))) for s in range(0, len(sources), 256)])
             out["oracle"].append(float(every.min()) * 100)
@@ -119,9 +126,102 @@ def evaluate_method(
     return {key: np.asarray(value) for key, value in out.items() if len(value)}
 
 
+@torch.no_grad()
+def predict_one(sources: SourceTensors, targets: Targets, row: int, modality: str, n_points: int, retrieval, model: JointModel) -> tuple[int, np.ndarray, float]:
+    """Top-1 source, its deformed boxes (K, 6) in the target's frame, and the chamfer x100."""
+    target, truth = target_batch(targets, torch.tensor([row]), modality, n_points, 0.0, torch.Generator().manual_seed(0))
+    best = int(torch.argmin(retrieval(target, modality)[0]))
+    chosen = sources.select(torch.tensor([best]))
+    global_code, part_code = model.deformation.encode_sources(chosen)
+    boxes = model.deformation.predict_boxes(chosen, global_code, part_code, model.deformation.encode_target(target, modality))
+    boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
+    fit = float(chamfer_distance(deformed_points(chosen, boxes), truth)[0]) * 100
+    return best, boxes[0, : int(chosen.part_mask.sum())].numpy(), fit
+
+
+def qualitative_figure(
+    path: Path,
+    dataset: Path,
+    data: TrainingData,
+    targets: Targets,
+    test_rows: list[int],
+    categories: list[str],
+    n_points: int,
+    methods: dict[str, tuple],
+    modalities: list[str],
+    seed: int = 0,
+) -> Path:
+    """Figure 4 style: for one random test target per category and modality,
+    the input, each method's retrieved source and its deformation, and the truth.
+
+    Args:
+        methods: label -> (retrieval, model whose deformation module deforms).
+    """
+    from backend.export import part_meshes
+    from training import qualitative as q
+
+    train_index, test_index = load_index(dataset / "index-train"), load_index(dataset / "index-test")
+    index_row = {Path(r.path).stem: i for i, r in enumerate(train_index.sources)}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for modality in modalities:
+        if modality == "images" and targets.images is None:
+            continue
+        for category in CATEGORIES:
+            candidates = [i for i, c in enumerate(categories) if c == category]
+            if not candidates:
+                continue
+            row = int(rng.choice(candidates))
+            if modality == "points":
+                target, _ = target_batch(targets, torch.tensor([row]), "points", n_points, 0.0, torch.Generator().manual_seed(0))
+                panels = [("input: points", q.render_points(target[0].numpy()))]
+            else:
+                panels = [("input: image", targets.images[row, 0].permute(1, 2, 0).numpy())]
+            for label, (retrieval, model) in methods.items():
+                best, boxes, fit = predict_one(data.sources, targets, row, modality, n_points, retrieval, model)
+                source_row = index_row[data.source_names[best]]
+                panels.append((f"{label}: retrieved", q.render_mesh(*q.boxed_mesh(train_index, source_row, q.normalised_boxes(train_index, source_row)))))
+                panels.append((f"{label}: deformed {fit:.2f}", q.render_mesh(*q.boxed_mesh(train_index, source_row, boxes))))
+            truth = test_index.load_source(test_rows[row])
+            lo, hi = truth.points.min(0), truth.points.max(0)
+            centre, scale = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+            meshes = part_meshes(test_index, test_rows[row])
+            vertices = np.concatenate([(np.asarray(m.vertices) - centre) / scale for m in meshes])
+            offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+            faces = np.concatenate([np.asarray(m.faces) + o for m, o in zip(meshes, offsets)])
+            panels.append(("truth", q.render_mesh(vertices, faces, np.full((len(faces), 3), 0.7))))
+            rows.append({"label": f"{category} ({modality})", "panels": panels})
+    return q.write_figure(path, rows)
+
+
 def recall_at(ranking: np.ndarray, best: np.ndarray, k: int) -> float:
     """Share of targets whose oracle-best source is among the first k retrieved."""
     return float(np.mean([b in r[:k] for r, b in zip(ranking, best)]))
+
+
+def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, warmup: int, steps: int) -> dict[str, JointModel]:
+    """Train DF, Uniform, Ours and DAR with one budget: ``warmup + steps`` updates each.
+
+    All start from one deformation warm-up on random pairs (``warmup``
+    steps, shared, so it is trained once): DF goes on with random pairs,
+    Uniform and Ours continue jointly (uniform / P_R-sampled candidates),
+    and DAR trains only a retrieval space against the finished DF, frozen.
+    Every method is read back from its last step (no selection on validation).
+    """
+    if warmup < 1:
+        raise ValueError("the evaluation needs warmup >= 1: Uniform and Ours start from the deformation warm-up")
+    run = lambda name, **options: TrainConfig(**{**base.__dict__, "out": str(out / name), "seed": seed, "val_every": 10**9, **options})  # noqa: E731
+    warm = run("warmup", mode="deformation", steps=warmup)
+    train(warm, data)
+    df = out / "df" / "last.pt"
+    if not df.exists():  # DF resumes the warm-up
+        df.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "warmup" / "last.pt", df)
+    train(run("df", mode="deformation", steps=warmup + steps), data)
+    train(run("uniform", sampling="uniform", init=str(out / "warmup" / "last.pt"), warmup=0, steps=steps), data)
+    train(run("ours", init=str(out / "warmup" / "last.pt"), warmup=0, steps=steps), data)
+    train(run("dar", mode="retrieval", init=str(df), steps=steps), data)
+    return {name: load_checkpoint(out / folder / "last.pt")[0] for name, folder in (("DF", "df"), ("Uniform", "uniform"), ("Ours", "ours"), ("DAR", "dar"))}
 
 
 def run(config: EvalConfig) -> dict:
@@ -129,7 +229,7 @@ def run(config: EvalConfig) -> dict:
     base = TrainConfig.from_toml(config.train_config, data=config.data, steps=config.steps, warmup=config.warmup, modalities=config.modalities, max_minutes=0)
     dataset = Path(config.data)
     data = prepare(dataset, base.source_fraction, base.val_fraction, base.model.source_points, base.views if "images" in config.modalities else 0)
-    targets, categories, structures = held_out_targets(dataset, base.views if "images" in config.modalities else 0, config.max_targets)
+    targets, categories, structures, test_rows = held_out_targets(dataset, base.views if "images" in config.modalities else 0, config.max_targets)
     meta = json.loads((dataset / "meta.json").read_text())["shapes"]
     train_structures = {r["structure"] for r in meta if r["split"] == "train"}
     unseen = np.array([s not in train_structures for s in structures])
@@ -137,19 +237,8 @@ def run(config: EvalConfig) -> dict:
     n = base.model.n_points
     for seed in config.seeds:
         out = Path(config.out) / f"seed{seed}"
-        runs = {
-            "DF": TrainConfig(**{**base.__dict__, "out": str(out / "df"), "mode": "deformation", "seed": seed}),
-            "Uniform": TrainConfig(**{**base.__dict__, "out": str(out / "uniform"), "sampling": "uniform", "seed": seed}),
-            "Ours": TrainConfig(**{**base.__dict__, "out": str(out / "ours"), "seed": seed}),
-        }
-        models = {}
-        for name, run_config in runs.items():
-            train(run_config, data)
-            models[name] = load_checkpoint(Path(run_config.out) / "last.pt")[0]
-        dar = TrainConfig(**{**base.__dict__, "out": str(out / "dar"), "mode": "retrieval", "init": str(out / "df" / "last.pt"), "seed": seed})
-        train(dar, data)
-        models["DAR"] = load_checkpoint(out / "dar" / "last.pt")[0]
-        mds_model, mds_coordinates = train_mds_retrieval(data.sources, data.train, base.model, config.modalities, config.steps, seed=seed)
+        models = train_methods(base, data, out, seed, config.warmup, config.steps)
+        mds_model, mds_coordinates = train_mds_retrieval(data.sources, data.train, base.model, config.modalities, config.warmup + config.steps, seed=seed)
 
         def joint_retrieval(model):
             embeddings = model.retrieval.embed_sources(data.sources)[0]
@@ -181,6 +270,9 @@ def run(config: EvalConfig) -> dict:
                 if oracle:
                     seed_results[f"{modality}/{method}"]["recall"] = {str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)}
         results["seeds"][str(seed)] = seed_results
+        if seed == config.seeds[0]:
+            figure = {"R+DF": (retrievals["R"], models["DF"]), "Ours": (retrievals["Ours"], models["Ours"])}
+            qualitative_figure(Path(config.docs) / "results_examples.png", dataset, data, targets, test_rows, categories, n, figure, config.modalities, seed)
     results["seconds"] = time.time() - started
     Path(config.out).mkdir(parents=True, exist_ok=True)
     (Path(config.out) / "results.json").write_text(json.dumps(results))
@@ -235,11 +327,48 @@ def write_report(results: dict, docs: Path) -> Path:
             lines += ["", f"Generalisation ({modality}): {int(unseen.sum())} test targets have a part structure that no training shape has:", ""]
             lines += [f"- {method}: {_cell(summarise(results, f'{modality}/{method}', 'top1', unseen))} (seen structures: {_cell(summarise(results, f'{modality}/{method}', 'top1', ~unseen))})" for method in ("R+DF", "DAR+DF", "Ours") if any(f"{modality}/{method}" in s for s in results["seeds"].values())]
         lines.append("")
+    lines += verdict(results, modalities, categories)
+    if (docs / "results_examples.png").exists():
+        lines += ["## Examples (seed " + next(iter(results["seeds"])) + ")", "", "One test target per category drawn at random; chamfer x10^-2 above each deformed result; parts coloured by index.", "", "![examples](results_examples.png)", ""]
+    lines += ["![points](results_points.png)", "", "![images](results_images.png)" if "images" in modalities else "", ""]
+    notes = Path(config.get("notes") or "")
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
     docs.mkdir(parents=True, exist_ok=True)
     report = docs / "results.md"
     report.write_text("\n".join(lines) + "\n")
     _plot(results, docs, modalities, categories)
     return report
+
+
+def verdict(results: dict, modalities: list[str], categories: np.ndarray) -> list[str]:
+    """Where Ours (top-1, mean over seeds) beats each baseline, counted over
+    the category and "all" columns of Table 1; and Table 2's oracle."""
+    columns = [(c, categories == c) for c in CATEGORIES] + [("all", np.ones(len(categories), bool))]
+    mean = lambda key, metric, mask: float(np.mean(summarise(results, key, metric, mask) or [np.nan]))  # noqa: E731
+    lines = ["## Does joint training win? (computed from the tables above)", ""]
+    for baseline in ("R", "R+DF", "DAR+DF", "Uniform"):
+        wins, total, losses = 0, 0, []
+        for modality in modalities:
+            for name, mask in columns:
+                ours, other = mean(f"{modality}/Ours", "top1", mask), mean(f"{modality}/{baseline}", "top1", mask)
+                if np.isfinite(ours) and np.isfinite(other):
+                    total += 1
+                    wins += ours < other
+                    if ours >= other:
+                        losses.append(f"{modality}/{name}")
+        if total:
+            lines.append(f"- Ours vs {baseline}: lower error in {wins} of {total} columns" + (f" (not in: {', '.join(losses)})" if losses else ""))
+    for baseline, key in (("DF", "DAR+DF"), ("Uniform", "Uniform")):
+        wins, total = 0, 0
+        for modality in modalities:
+            for name, mask in columns[:-1]:
+                ours, other = mean(f"{modality}/Ours", "oracle", mask), mean(f"{modality}/{key}", "oracle", mask)
+                if np.isfinite(ours) and np.isfinite(other):
+                    total, wins = total + 1, wins + (ours < other)
+        if total:
+            lines.append(f"- Table 2, Ours' deformation vs {baseline}'s with oracle retrieval: lower error in {wins} of {total} columns")
+    return lines + [""]
 
 
 def _plot(results: dict, docs: Path, modalities: list[str], categories: np.ndarray) -> None:

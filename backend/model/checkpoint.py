@@ -13,6 +13,10 @@ from backend.model.networks import JointModel, ModelConfig
 
 FORMAT = "rfit-checkpoint-1"
 
+# Model options added after checkpoints were first written, with the value
+# that reproduces an older checkpoint that does not name them.
+_LEGACY_OPTIONS = {"embedding_radius": 0.0, "sigma_init": 0.02, "sigma_min": 0.0, "sigma_max": 0.0}
+
 
 def save_checkpoint(path: str | os.PathLike, model: JointModel, extra: dict | None = None, state: dict | None = None) -> None:
     """Write atomically: model weights, config, JSON metadata and optional
@@ -37,7 +41,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     payload = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an rfit checkpoint")
-    model = JointModel(ModelConfig(**json.loads(payload["config"])))
+    model = JointModel(ModelConfig(**{**_LEGACY_OPTIONS, **json.loads(payload["config"])}))
     model.load_state_dict(payload["model"])  # copies into float32 parameters, also from float16
     model.to(device).eval()
     return model, json.loads(payload["extra"]), payload.get("state")

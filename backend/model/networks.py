@@ -35,7 +35,17 @@ class ModelConfig:
     n_points: int = 1024
     source_points: int = 512
     image_size: int = 128
-    sigma_init: float = 0.02
+    # Retrieval space: embeddings on a sphere of this radius (0: unbounded,
+    # as in checkpoints made before it existed). With the paper's sigma0 = 100
+    # a radius of 200 lets -d^2/sigma0^2 span [-16, 0], so P_R can be anything
+    # from uniform to one-hot, yet cannot go uniform by the embedding shrinking.
+    embedding_radius: float = 200.0
+    # sigma(s) of P_fit, in chamfer units (normalised shapes), bounded to
+    # [sigma_min, sigma_max] (sigma_max 0: unbounded softplus, the old
+    # behaviour) so that L_emb cannot be met by flattening P_fit to uniform.
+    sigma_init: float = 0.004
+    sigma_min: float = 0.002
+    sigma_max: float = 0.008
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -132,23 +142,35 @@ class RetrievalModule(nn.Module):
         self.points = PointNetEncoder(config.point_width, config.embedding)
         self.images = ImageEncoder(config.image_width, config.embedding)
         self.source = SourceEncoder(config.point_width, config.embedding, 8)
+        self.config = config
         self.sigma_head = mlp(config.embedding, 64, 1)
         nn.init.zeros_(self.sigma_head[-1].weight)
-        inverse_softplus = torch.log(torch.expm1(torch.tensor(config.sigma_init)))
-        nn.init.constant_(self.sigma_head[-1].bias, float(inverse_softplus))
+        if config.sigma_max > 0:
+            share = (config.sigma_init - config.sigma_min) / (config.sigma_max - config.sigma_min)
+            start = torch.logit(torch.tensor(share).clamp(1e-4, 1 - 1e-4))
+        else:
+            start = torch.log(torch.expm1(torch.tensor(config.sigma_init)))  # inverse softplus
+        nn.init.constant_(self.sigma_head[-1].bias, float(start))
 
     def forward(self, target: torch.Tensor, modality: str, sources: SourceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Target embeddings (B, E), source embeddings (S, E) and sigma (S,)."""
         return (self.embed_target(target, modality), *self.embed_sources(sources))
 
+    def _place(self, code: torch.Tensor) -> torch.Tensor:
+        radius = self.config.embedding_radius
+        return radius * nn.functional.normalize(code, dim=-1) if radius > 0 else code
+
     def embed_target(self, target: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.points(target) if modality == "points" else self.images(target)
+        """(B, E) positions in R."""
+        return self._place(self.points(target) if modality == "points" else self.images(target))
 
     def embed_sources(self, sources: SourceTensors) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S, E) embeddings and (S,) positive sigma."""
+        """(S, E) positions in R and (S,) sigma(s) (chamfer units)."""
         code, _ = self.source(sources.points, sources.labels, sources.boxes, sources.part_mask)
-        sigma = nn.functional.softplus(self.sigma_head(code)).squeeze(-1) + 1e-6
-        return code, sigma
+        raw = self.sigma_head(code).squeeze(-1)
+        low, high = self.config.sigma_min, self.config.sigma_max
+        sigma = low + (high - low) * torch.sigmoid(raw) if high > 0 else nn.functional.softplus(raw) + 1e-6
+        return self._place(code), sigma
 
 
 class DeformationModule(nn.Module):

@@ -39,6 +39,7 @@ class TrainConfig:
     candidates: int = 10
     sigma0: float = 100.0
     lr: float = 1e-3
+    lr_retrieval: float = 0.0  # 0: same as lr
     symmetry_weight: float = 1.0
     positivity_weight: float = 10.0
     noise: float = 0.01
@@ -255,7 +256,7 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
     modalities = [m for m in config.modalities if m == "points" or data.train.images is not None]
     sources = data.sources.to(device)
     model = JointModel(config.model).to(device)
-    optim_r = torch.optim.Adam(model.retrieval.parameters(), lr=config.lr)
+    optim_r = torch.optim.Adam(model.retrieval.parameters(), lr=config.lr_retrieval or config.lr)
     optim_d = torch.optim.Adam(model.deformation.parameters(), lr=config.lr)
     start, best = 0, math.inf
     last = out / "last.pt"
@@ -312,7 +313,12 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
             optim_r.zero_grad(set_to_none=True)
             loss.backward()
             optim_r.step()
-            record.update(loss_emb=float(loss.detach()), sigma=float(sigma.detach().mean()), distance=float(distance.detach().mean()))
+            with torch.no_grad():  # how peaked the two distributions are (1/K: uniform, 1: one-hot)
+                peak_r = soft_probabilities(distance, config.sigma0).max(-1).values.mean()
+                peak_fit = soft_probabilities(fit.view(config.batch, k), sigma[pair_source].view(config.batch, k)).max(-1).values.mean()
+            record.update(
+                loss_emb=float(loss.detach()), sigma=float(sigma.detach().mean()), distance=float(distance.detach().mean()), peak_r=float(peak_r), peak_fit=float(peak_fit)
+            )
         else:
             if warm or config.sampling == "uniform":
                 weights = torch.full((config.batch, k), 1.0 / k, device=device)

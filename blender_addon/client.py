@@ -140,3 +140,7 @@ class BackendClient:
             self.process.wait(timeout)
         except (BackendUnavailable, subprocess.TimeoutExpired):
             self.process.kill()
+            try:  # reap it, so that ``alive`` is false once this returns
+                self.process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass

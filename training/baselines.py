@@ -31,7 +31,10 @@ def classical_mds(squared: np.ndarray, dims: int) -> tuple[np.ndarray, dict]:
     gram = -0.5 * centring @ squared @ centring
     values, vectors = np.linalg.eigh(gram)
     order = np.argsort(values)[::-1][:dims]
-    values, vectors = np.clip(values[order], 1e-12, None), vectors[:, order]
+    # A chamfer matrix is not Euclidean: many eigenvalues are ~0 or negative. Keep only clearly
+    # positive ones, or out-of-sample coordinates (divided by them) blow up.
+    order = order[values[order] > 1e-3 * values[order[0]]]
+    values, vectors = values[order], vectors[:, order]
     coordinates = vectors * np.sqrt(values)
     return coordinates, {"coordinates": coordinates, "values": values, "column_mean": squared.mean(axis=0)}
 
@@ -42,7 +45,7 @@ def out_of_sample(squared_to_sources: np.ndarray, fit: dict) -> np.ndarray:
 
 
 def train_mds_retrieval(
-    sources: SourceTensors, targets: Targets, config: ModelConfig, modalities: list[str], steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, dims: int = 256
+    sources: SourceTensors, targets: Targets, config: ModelConfig, modalities: list[str], steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, dims: int = 16
 ) -> tuple[JointModel, torch.Tensor]:
     """Baseline R: returns a model whose retrieval target encoders map into the
     MDS space, and the sources' (S, d) MDS coordinates (their embeddings)."""
@@ -50,11 +53,16 @@ def train_mds_retrieval(
     n = min(config.n_points, targets.points.shape[1], sources.points.shape[1])
     source_points = sources.points[:, :n]
     squared = chamfer_matrix(source_points, source_points).double().square().numpy()  # MDS of chamfer distances
-    dims = min(dims, len(sources) - 1)
-    coordinates, fit = classical_mds(squared, dims)
+    coordinates, fit = classical_mds(squared, min(dims, len(sources) - 1))
+    dims = coordinates.shape[1]
     target_squared = chamfer_matrix(targets.points[:, :n], source_points).double().square().numpy()
-    goal = torch.from_numpy(out_of_sample(target_squared, fit)).float()
-    model = JointModel(ModelConfig(**{**config.to_json(), "embedding": dims}))
+    goal = out_of_sample(target_squared, fit)
+    # Chamfer distances are ~1e-2, so the coordinates are tiny; regress them at unit scale
+    # (distances, and so rankings, only scale).
+    scale = float(np.sqrt((coordinates**2).sum(1).mean()))
+    coordinates, goal = coordinates / scale, torch.from_numpy(goal / scale).float()
+    # MDS coordinates are unbounded: no sphere.
+    model = JointModel(ModelConfig(**{**config.to_json(), "embedding": dims, "embedding_radius": 0.0}))
     optimiser = torch.optim.Adam(list(model.retrieval.points.parameters()) + list(model.retrieval.images.parameters()), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.train()

@@ -5,6 +5,9 @@
 Trains every method with the same data and budget (per seed), evaluates on
 the held-out test split (no test shape is a source or a training target),
 and writes ``docs/results.md`` with the tables and ``docs/results_*.png``.
+Each seed's numbers are kept in ``<out>/seed<N>/results.json``: a rerun of
+the same configuration reuses them, so seeds can run as separate processes
+(``--seeds 1``) and a last run over all seeds writes the report.
 
 Methods: R (MDS retrieval), R+DF, DAR, DAR+DF, Uniform sampling, Ours, Ours
 with IDO; oracle retrieval (Table 2) for DF, Uniform and Ours. Besides top-1
@@ -200,13 +203,17 @@ def recall_at(ranking: np.ndarray, best: np.ndarray, k: int) -> float:
 
 
 def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, warmup: int, steps: int) -> dict[str, JointModel]:
-    """Train DF, Uniform, Ours and DAR with one budget: ``warmup + steps`` updates each.
+    """Train DF, Uniform, Ours and DAR with one budget: each module gets
+    ``warmup + steps`` updates of its own (retrieval: ``steps``).
 
     All start from one deformation warm-up on random pairs (``warmup``
-    steps, shared, so it is trained once): DF goes on with random pairs,
-    Uniform and Ours continue jointly (uniform / P_R-sampled candidates),
-    and DAR trains only a retrieval space against the finished DF, frozen.
-    Every method is read back from its last step (no selection on validation).
+    steps, shared, so it is trained once): DF goes on with random pairs for
+    ``steps``; Uniform and Ours continue jointly for ``2 * steps`` alternating
+    steps (uniform / P_R-sampled candidates), that is ``steps`` deformation
+    and ``steps`` retrieval updates; DAR trains only a retrieval space, for
+    ``steps`` updates, against the finished DF, frozen. So Ours costs what
+    DAR+DF costs. Every method is read back from its last step (no selection
+    on validation). Runs that exist are resumed (a finished one is kept).
     """
     if warmup < 1:
         raise ValueError("the evaluation needs warmup >= 1: Uniform and Ours start from the deformation warm-up")
@@ -218,8 +225,8 @@ def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, w
         df.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "warmup" / "last.pt", df)
     train(run("df", mode="deformation", steps=warmup + steps), data)
-    train(run("uniform", sampling="uniform", init=str(out / "warmup" / "last.pt"), warmup=0, steps=steps), data)
-    train(run("ours", init=str(out / "warmup" / "last.pt"), warmup=0, steps=steps), data)
+    train(run("uniform", sampling="uniform", init=str(out / "warmup" / "last.pt"), warmup=0, steps=2 * steps), data)
+    train(run("ours", init=str(out / "warmup" / "last.pt"), warmup=0, steps=2 * steps), data)
     train(run("dar", mode="retrieval", init=str(df), steps=steps), data)
     return {name: load_checkpoint(out / folder / "last.pt")[0] for name, folder in (("DF", "df"), ("Uniform", "uniform"), ("Ours", "ours"), ("DAR", "dar"))}
 
@@ -233,10 +240,17 @@ def run(config: EvalConfig) -> dict:
     meta = json.loads((dataset / "meta.json").read_text())["shapes"]
     train_structures = {r["structure"] for r in meta if r["split"] == "train"}
     unseen = np.array([s not in train_structures for s in structures])
-    results: dict = {"config": asdict(config), "seeds": {}, "categories": categories, "unseen_structure": unseen.tolist()}
+    results: dict = {"config": asdict(config), "seeds": {}, "seed_seconds": {}, "categories": categories, "unseen_structure": unseen.tolist()}
     n = base.model.n_points
     for seed in config.seeds:
         out = Path(config.out) / f"seed{seed}"
+        cached = _cached_seed(out / "results.json", config)
+        if cached is not None and seed != config.seeds[0]:  # the first seed's models also draw the figure
+            print(f"seed {seed}: results read from {out / 'results.json'}", flush=True)
+            results["seeds"][str(seed)] = cached
+            results["seed_seconds"][str(seed)] = _cached_seconds(out / "results.json")
+            continue
+        seed_started = time.time()
         models = train_methods(base, data, out, seed, config.warmup, config.steps)
         mds_model, mds_coordinates = train_mds_retrieval(data.sources, data.train, base.model, config.modalities, config.warmup + config.steps, seed=seed)
 
@@ -258,8 +272,8 @@ def run(config: EvalConfig) -> dict:
             "Ours": (retrievals["Ours"], models["Ours"], 0, True),
             "Ours+IDO": (retrievals["Ours"], models["Ours"], config.refine_steps, False),
         }
-        seed_results = {}
-        for modality in config.modalities:
+        seed_results = cached or {}
+        for modality in config.modalities if cached is None else ():
             if modality == "images" and targets.images is None:
                 continue
             for method, (retrieval, deformation, refine, oracle) in methods.items():
@@ -269,15 +283,43 @@ def run(config: EvalConfig) -> dict:
                 seed_results[f"{modality}/{method}"] = {key: value.tolist() for key, value in scores.items() if key != "ranking"}
                 if oracle:
                     seed_results[f"{modality}/{method}"]["recall"] = {str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)}
+        if cached is None:
+            _write_json(out / "results.json", {"key": _seed_key(config), "results": seed_results, "seconds": time.time() - seed_started})
         results["seeds"][str(seed)] = seed_results
+        results["seed_seconds"][str(seed)] = _cached_seconds(out / "results.json")
         if seed == config.seeds[0]:
             figure = {"R+DF": (retrievals["R"], models["DF"]), "Ours": (retrievals["Ours"], models["Ours"])}
             qualitative_figure(Path(config.docs) / "results_examples.png", dataset, data, targets, test_rows, categories, n, figure, config.modalities, seed)
     results["seconds"] = time.time() - started
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    (Path(config.out) / "results.json").write_text(json.dumps(results))
+    _write_json(Path(config.out) / "results.json", results)
     write_report(results, Path(config.docs))
     return results
+
+
+def _seed_key(config: EvalConfig) -> dict:
+    """What one seed's numbers depend on, besides the seed: a cached seed is reused only when this matches."""
+    return {k: v for k, v in asdict(config).items() if k not in ("seeds", "docs", "notes", "out")}
+
+
+def _cached_seed(path: Path, config: EvalConfig) -> dict | None:
+    """A seed's results written by an earlier run of the same configuration (None: none, or stale)."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["results"] if saved.get("key") == _seed_key(config) else None
+
+
+def _cached_seconds(path: Path) -> float:
+    """Wall time that trained and evaluated the seed cached at ``path``."""
+    return float(json.loads(path.read_text()).get("seconds", float("nan")))
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
 
 
 def _cell(values: list[float]) -> str:
@@ -302,7 +344,9 @@ def write_report(results: dict, docs: Path) -> Path:
         "# Results: joint retrieval and deformation on procedural furniture",
         "",
         f"Command: `python -m training.evaluate --config ...` with `{json.dumps(config)}`; "
-        f"wall time {results['seconds'] / 60:.1f} min. Chamfer distance x10^-2 (squared distances, mean per direction, "
+        f"wall time per seed (training every method and evaluating it): "
+        + ", ".join(f"seed {k}: {v / 60:.0f} min" for k, v in results.get("seed_seconds", {}).items())
+        + ". Chamfer distance x10^-2 (squared distances, mean per direction, "
         "summed) on shapes normalised to a unit box diagonal; held-out test targets; seeds: " + ", ".join(results["seeds"]) + " (mean ± std over seeds).",
         "",
     ]
@@ -400,8 +444,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out")
     parser.add_argument("--docs")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], help="comma-separated, e.g. 0,1,2 (overrides the config)")
     args = parser.parse_args(argv)
-    config = EvalConfig.from_toml(args.config, data=args.data, out=args.out, docs=args.docs, steps=args.steps)
+    config = EvalConfig.from_toml(args.config, data=args.data, out=args.out, docs=args.docs, steps=args.steps, seeds=args.seeds)
     results = run(config)
     print(f"wrote {Path(config.docs) / 'results.md'} in {results['seconds'] / 60:.1f} min")
     return 0

@@ -15,7 +15,7 @@ FORMAT = "rfit-checkpoint-1"
 
 # Model options added after checkpoints were first written, with the value
 # that reproduces an older checkpoint that does not name them.
-_LEGACY_OPTIONS = {"embedding_radius": 0.0, "sigma_init": 0.02, "sigma_min": 0.0, "sigma_max": 0.0}
+_LEGACY_OPTIONS = {"embedding_radius": 0.0, "sigma_init": 0.02, "sigma_min": 0.0, "sigma_max": 0.0, "shared_point_encoder": False}
 
 
 def save_checkpoint(path: str | os.PathLike, model: JointModel, extra: dict | None = None, state: dict | None = None) -> None:

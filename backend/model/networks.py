@@ -46,6 +46,10 @@ class ModelConfig:
     sigma_init: float = 0.004
     sigma_min: float = 0.002
     sigma_max: float = 0.008
+    # Sources are placed in R by the same PointNet that places point targets
+    # (a Siamese retrieval space), so R starts out geometry-aware: similar
+    # shapes land close before any training (False: a separate source encoder).
+    shared_point_encoder: bool = True
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -141,7 +145,8 @@ class RetrievalModule(nn.Module):
         super().__init__()
         self.points = PointNetEncoder(config.point_width, config.embedding)
         self.images = ImageEncoder(config.image_width, config.embedding)
-        self.source = SourceEncoder(config.point_width, config.embedding, 8)
+        if not config.shared_point_encoder:
+            self.source = SourceEncoder(config.point_width, config.embedding, 8)
         self.config = config
         self.sigma_head = mlp(config.embedding, 64, 1)
         nn.init.zeros_(self.sigma_head[-1].weight)
@@ -166,7 +171,10 @@ class RetrievalModule(nn.Module):
 
     def embed_sources(self, sources: SourceTensors) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, E) positions in R and (S,) sigma(s) (chamfer units)."""
-        code, _ = self.source(sources.points, sources.labels, sources.boxes, sources.part_mask)
+        if self.config.shared_point_encoder:
+            code = self.points(sources.points)
+        else:
+            code, _ = self.source(sources.points, sources.labels, sources.boxes, sources.part_mask)
         raw = self.sigma_head(code).squeeze(-1)
         low, high = self.config.sigma_min, self.config.sigma_max
         sigma = low + (high - low) * torch.sigmoid(raw) if high > 0 else nn.functional.softplus(raw) + 1e-6

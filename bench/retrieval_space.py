@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from report import machine, write_section  # noqa: E402
-from training.evaluate import evaluate_method, recall_at  # noqa: E402
+from training.evaluate import evaluate_method, joint_retrieval, recall_at  # noqa: E402
 from training.joint.data import prepare  # noqa: E402
 from training.joint.train import TrainConfig, oracle_chamfer, train  # noqa: E402
 
@@ -34,8 +34,7 @@ VARIANTS = {"shared": {"shared_point_encoder": True}, "separate": {"shared_point
 
 @torch.no_grad()
 def scores(model, data, n_points: int) -> dict:
-    embeddings = model.retrieval.embed_sources(data.sources)[0]
-    retrieval = lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), embeddings)  # noqa: E731
+    retrieval = joint_retrieval(model, data.sources)
     out = {}
     for modality in ("points", "images"):
         s = evaluate_method(data.sources, data.val, modality, n_points, retrieval, model, 0, True)

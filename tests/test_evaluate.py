@@ -12,7 +12,8 @@ from backend.model.checkpoint import load_checkpoint
 from backend.model.networks import JointModel
 from training.data.dataset import DatasetSpec, write_dataset
 import training.evaluate as evaluate
-from training.evaluate import TABLE1, EvalConfig, _cached_seed, run, held_out_targets
+from training.evaluate import EvalConfig, _cached_seed, run, held_out_targets
+from training.results_report import TABLE1
 from training.joint.data import prepare
 from training.joint.train import TrainConfig, oracle_chamfer
 

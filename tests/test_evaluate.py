@@ -56,3 +56,6 @@ def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_
     again = run(config)
     assert json.dumps(again["seeds"]["0"]) == json.dumps(results["seeds"]["0"])
     assert _cached_seed(tmp_path / "eval" / "seed0" / "results.json", replace(config, refine_steps=6)) is None
+    # runs of another configuration in the seed folder are refused, not resumed
+    with pytest.raises(ValueError, match="another configuration"):
+        run(replace(config, steps=41))

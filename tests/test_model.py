@@ -12,7 +12,7 @@ from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_p
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import stack_sources
 from helpers import chair_parts, write_scene
-from training.joint.objectives import deformation_loss, embedding_loss, sample_candidates, soft_probabilities
+from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, sample_candidates, soft_probabilities
 
 
 def test_chamfer_matches_brute_force_and_its_gradient():
@@ -107,6 +107,16 @@ def test_untrained_model_predicts_the_identity(chair_source):
     torch.testing.assert_close(deformed_points(tensors, boxes), tensors.points, atol=1e-5, rtol=0)
     images = model.retrieval.embed_target(torch.rand(2, 3, 128, 128), "images")
     assert images.shape == (2, 8)
+
+
+def test_cross_modal_loss_is_relative_and_pulls_only_the_student():
+    teacher = torch.randn(4, 8, requires_grad=True)
+    student = torch.randn(4, 8, requires_grad=True)
+    assert float(cross_modal_loss(teacher.detach(), teacher)) == 0.0
+    loss = cross_modal_loss(student, teacher)
+    torch.testing.assert_close(cross_modal_loss(200 * student, 200 * teacher), loss)
+    loss.backward()
+    assert teacher.grad is None and float(student.grad.abs().sum()) > 0
 
 
 def test_checkpoint_round_trip_without_pickle(tmp_path):

@@ -10,7 +10,7 @@ from backend.model.geometry import chamfer_distance
 from backend.model.networks import JointModel, ModelConfig
 from backend.model.sources import SourceTensors
 from training.joint.data import Targets
-from training.joint.train import target_batch
+from training.joint.train import learning_rate_factor, target_batch
 
 
 @torch.no_grad()
@@ -45,10 +45,25 @@ def out_of_sample(squared_to_sources: np.ndarray, fit: dict) -> np.ndarray:
 
 
 def train_mds_retrieval(
-    sources: SourceTensors, targets: Targets, config: ModelConfig, modalities: list[str], steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0, dims: int = 16
+    sources: SourceTensors,
+    targets: Targets,
+    config: ModelConfig,
+    modalities: list[str],
+    steps: int,
+    batch: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    dims: int = 16,
+    noise: float = 0.01,
+    partial: float = 0.0,
+    lr_decay: float = 0.0,
 ) -> tuple[JointModel, torch.Tensor]:
     """Baseline R: returns a model whose retrieval target encoders map into the
-    MDS space, and the sources' (S, d) MDS coordinates (their embeddings)."""
+    MDS space, and the sources' (S, d) MDS coordinates (their embeddings).
+
+    ``noise`` and ``partial`` shape the point targets as in joint training
+    (``target_batch``), and ``lr_decay`` is its learning-rate schedule, so R
+    learns from the same inputs, the same way, as the other methods."""
     torch.manual_seed(seed)
     n = min(config.n_points, targets.points.shape[1], sources.points.shape[1])
     source_points = sources.points[:, :n]
@@ -67,9 +82,11 @@ def train_mds_retrieval(
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = lr * learning_rate_factor(step, steps, lr_decay)
         modality = modalities[step % len(modalities)]
         rows = torch.randint(len(targets), (batch,), generator=generator)
-        target, _ = target_batch(targets, rows, modality, config.n_points, 0.01, generator)
+        target, _ = target_batch(targets, rows, modality, config.n_points, noise, generator, partial)
         loss = (model.retrieval.embed_target(target, modality) - goal[rows]).square().sum(-1).mean()
         optimiser.zero_grad()
         loss.backward()

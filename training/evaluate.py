@@ -222,7 +222,7 @@ def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, w
     if warmup < 1:
         raise ValueError("the evaluation needs warmup >= 1: Uniform and Ours start from the deformation warm-up")
     run = lambda name, **options: TrainConfig(**{**base.__dict__, "out": str(out / name), "seed": seed, "val_every": 10**9, **options})  # noqa: E731
-    warm = run("warmup", mode="deformation", steps=warmup)
+    warm = run("warmup", mode="deformation", steps=warmup, image_alignment_steps=0)  # DF resumes it: align only at the end
     train(warm, data)
     df = out / "df" / "last.pt"
     if not df.exists():  # DF resumes the warm-up
@@ -255,8 +255,11 @@ def run(config: EvalConfig) -> dict:
             results["seed_seconds"][str(seed)] = _cached_seconds(out / "results.json")
             continue
         seed_started = time.time()
+        _claim_seed_folder(out, config)
         models = train_methods(base, data, out, seed, config.warmup, config.steps)
-        mds_model, mds_coordinates = train_mds_retrieval(data.sources, data.train, base.model, config.modalities, config.warmup + config.steps, seed=seed)
+        mds_model, mds_coordinates = train_mds_retrieval(
+            data.sources, data.train, base.model, config.modalities, config.warmup + config.steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay
+        )
 
         def mds_retrieval(target, modality):
             return torch.cdist(mds_model.retrieval.embed_target(target, modality), mds_coordinates)
@@ -298,8 +301,27 @@ def run(config: EvalConfig) -> dict:
 
 
 def _seed_key(config: EvalConfig) -> dict:
-    """What one seed's numbers depend on, besides the seed: a cached seed is reused only when this matches."""
-    return {k: v for k, v in asdict(config).items() if k not in ("seeds", "docs", "notes", "out")}
+    """What one seed's numbers depend on, besides the seed: a cached seed is
+    reused only when this matches. The training recipe counts by its
+    contents (the TOML the config names may have been edited since)."""
+    key = {k: v for k, v in asdict(config).items() if k not in ("seeds", "docs", "notes", "out")}
+    key["train_recipe"] = json.loads(json.dumps(TrainConfig.from_toml(config.train_config).to_json()))
+    return key
+
+
+def _claim_seed_folder(out: Path, config: EvalConfig) -> None:
+    """Mark ``out`` as holding this configuration's runs, or refuse when it
+    holds another's: training resumes what it finds, so stale runs would
+    be carried into the new numbers."""
+    marker = out / "key.json"
+    key = _seed_key(config)
+    if marker.is_file():
+        if json.loads(marker.read_text()) != key:
+            raise ValueError(f"{out} holds runs of another configuration (see {marker}); move it away or pick another --out")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} holds runs of unknown configuration; move it away or pick another --out")
+    _write_json(marker, key)
 
 
 def _cached_seed(path: Path, config: EvalConfig) -> dict | None:

@@ -39,3 +39,11 @@ def embedding_loss(retrieval_distance: torch.Tensor, fit: torch.Tensor, sigma: t
 def deformation_loss(weights: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
     """L_def (Eq. 4): ``sum_k p(s_k; d_R, sigma0) * L_fit(D_{s_k}(t), t)``, batch mean; weights fixed."""
     return (weights.detach() * fit).sum(-1).mean()
+
+
+def cross_modal_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance of image codes (B, C) to the fixed codes (B, C) of the
+    same shapes' point clouds, relative to the teacher codes' mean square
+    (so one weight suits embeddings on a radius-200 sphere and raw codes alike)."""
+    teacher = teacher.detach()
+    return (student - teacher).square().sum(-1).mean() / teacher.square().sum(-1).mean().clamp_min(1e-8)

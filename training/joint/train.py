@@ -7,7 +7,9 @@ own targets and gradients are averaged.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import math
 import os
 import sys
@@ -26,7 +28,7 @@ from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalis
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
 from training.joint.data import Targets, TrainingData, prepare
-from training.joint.objectives import deformation_loss, embedding_loss, sample_candidates, soft_probabilities
+from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, sample_candidates, soft_probabilities
 
 
 @dataclass
@@ -40,8 +42,15 @@ class TrainConfig:
     sigma0: float = 100.0
     lr: float = 1e-3
     lr_retrieval: float = 0.0  # 0: same as lr
+    # Share of the run's last steps over which both learning rates fall
+    # linearly to zero (0: constant).
+    lr_decay: float = 0.0
     symmetry_weight: float = 1.0
     positivity_weight: float = 10.0
+    # Steps after ``steps`` that fit each module's image encoder to the codes
+    # its (then fixed) point encoder gives the same shape's clean points: a
+    # target for every training image, where L_emb and L_def give weaker ones.
+    image_alignment_steps: int = 0
     noise: float = 0.01
     partial: float = 0.5  # share of point targets given as single-view scans
     sampling: str = "retrieval"  # "retrieval" (ours) or "uniform" (the ablation)
@@ -304,6 +313,9 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         pair_target = torch.arange(config.batch, device=device).repeat_interleave(k)
         update_retrieval = config.mode == "retrieval" or (not warm and step % 2 == 1)
         record = {"step": step, "modality": modality, "phase": "warmup" if warm else ("retrieval" if update_retrieval else "deformation")}
+        for optimiser, rate in ((optim_r, config.lr_retrieval or config.lr), (optim_d, config.lr)):
+            for group in optimiser.param_groups:
+                group["lr"] = rate * learning_rate_factor(step, config.steps, config.lr_decay)
         if update_retrieval:
             with torch.no_grad():
                 _, fit, _, _ = fit_pairs(model, model.deformation, target, modality, subset, pair_source, pair_target, truth)
@@ -355,7 +367,70 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
             save_checkpoint(last, model, {"step": step, "best": best, "config": config.to_json()}, state)
         if out_of_time:
             break
+    stopped_early = start < config.steps and step < config.steps - 1  # the wall-time limit: align once the main steps are done
+    if "images" in modalities and config.image_alignment_steps > 0 and not stopped_early and max(start, config.steps) < config.steps + config.image_alignment_steps:
+        align_images(model, retrieval, deformation, data.train, config, max(start, config.steps), generator, logger, rank == 0, distributed)
     logger.close()
     if distributed:
         dist.barrier()
     return out / "best.pt"
+
+
+def align_images(model: JointModel, retrieval, deformation, targets: Targets, config: TrainConfig, start: int, generator: torch.Generator, logger, main_process: bool, distributed: bool) -> None:
+    """Image alignment, steps ``steps`` .. ``steps + image_alignment_steps``:
+    each module's image encoder regresses, for a random view of a training
+    shape, the code its point encoder gives that shape's clean points (the
+    point encoders, and all else, stay fixed). The retrieval module is left
+    alone by a deformation-only run (DF has no retrieval space of its own).
+
+    BatchNorm statistics stay fixed (eval mode), so the encoder is fitted
+    with the statistics it is used with.
+    """
+    encoders = [model.deformation.images] + ([model.retrieval.images] if config.mode != "deformation" else [])
+    parameters = [p for encoder in encoders for p in encoder.parameters()]
+    optimiser = torch.optim.Adam(parameters, lr=config.lr)
+    device = parameters[0].device
+    model.eval()
+    end = config.steps + config.image_alignment_steps
+    out = Path(config.out)
+    # DDP would sync in its own forward; these encoders are called directly, so average by hand.
+    quiet = contextlib.ExitStack()
+    if distributed:
+        quiet.enter_context(retrieval.no_sync())
+        quiet.enter_context(deformation.no_sync())
+    with quiet:
+        for step in range(start, end):
+            rows = torch.randint(len(targets), (config.batch,), generator=generator)
+            images, clean = target_batch(targets, rows, "images", config.model.n_points, 0.0, generator)
+            images, clean = images.to(device), clean.to(device)
+            with torch.no_grad():
+                teachers = [model.deformation.encode_target(clean, "points")]
+                if len(encoders) > 1:
+                    teachers.append(model.retrieval.embed_target(clean, "points"))
+            students = [model.deformation.encode_target(images, "images")]
+            if len(encoders) > 1:
+                students.append(model.retrieval.embed_target(images, "images"))
+            losses = [cross_modal_loss(s, t) for s, t in zip(students, teachers)]
+            optimiser.zero_grad(set_to_none=True)
+            sum(losses).backward()
+            if distributed:
+                world = dist.get_world_size()
+                for parameter in parameters:
+                    dist.all_reduce(parameter.grad)
+                    parameter.grad /= world
+            optimiser.step()
+            record = {"step": step, "modality": "images", "phase": "alignment", "align_d": float(losses[0].detach())}
+            if len(losses) > 1:
+                record["align_r"] = float(losses[1].detach())
+            logger.step(step, record)
+            if main_process and ((step + 1) % config.save_every == 0 or step == end - 1):
+                save_checkpoint(out / "last.pt", model, {"step": step, "best": math.inf, "config": config.to_json()})
+    if main_process:  # after alignment the last model is the one to use
+        shutil.copyfile(out / "last.pt", out / "best.pt")
+    model.train()
+
+
+def learning_rate_factor(step: int, steps: int, decay: float) -> float:
+    """1 until the last ``decay`` share of ``steps``, then falling linearly to 0 at the last step."""
+    start = steps * (1.0 - decay)
+    return 1.0 if decay <= 0 or step < start else max(0.0, (steps - step) / (steps - start))

@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from report import machine, write_section  # noqa: E402
-from training.baselines import train_mds_retrieval  # noqa: E402
-from training.evaluate import EvalConfig, evaluate_method, held_out_targets, joint_retrieval  # noqa: E402
+from training.evaluate import EvalConfig, evaluate_method, held_out_targets, joint_retrieval, mds_retrieval  # noqa: E402
 from training.joint.data import prepare  # noqa: E402
 from training.joint.train import TrainConfig, train  # noqa: E402
 
@@ -66,14 +65,11 @@ def main() -> None:
         )
         train(config, data)
         ours = load_checkpoint(copy / "last.pt")[0]
-        mds, coordinates = train_mds_retrieval(
-            data.sources, data.train, base.model, evaluation.modalities, args.r_steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay
-        )
+        r_retrieval = mds_retrieval(base, data, evaluation.modalities, args.r_steps, seed)
         with torch.no_grad():
-            mds_retrieval = lambda target, modality: torch.cdist(mds.retrieval.embed_target(target, modality), coordinates)  # noqa: E731
             scores = {
                 "Ours": evaluate_method(data.sources, targets, "images", n, joint_retrieval(ours, data.sources), ours, 0, False),
-                "R": evaluate_method(data.sources, targets, "images", n, mds_retrieval, None, 0, False),
+                "R": evaluate_method(data.sources, targets, "images", n, r_retrieval, None, 0, False),
             }
         row = {"seed": seed, "key": [args.align, args.r_steps], "seconds": time.time() - started}
         row.update({k: {"top1": float(v["top1"].mean()), "top10": float(v["top10"].mean())} for k, v in scores.items()})

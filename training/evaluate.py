@@ -201,6 +201,16 @@ def joint_retrieval(model: JointModel, sources: SourceTensors):
     return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), embeddings)
 
 
+def mds_retrieval(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int):
+    """Baseline R trained for ``steps`` with ``base``'s inputs and schedule:
+    ``(target, modality) -> (B, S)`` distances in its MDS space."""
+    with torch.enable_grad():
+        model, coordinates = train_mds_retrieval(
+            data.sources, data.train, base.model, modalities, steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay
+        )
+    return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), coordinates)
+
+
 def recall_at(ranking: np.ndarray, best: np.ndarray, k: int) -> float:
     """Share of targets whose oracle-best source is among the first k retrieved."""
     return float(np.mean([b in r[:k] for r, b in zip(ranking, best)]))
@@ -257,15 +267,8 @@ def run(config: EvalConfig) -> dict:
         seed_started = time.time()
         _claim_seed_folder(out, config)
         models = train_methods(base, data, out, seed, config.warmup, config.steps)
-        mds_model, mds_coordinates = train_mds_retrieval(
-            data.sources, data.train, base.model, config.modalities, config.warmup + config.steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay
-        )
-
-        def mds_retrieval(target, modality):
-            return torch.cdist(mds_model.retrieval.embed_target(target, modality), mds_coordinates)
-
         with torch.no_grad():
-            retrievals = {"R": mds_retrieval, **{name: joint_retrieval(models[name], data.sources) for name in ("DAR", "Uniform", "Ours")}}
+            retrievals = {"R": mds_retrieval(base, data, config.modalities, config.warmup + config.steps, seed), **{name: joint_retrieval(models[name], data.sources) for name in ("DAR", "Uniform", "Ours")}}
         methods = {
             "R": (retrievals["R"], None, 0, False),
             "R+DF": (retrievals["R"], models["DF"], 0, False),

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import math
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -386,7 +386,12 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, co
     BatchNorm statistics stay fixed (eval mode), so the encoder is fitted
     with the statistics it is used with.
     """
-    encoders = [model.deformation.images] + ([model.retrieval.images] if config.mode != "deformation" else [])
+    # log name -> the module's target encoding, ``(target, modality) -> code``
+    encode = {"align_d": model.deformation.encode_target}
+    encoders = [model.deformation.images]
+    if config.mode != "deformation":
+        encode["align_r"] = model.retrieval.embed_target
+        encoders.append(model.retrieval.images)
     parameters = [p for encoder in encoders for p in encoder.parameters()]
     optimiser = torch.optim.Adam(parameters, lr=config.lr)
     device = parameters[0].device
@@ -403,25 +408,20 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, co
             rows = torch.randint(len(targets), (config.batch,), generator=generator)
             images, clean = target_batch(targets, rows, "images", config.model.n_points, 0.0, generator)
             images, clean = images.to(device), clean.to(device)
-            with torch.no_grad():
-                teachers = [model.deformation.encode_target(clean, "points")]
-                if len(encoders) > 1:
-                    teachers.append(model.retrieval.embed_target(clean, "points"))
-            students = [model.deformation.encode_target(images, "images")]
-            if len(encoders) > 1:
-                students.append(model.retrieval.embed_target(images, "images"))
-            losses = [cross_modal_loss(s, t) for s, t in zip(students, teachers)]
+            losses = {}
+            for name, code in encode.items():
+                with torch.no_grad():
+                    teacher = code(clean, "points")
+                losses[name] = cross_modal_loss(code(images, "images"), teacher)
             optimiser.zero_grad(set_to_none=True)
-            sum(losses).backward()
+            sum(losses.values()).backward()
             if distributed:
                 world = dist.get_world_size()
                 for parameter in parameters:
                     dist.all_reduce(parameter.grad)
                     parameter.grad /= world
             optimiser.step()
-            record = {"step": step, "modality": "images", "phase": "alignment", "align_d": float(losses[0].detach())}
-            if len(losses) > 1:
-                record["align_r"] = float(losses[1].detach())
+            record = {"step": step, "modality": "images", "phase": "alignment", **{k: float(v.detach()) for k, v in losses.items()}}
             logger.step(step, record)
             if main_process and ((step + 1) % config.save_every == 0 or step == end - 1):
                 save_checkpoint(out / "last.pt", model, {"step": step, "best": math.inf, "config": config.to_json()})

@@ -12,7 +12,7 @@ from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_p
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import stack_sources
 from helpers import chair_parts, write_scene
-from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, sample_candidates, soft_probabilities
+from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, ranking_alignment_loss, sample_candidates, soft_probabilities
 
 
 def test_chamfer_matches_brute_force_and_its_gradient():
@@ -117,6 +117,22 @@ def test_cross_modal_loss_is_relative_and_pulls_only_the_student():
     torch.testing.assert_close(cross_modal_loss(200 * student, 200 * teacher), loss)
     loss.backward()
     assert teacher.grad is None and float(student.grad.abs().sum()) > 0
+
+
+def test_ranking_alignment_loss_counts_only_moves_that_change_the_ranking():
+    sources = torch.tensor([[0.0, 0.0], [100.0, 0.0], [300.0, 0.0]])  # they differ along x only
+    teacher = torch.tensor([[10.0, 0.0]])
+    assert float(ranking_alignment_loss(teacher, teacher, sources, 100.0)) == 0.0
+    # Two students 40 units from the teacher: along y every source is as far
+    # as before (nothing to rank by), along x the student nears source 1.
+    across = torch.tensor([[10.0, 40.0]])
+    along = torch.tensor([[50.0, 0.0]])
+    assert float(ranking_alignment_loss(across, teacher, sources, 100.0)) < 1e-6
+    assert float(ranking_alignment_loss(along, teacher, sources, 100.0)) > 1e-3
+    student = along.clone().requires_grad_(True)
+    held = teacher.clone().requires_grad_(True)
+    ranking_alignment_loss(student, held, sources, 100.0).backward()
+    assert held.grad is None and float(student.grad[0, 0]) > 0  # pushed back towards source 0
 
 
 def test_checkpoint_round_trip_without_pickle(tmp_path):

@@ -13,7 +13,7 @@ from backend.model.checkpoint import load_checkpoint
 from training.data.dataset import DatasetSpec, write_dataset
 from training.joint.data import prepare
 from backend.model.networks import JointModel
-from training.joint.objectives import cross_modal_loss
+from training.joint.objectives import cross_modal_loss, ranking_alignment_loss
 from training.joint.train import TrainConfig, oracle_chamfer, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,8 +113,9 @@ def test_scanned_targets_see_one_side():
 
 def test_image_alignment_fits_image_codes_to_point_codes(dataset, tmp_path):
     """After the main steps, each module's image encoder is fitted to the code
-    its point encoder gives the same shape; nothing else changes, and a rerun
-    of the finished run does no more steps."""
+    its point encoder gives the same shape (the retrieval one also to its
+    ranking of the sources); nothing else changes, and a rerun of the
+    finished run does no more steps."""
     config = TrainConfig.from_toml(SMOKE, data=str(dataset), out=str(tmp_path / "a"), steps=6, warmup=2, lr=3e-3, val_every=1000, image_alignment_steps=40)
     data = prepare(dataset, config.source_fraction, config.val_fraction, config.model.source_points, config.views)
     config_before = TrainConfig.from_toml(SMOKE, data=str(dataset), out=str(tmp_path / "b"), steps=6, warmup=2, lr=3e-3, val_every=1000)
@@ -123,17 +124,19 @@ def test_image_alignment_fits_image_codes_to_point_codes(dataset, tmp_path):
     before, after = load_checkpoint(tmp_path / "b" / "last.pt")[0], load_checkpoint(tmp_path / "a" / "last.pt")[0]
 
     @torch.no_grad()
-    def gaps(model: JointModel) -> tuple[float, float]:
+    def gaps(model: JointModel) -> tuple[float, float, float]:
         points = data.train.points[:, : config.model.n_points]
         images = data.train.images[:, 0].float() / 255.0
-        r, d = model.retrieval, model.deformation
+        r, d = model.eval().retrieval, model.deformation
+        image_code, point_code = r.embed_target(images, "images"), r.embed_target(points, "points")
         return (
-            float(cross_modal_loss(r.embed_target(images, "images"), r.embed_target(points, "points"))),
+            float(cross_modal_loss(image_code, point_code)),
             float(cross_modal_loss(d.encode_target(images, "images"), d.encode_target(points, "points"))),
+            float(ranking_alignment_loss(image_code, point_code, r.embed_sources(data.sources)[0], config.sigma0)),
         )
 
-    (r0, d0), (r1, d1) = gaps(before), gaps(after)
-    assert r1 < 0.5 * r0 and d1 < 0.5 * d0
+    (r0, d0, rank0), (r1, d1, rank1) = gaps(before), gaps(after)
+    assert r1 < 0.5 * r0 and d1 < 0.5 * d0 and rank1 < 0.5 * rank0
     for name, value in after.state_dict().items():  # same seed and steps: only image encoders moved
         if ".images." not in name:
             torch.testing.assert_close(value, before.state_dict()[name], msg=name)

@@ -201,13 +201,18 @@ def joint_retrieval(model: JointModel, sources: SourceTensors):
     return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), embeddings)
 
 
-def mds_retrieval(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int):
+def mds_model(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int) -> tuple[JointModel, torch.Tensor]:
     """Baseline R trained for ``steps`` with ``base``'s inputs and schedule:
-    ``(target, modality) -> (B, S)`` distances in its MDS space."""
+    its model and the sources' (S, d) MDS coordinates."""
     with torch.enable_grad():
-        model, coordinates = train_mds_retrieval(
+        return train_mds_retrieval(
             data.sources, data.train, base.model, modalities, steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay
         )
+
+
+def mds_retrieval(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int):
+    """Baseline R (``mds_model``) as ``(target, modality) -> (B, S)`` distances in its MDS space."""
+    model, coordinates = mds_model(base, data, modalities, steps, seed)
     return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), coordinates)
 
 

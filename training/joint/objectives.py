@@ -47,3 +47,16 @@ def cross_modal_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
     (so one weight suits embeddings on a radius-200 sphere and raw codes alike)."""
     teacher = teacher.detach()
     return (student - teacher).square().sum(-1).mean() / teacher.square().sum(-1).mean().clamp_min(1e-8)
+
+
+def ranking_alignment_loss(student: torch.Tensor, teacher: torch.Tensor, sources: torch.Tensor, sigma0: float) -> torch.Tensor:
+    """KL(P_R(teacher) || P_R(student)) over *all* sources, batch mean: the
+    image code (B, E) should rank the sources (S, E) as the fixed point code
+    (B, E) of the same shape does, with P_R's own scale ``sigma0``.
+
+    A squared code distance weighs every direction alike; this weighs the
+    errors that move a target between neighbouring sources, which are the
+    ones that change what is retrieved."""
+    p_teacher = torch.softmax(-torch.cdist(teacher.detach(), sources.detach()).square() / sigma0**2, dim=-1)
+    log_student = torch.log_softmax(-torch.cdist(student, sources.detach()).square() / sigma0**2, dim=-1)
+    return (p_teacher * (torch.log(p_teacher.clamp_min(1e-12)) - log_student)).sum(-1).mean()

@@ -28,7 +28,7 @@ from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalis
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
 from training.joint.data import Targets, TrainingData, prepare
-from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, sample_candidates, soft_probabilities
+from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, ranking_alignment_loss, sample_candidates, soft_probabilities
 
 
 @dataclass
@@ -369,22 +369,26 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
             break
     stopped_early = start < config.steps and step < config.steps - 1  # the wall-time limit: align once the main steps are done
     if "images" in modalities and config.image_alignment_steps > 0 and not stopped_early and max(start, config.steps) < config.steps + config.image_alignment_steps:
-        align_images(model, retrieval, deformation, data.train, config, max(start, config.steps), generator, logger, rank == 0, distributed)
+        align_images(model, retrieval, deformation, data.train, sources, config, max(start, config.steps), generator, logger, rank == 0, distributed)
     logger.close()
     if distributed:
         dist.barrier()
     return out / "best.pt"
 
 
-def align_images(model: JointModel, retrieval, deformation, targets: Targets, config: TrainConfig, start: int, generator: torch.Generator, logger, main_process: bool, distributed: bool) -> None:
+def align_images(model: JointModel, retrieval, deformation, targets: Targets, sources: SourceTensors, config: TrainConfig, start: int, generator: torch.Generator, logger, main_process: bool, distributed: bool) -> None:
     """Image alignment, steps ``steps`` .. ``steps + image_alignment_steps``:
     each module's image encoder regresses, for a random view of a training
     shape, the code its point encoder gives that shape's clean points (the
     point encoders, and all else, stay fixed). The retrieval module is left
     alone by a deformation-only run (DF has no retrieval space of its own).
 
-    BatchNorm statistics stay fixed (eval mode), so the encoder is fitted
-    with the statistics it is used with.
+    The retrieval encoder is also fitted to rank every source as the point
+    code does (``ranking_alignment_loss``): its code error is otherwise
+    about twice the spacing of neighbouring sources (docs/model.md). The
+    learning rate falls over the stage's last ``lr_decay`` share, and the
+    image encoders' BatchNorm uses batch statistics (which their running
+    statistics then follow), as in the main steps; everything else is fixed.
     """
     # log name -> the module's target encoding, ``(target, modality) -> code``
     encode = {"align_d": model.deformation.encode_target}
@@ -396,6 +400,11 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, co
     optimiser = torch.optim.Adam(parameters, lr=config.lr)
     device = parameters[0].device
     model.eval()
+    for encoder in encoders:
+        encoder.train()
+    if "align_r" in encode:
+        with torch.no_grad():
+            source_codes = model.retrieval.embed_sources(sources)[0]
     end = config.steps + config.image_alignment_steps
     out = Path(config.out)
     # DDP would sync in its own forward; these encoders are called directly, so average by hand.
@@ -405,6 +414,8 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, co
         quiet.enter_context(deformation.no_sync())
     with quiet:
         for step in range(start, end):
+            for group in optimiser.param_groups:
+                group["lr"] = config.lr * learning_rate_factor(step - config.steps, config.image_alignment_steps, config.lr_decay)
             rows = torch.randint(len(targets), (config.batch,), generator=generator)
             images, clean = target_batch(targets, rows, "images", config.model.n_points, 0.0, generator)
             images, clean = images.to(device), clean.to(device)
@@ -412,7 +423,10 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, co
             for name, code in encode.items():
                 with torch.no_grad():
                     teacher = code(clean, "points")
-                losses[name] = cross_modal_loss(code(images, "images"), teacher)
+                student = code(images, "images")
+                losses[name] = cross_modal_loss(student, teacher)
+                if name == "align_r":
+                    losses["rank_r"] = ranking_alignment_loss(student, teacher, source_codes, config.sigma0)
             optimiser.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             if distributed:

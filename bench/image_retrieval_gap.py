@@ -10,8 +10,8 @@ code of the same shape's clean surface (what the image alignment fits the
 image code to): with Ours' image-conditioned deformation and undeformed.
 Also measures, in the retrieval space, how far each image code lands from
 its teacher against the spacing of neighbouring sources, on training and
-test shapes, beside R's (trained as the evaluation trains it). About two minutes a seed on 2 cores; writes its section of
-docs/benchmarks.md.
+test shapes, beside R's (trained as the evaluation trains it). About two
+minutes a seed on 2 cores; writes its section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from report import machine, write_section  # noqa: E402
-from training.evaluate import EvalConfig, evaluate_method, held_out_targets, joint_retrieval, mds_model  # noqa: E402
+from training.evaluate import EvalConfig, code_retrieval, evaluate_method, held_out_targets, mds_model  # noqa: E402
 from training.joint.data import Targets, prepare  # noqa: E402
 from training.joint.train import TrainConfig, target_batch  # noqa: E402
 
@@ -66,8 +66,8 @@ def measure(evaluation: EvalConfig, base: TrainConfig, seed: int, data, targets:
 
     row = {}
     for label, retrieval, deformation in (
-        ("image retrieval, deformed", joint_retrieval(model, data.sources), model),
-        ("image retrieval, undeformed", joint_retrieval(model, data.sources), None),
+        ("image retrieval, deformed", code_retrieval(model, source_codes), model),
+        ("image retrieval, undeformed", code_retrieval(model, source_codes), None),
         ("teacher retrieval, deformed", teacher, model),
         ("teacher retrieval, undeformed", teacher, None),
     ):
@@ -78,7 +78,7 @@ def measure(evaluation: EvalConfig, base: TrainConfig, seed: int, data, targets:
             row[f"{split} {key}"] = value
     # R as the evaluation trains it (same seed, inputs and updates), for scale.
     r_model, r_codes = mds_model(base, data, evaluation.modalities, evaluation.warmup + evaluation.steps, seed)
-    r_retrieval = lambda target, modality: torch.cdist(r_model.retrieval.embed_target(target, modality), r_codes)  # noqa: E731
+    r_retrieval = code_retrieval(r_model, r_codes)
     row["R, undeformed"] = float(evaluate_method(data.sources, targets, "images", n_points, r_retrieval, None)["top1"].mean())
     row["R, deformed"] = float(evaluate_method(data.sources, targets, "images", n_points, r_retrieval, model)["top1"].mean())
     for split, split_targets in (("train", data.train), ("test", targets)):

@@ -195,10 +195,14 @@ def qualitative_figure(
     return q.write_figure(path, rows)
 
 
+def code_retrieval(model: JointModel, codes: torch.Tensor):
+    """``(target, modality) -> (B, S)`` distances from the model's target codes to the sources' ``codes`` (S, E)."""
+    return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), codes)
+
+
 def joint_retrieval(model: JointModel, sources: SourceTensors):
-    """``(target, modality) -> (B, S)`` distances in the model's retrieval space (sources embedded once)."""
-    embeddings = model.retrieval.embed_sources(sources)[0]
-    return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), embeddings)
+    """``code_retrieval`` in the model's own retrieval space (sources embedded once)."""
+    return code_retrieval(model, model.retrieval.embed_sources(sources)[0])
 
 
 def mds_model(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int) -> tuple[JointModel, torch.Tensor]:
@@ -211,9 +215,8 @@ def mds_model(base: TrainConfig, data: TrainingData, modalities: list[str], step
 
 
 def mds_retrieval(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int):
-    """Baseline R (``mds_model``) as ``(target, modality) -> (B, S)`` distances in its MDS space."""
-    model, coordinates = mds_model(base, data, modalities, steps, seed)
-    return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), coordinates)
+    """Baseline R (``mds_model``) as ``code_retrieval`` in its MDS space."""
+    return code_retrieval(*mds_model(base, data, modalities, steps, seed))
 
 
 def recall_at(ranking: np.ndarray, best: np.ndarray, k: int) -> float:

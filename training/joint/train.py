@@ -390,21 +390,18 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, so
     image encoders' BatchNorm uses batch statistics (which their running
     statistics then follow), as in the main steps; everything else is fixed.
     """
-    # log name -> the module's target encoding, ``(target, modality) -> code``
-    encode = {"align_d": model.deformation.encode_target}
-    encoders = [model.deformation.images]
+    model.eval()
+    # log suffix -> (the module's target encoding ``(target, modality) -> code``,
+    # its image encoder, the sources' codes to rank by or None: no ranking term)
+    modules = {"d": (model.deformation.encode_target, model.deformation.images, None)}
     if config.mode != "deformation":
-        encode["align_r"] = model.retrieval.embed_target
-        encoders.append(model.retrieval.images)
-    parameters = [p for encoder in encoders for p in encoder.parameters()]
+        with torch.no_grad():
+            modules["r"] = (model.retrieval.embed_target, model.retrieval.images, model.retrieval.embed_sources(sources)[0])
+    parameters = [p for _, encoder, _ in modules.values() for p in encoder.parameters()]
     optimiser = torch.optim.Adam(parameters, lr=config.lr)
     device = parameters[0].device
-    model.eval()
-    for encoder in encoders:
+    for _, encoder, _ in modules.values():
         encoder.train()
-    if "align_r" in encode:
-        with torch.no_grad():
-            source_codes = model.retrieval.embed_sources(sources)[0]
     end = config.steps + config.image_alignment_steps
     out = Path(config.out)
     # DDP would sync in its own forward; these encoders are called directly, so average by hand.
@@ -420,13 +417,13 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, so
             images, clean = target_batch(targets, rows, "images", config.model.n_points, 0.0, generator)
             images, clean = images.to(device), clean.to(device)
             losses = {}
-            for name, code in encode.items():
+            for name, (code, _, source_codes) in modules.items():
                 with torch.no_grad():
                     teacher = code(clean, "points")
                 student = code(images, "images")
-                losses[name] = cross_modal_loss(student, teacher)
-                if name == "align_r":
-                    losses["rank_r"] = ranking_alignment_loss(student, teacher, source_codes, config.sigma0)
+                losses[f"align_{name}"] = cross_modal_loss(student, teacher)
+                if source_codes is not None:
+                    losses[f"rank_{name}"] = ranking_alignment_loss(student, teacher, source_codes, config.sigma0)
             optimiser.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             if distributed:

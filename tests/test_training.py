@@ -14,6 +14,7 @@ from training.data.dataset import DatasetSpec, write_dataset
 from training.joint.data import prepare
 from backend.model.networks import JointModel
 from training.joint.objectives import cross_modal_loss, ranking_alignment_loss
+from training.baselines import mds_space, train_mds_retrieval
 from training.joint.train import TrainConfig, oracle_chamfer, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,3 +144,25 @@ def test_image_alignment_fits_image_codes_to_point_codes(dataset, tmp_path):
     assert steps_logged(tmp_path / "a") == list(range(46))
     train(config, data)
     assert steps_logged(tmp_path / "a") == list(range(46))
+
+
+def test_baseline_r_gets_image_only_steps_after_its_regression(dataset):
+    """R's image encoder gets the joint methods' image alignment budget as
+    image-only steps after its regression: they bring image codes closer to
+    their MDS goal and leave the point encoder as it was."""
+    config = TrainConfig.from_toml(SMOKE, data=str(dataset))
+    data = prepare(dataset, config.source_fraction, config.val_fraction, config.model.source_points, config.views)
+    common = dict(sources=data.sources, targets=data.train, config=config.model, modalities=["points", "images"], steps=6, lr=3e-3, seed=0)
+    plain, coordinates = train_mds_retrieval(**common)
+    aligned, same_coordinates = train_mds_retrieval(**common, image_steps=60)
+    torch.testing.assert_close(coordinates, same_coordinates)
+    _, goal = mds_space(data.sources, data.train, config.model.n_points)
+    images = data.train.images[:, 0].float() / 255.0
+
+    @torch.no_grad()
+    def image_error(model: JointModel) -> float:
+        return float((model.retrieval.embed_target(images, "images") - goal).square().sum(-1).mean())
+
+    assert image_error(aligned) < 0.5 * image_error(plain)
+    for name, value in aligned.retrieval.points.state_dict().items():
+        torch.testing.assert_close(value, plain.retrieval.points.state_dict()[name], msg=name)

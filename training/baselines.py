@@ -44,6 +44,23 @@ def out_of_sample(squared_to_sources: np.ndarray, fit: dict) -> np.ndarray:
     return 0.5 * (fit["column_mean"][None] - squared_to_sources) @ fit["coordinates"] / fit["values"][None]
 
 
+def mds_space(sources: SourceTensors, targets: Targets, n_points: int, dims: int = 16) -> tuple[np.ndarray, torch.Tensor]:
+    """R's retrieval space: the sources' (S, d) MDS coordinates of their
+    chamfer matrix and the (T, d) out-of-sample coordinates of the targets'
+    clean shapes, which R's encoders regress; d <= ``dims`` (only clearly
+    positive eigenvalues), at unit RMS radius."""
+    n = min(n_points, targets.points.shape[1], sources.points.shape[1])
+    source_points = sources.points[:, :n]
+    squared = chamfer_matrix(source_points, source_points).double().square().numpy()  # MDS of chamfer distances
+    coordinates, fit = classical_mds(squared, min(dims, len(sources) - 1))
+    target_squared = chamfer_matrix(targets.points[:, :n], source_points).double().square().numpy()
+    goal = out_of_sample(target_squared, fit)
+    # Chamfer distances are ~1e-2, so the coordinates are tiny; regress them at unit scale
+    # (distances, and so rankings, only scale).
+    scale = float(np.sqrt((coordinates**2).sum(1).mean()))
+    return coordinates / scale, torch.from_numpy(goal / scale).float()
+
+
 def train_mds_retrieval(
     sources: SourceTensors,
     targets: Targets,
@@ -57,34 +74,32 @@ def train_mds_retrieval(
     noise: float = 0.01,
     partial: float = 0.0,
     lr_decay: float = 0.0,
+    image_steps: int = 0,
 ) -> tuple[JointModel, torch.Tensor]:
     """Baseline R: returns a model whose retrieval target encoders map into the
     MDS space, and the sources' (S, d) MDS coordinates (their embeddings).
 
     ``noise`` and ``partial`` shape the point targets as in joint training
     (``target_batch``), and ``lr_decay`` is its learning-rate schedule, so R
-    learns from the same inputs, the same way, as the other methods."""
+    learns from the same inputs, the same way, as the other methods.
+    ``image_steps`` more updates then train the image encoder alone, with
+    their own falling rate: the joint methods' image alignment stage
+    (``TrainConfig.image_alignment_steps``), so every image encoder gets as
+    many updates."""
     torch.manual_seed(seed)
-    n = min(config.n_points, targets.points.shape[1], sources.points.shape[1])
-    source_points = sources.points[:, :n]
-    squared = chamfer_matrix(source_points, source_points).double().square().numpy()  # MDS of chamfer distances
-    coordinates, fit = classical_mds(squared, min(dims, len(sources) - 1))
+    coordinates, goal = mds_space(sources, targets, config.n_points, dims)
     dims = coordinates.shape[1]
-    target_squared = chamfer_matrix(targets.points[:, :n], source_points).double().square().numpy()
-    goal = out_of_sample(target_squared, fit)
-    # Chamfer distances are ~1e-2, so the coordinates are tiny; regress them at unit scale
-    # (distances, and so rankings, only scale).
-    scale = float(np.sqrt((coordinates**2).sum(1).mean()))
-    coordinates, goal = coordinates / scale, torch.from_numpy(goal / scale).float()
     # MDS coordinates are unbounded: no sphere.
     model = JointModel(ModelConfig(**{**config.to_json(), "embedding": dims, "embedding_radius": 0.0}))
     optimiser = torch.optim.Adam(list(model.retrieval.points.parameters()) + list(model.retrieval.images.parameters()), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for step in range(steps):
+    image_steps = image_steps if "images" in modalities else 0
+    for step in range(steps + image_steps):
+        aligning = step >= steps
         for group in optimiser.param_groups:
-            group["lr"] = lr * learning_rate_factor(step, steps, lr_decay)
-        modality = modalities[step % len(modalities)]
+            group["lr"] = lr * (learning_rate_factor(step - steps, image_steps, lr_decay) if aligning else learning_rate_factor(step, steps, lr_decay))
+        modality = "images" if aligning else modalities[step % len(modalities)]
         rows = torch.randint(len(targets), (batch,), generator=generator)
         target, _ = target_batch(targets, rows, modality, config.n_points, noise, generator, partial)
         loss = (model.retrieval.embed_target(target, modality) - goal[rows]).square().sum(-1).mean()

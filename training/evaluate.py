@@ -206,11 +206,13 @@ def joint_retrieval(model: JointModel, sources: SourceTensors):
 
 
 def mds_model(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int) -> tuple[JointModel, torch.Tensor]:
-    """Baseline R trained for ``steps`` with ``base``'s inputs and schedule:
-    its model and the sources' (S, d) MDS coordinates."""
+    """Baseline R trained for ``steps`` (then ``base.image_alignment_steps``
+    image-only steps, as the joint methods' image alignment) with ``base``'s
+    inputs and schedule: its model and the sources' (S, d) MDS coordinates."""
     with torch.enable_grad():
         return train_mds_retrieval(
-            data.sources, data.train, base.model, modalities, steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay
+            data.sources, data.train, base.model, modalities, steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay,
+            image_steps=base.image_alignment_steps,
         )
 
 

@@ -384,8 +384,8 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, so
     alone by a deformation-only run (DF has no retrieval space of its own).
 
     The retrieval encoder is also fitted to rank every source as the point
-    code does (``ranking_alignment_loss``): its code error is otherwise
-    about twice the spacing of neighbouring sources (docs/model.md). The
+    code does (``ranking_alignment_loss``), which weighs the code errors that
+    move an image between neighbouring sources (docs/model.md). The
     learning rate falls over the stage's last ``lr_decay`` share, and the
     image encoders' BatchNorm uses batch statistics (which their running
     statistics then follow), as in the main steps; everything else is fixed.

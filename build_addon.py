@@ -40,7 +40,11 @@ def staged_files(lean: bool) -> list[tuple[Path, str]]:
     for folder, prefix in ((ROOT / "blender_addon", ""), (ROOT / "backend", "backend/")):
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
-            if not path.is_file() or set(path.relative_to(ROOT).parts) & EXCLUDED_PARTS or path.suffix in EXCLUDED_SUFFIXES:
+            if (
+                not path.is_file()
+                or set(path.relative_to(ROOT).parts) & EXCLUDED_PARTS
+                or path.suffix in EXCLUDED_SUFFIXES
+            ):
                 continue
             if lean and (prefix + rel).startswith(HEAVY):
                 continue
@@ -72,7 +76,10 @@ def build(out_dir: Path, lean: bool = False) -> tuple[Path, Path]:
             for path, rel in files:
                 (Path(staging) / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, Path(staging) / rel)
-            for command in (["build", "--source-dir", staging, "--output-filepath", str(extension)], ["validate", str(extension)]):
+            for command in (
+                ["build", "--source-dir", staging, "--output-filepath", str(extension)],
+                ["validate", str(extension)],
+            ):
                 done = subprocess.run([sys.executable, str(tool), *command], capture_output=True, text=True)
                 if done.returncode != 0:
                     raise SystemExit(f"Blender's extension tool failed ({command[0]}):\n{done.stdout}\n{done.stderr}")

@@ -6,8 +6,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Sequence
 
 from backend import DEFAULT_CHECKPOINT
 from backend.library import IndexOptions, LibraryIndexError, build_index, load_index
@@ -64,7 +64,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"index {info['index']} of {info['library_root']} ({len(info['sources'])} sources, {len(info['skipped'])} skipped)")
+    print(
+        f"index {info['index']} of {info['library_root']} ({len(info['sources'])} sources, {len(info['skipped'])} skipped)"
+    )
     for s in info["sources"]:
         sym = " symmetric" if s["symmetric"] else ""
         print(f"  {s['path']}: {s['n_parts']} parts, {s['n_joints']} joints, {s['n_pieces']} pieces{sym}")
@@ -103,7 +105,7 @@ def read_image(path: str):
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     from backend.export import export_fit
-    from backend.fitting import Fitter, FitOptions
+    from backend.fitting import FitOptions, Fitter
 
     if not os.path.exists(args.checkpoint):
         raise ValueError(f"checkpoint not found: {args.checkpoint}")
@@ -128,7 +130,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     for c in result.candidates:
         measured = "" if c.measured_chamfer is None else f", chamfer {c.measured_chamfer * 100:.3f} x1e-2"
         print(f"{c.rank + 1}. {c.source_path} ({len(c.fitted_boxes)} parts{measured})")
-    print(f"fitted in {result.seconds:.2f} s" + (f"; wrote {args.out}" if args.out else "") + (f" and {args.export}" if args.export else ""))
+    print(
+        f"fitted in {result.seconds:.2f} s"
+        + (f"; wrote {args.out}" if args.out else "")
+        + (f" and {args.export}" if args.export else "")
+    )
     return 0
 
 
@@ -141,11 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", required=True, help="index folder (created or updated)")
     index.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="worker processes")
     index.add_argument("--max-parts", dest="max_parts", type=int, help="cap on parts per model (default 16)")
-    index.add_argument("--min-part-fraction", dest="min_part_fraction", type=float, help="merge pieces smaller than this fraction of the model (default 0.04)")
-    index.add_argument("--contact-tolerance", dest="contact_tolerance", type=float, help="contact distance as a fraction of the model's diagonal (default 0.01)")
+    index.add_argument(
+        "--min-part-fraction",
+        dest="min_part_fraction",
+        type=float,
+        help="merge pieces smaller than this fraction of the model (default 0.04)",
+    )
+    index.add_argument(
+        "--contact-tolerance",
+        dest="contact_tolerance",
+        type=float,
+        help="contact distance as a fraction of the model's diagonal (default 0.01)",
+    )
     index.add_argument("--samples", dest="n_samples", type=int, help="surface samples per model (default 2048)")
-    index.add_argument("--up-axis", dest="up_axis", choices=UP_AXES, help="up axis of the files (default: auto, per format)")
-    index.add_argument("--encode", metavar="CHECKPOINT", help="also encode the library with this model now, so the first fit is fast")
+    index.add_argument(
+        "--up-axis", dest="up_axis", choices=UP_AXES, help="up axis of the files (default: auto, per format)"
+    )
+    index.add_argument(
+        "--encode", metavar="CHECKPOINT", help="also encode the library with this model now, so the first fit is fast"
+    )
     index.add_argument("--json", action="store_true", help="print the run's report as JSON")
     index.add_argument("--quiet", action="store_true", help="no progress bar")
     index.set_defaults(run=_cmd_index)
@@ -162,14 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--image", help="reference image (.png, .jpg)")
     fit.add_argument("--top-k", dest="top_k", type=int, default=5)
     fit.add_argument("--refine", action="store_true", help="inner deformation optimisation (point clouds)")
-    fit.add_argument("--yaw-search", dest="yaw_search", type=int, default=1, help="try this many turns about the up axis")
+    fit.add_argument(
+        "--yaw-search", dest="yaw_search", type=int, default=1, help="try this many turns about the up axis"
+    )
     fit.add_argument("--out", help="write the ranked candidates as JSON")
     fit.add_argument("--export", help="write the best fit as .glb (one node per part)")
     fit.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     fit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     fit.set_defaults(run=_cmd_fit)
 
-    serve = commands.add_parser("serve", help="run the worker the Blender add-on talks to (framed protocol on stdin/stdout)")
+    serve = commands.add_parser(
+        "serve", help="run the worker the Blender add-on talks to (framed protocol on stdin/stdout)"
+    )
     serve.set_defaults(run=lambda args: __import__("backend.worker", fromlist=["serve"]).serve())
     return parser
 

@@ -43,7 +43,9 @@ SIZE_WEIGHT = 30.0
 FLOOR_WEIGHT = 1000.0
 
 
-def _solve(basis: np.ndarray, goal: np.ndarray, fixed: np.ndarray, weight: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _solve(
+    basis: np.ndarray, goal: np.ndarray, fixed: np.ndarray, weight: np.ndarray, rows: np.ndarray, values: np.ndarray
+) -> np.ndarray:
     """Null-space coordinates z with ``(N z)[fixed] = goal[fixed]`` (least
     squares if impossible), and ``(N z)[free]`` nearest to ``goal[free]`` in the
     ``weight``-ed norm together with the weighted soft equations ``rows N z = values``."""

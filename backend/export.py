@@ -90,13 +90,21 @@ def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
         local = mesh.copy()
         if colours[k] is not None:
             rgba = np.round(np.asarray(colours[k]) * 255).astype(np.uint8)
-            local.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(baseColorFactor=rgba))
+            local.visual = trimesh.visual.TextureVisuals(
+                material=trimesh.visual.material.PBRMaterial(baseColorFactor=rgba)
+            )
         local.apply_translation(-source_box[:3])
         local.apply_transform(Z_UP_TO_Y_UP)
         matrix = np.eye(4)
         matrix[:3, 3] = unturn @ (fitted_box[:3] - candidate.pivot)
         matrix[:3, :3] = np.diag(fitted_box[3:] / np.maximum(source_box[3:], 1e-9))
-        scene.add_geometry(local, node_name=f"part_{k:02d}", geom_name=f"part_{k:02d}", parent_node_name="fit", transform=Z_UP_TO_Y_UP @ matrix @ Z_UP_TO_Y_UP.T)
+        scene.add_geometry(
+            local,
+            node_name=f"part_{k:02d}",
+            geom_name=f"part_{k:02d}",
+            parent_node_name="fit",
+            transform=Z_UP_TO_Y_UP @ matrix @ Z_UP_TO_Y_UP.T,
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(scene.export(file_type="glb"))
     return path
@@ -117,4 +125,11 @@ def render_thumbnail(index: LibraryIndex, candidate, size: int = 96) -> np.ndarr
         faces.append(np.asarray(mesh.faces) + offset)
         face_colours.append(np.tile((colour[:3] if colour is not None else [0.7, 0.7, 0.72]), (len(mesh.faces), 1)))
         offset += len(mesh.vertices)
-    return shade(np.concatenate(vertices), np.concatenate(faces), np.concatenate(face_colours), Camera(azimuth=35, elevation=20), size=size, background=(0.16, 0.16, 0.16))
+    return shade(
+        np.concatenate(vertices),
+        np.concatenate(faces),
+        np.concatenate(face_colours),
+        Camera(azimuth=35, elevation=20),
+        size=size,
+        background=(0.16, 0.16, 0.16),
+    )

@@ -165,7 +165,12 @@ def image_tensor(image, size: int) -> torch.Tensor:
     side = max(h, w)
     padded = torch.ones(1, 3, side, side)
     padded[:, :, (side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = tensor
-    return torch.nn.functional.interpolate(padded, size=(size, size), mode="area" if side > size else "bilinear", align_corners=None if side > size else False)
+    return torch.nn.functional.interpolate(
+        padded,
+        size=(size, size),
+        mode="area" if side > size else "bilinear",
+        align_corners=None if side > size else False,
+    )
 
 
 def _rotation_z(angle: float) -> np.ndarray:
@@ -173,7 +178,13 @@ def _rotation_z(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def refine_boxes(chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions, locked: torch.Tensor | None = None) -> torch.Tensor:
+def refine_boxes(
+    chosen: SourceTensors,
+    boxes: torch.Tensor,
+    truth: torch.Tensor,
+    options: FitOptions,
+    locked: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Inner deformation optimisation: Adam on each candidate's null-space
     coordinates, on chamfer to the target plus symmetry, from the
     network's prediction; stops on convergence, at ``refine_steps`` or
@@ -204,7 +215,11 @@ def refine_boxes(chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor
             current = (basis @ (start + directions @ w)).reshape(boxes.shape)
             fit = chamfer_distance(deformed_points(chosen, current), truth)
             shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - current[..., 3:]) * chosen.part_mask.unsqueeze(-1)
-            loss = (fit + options.symmetry_weight * box_symmetry_loss(current, chosen.mirror, chosen.axis) + 10 * shortfall.square().sum((1, 2))).sum()
+            loss = (
+                fit
+                + options.symmetry_weight * box_symmetry_loss(current, chosen.mirror, chosen.axis)
+                + 10 * shortfall.square().sum((1, 2))
+            ).sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -231,7 +246,7 @@ class Fitter:
         self.sources, self.codes = self._load_codes()
 
     @classmethod
-    def open(cls, checkpoint: str | os.PathLike, index: str | os.PathLike, device: str | None = None) -> "Fitter":
+    def open(cls, checkpoint: str | os.PathLike, index: str | os.PathLike, device: str | None = None) -> Fitter:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, _, _ = load_checkpoint(checkpoint, device)
         library = load_index(index)
@@ -252,10 +267,14 @@ class Fitter:
         if path.exists():
             with np.load(path, allow_pickle=False) as data:
                 if int(data["version"]) == CACHE_VERSION and str(data["library"]) == key:
-                    sources = SourceTensors(**{f: torch.from_numpy(data[f"source_{f}"]) for f in SourceTensors.__dataclass_fields__})
+                    sources = SourceTensors(
+                        **{f: torch.from_numpy(data[f"source_{f}"]) for f in SourceTensors.__dataclass_fields__}
+                    )
                     codes = {k: torch.from_numpy(data[k]) for k in ("embedding", "sigma", "global", "parts")}
                     return sources.to(self.device), {k: v.to(self.device) for k, v in codes.items()}
-        sources = stack_sources([self.index.load_source(i) for i in range(len(self.index))], self.model.config.max_parts)
+        sources = stack_sources(
+            [self.index.load_source(i) for i in range(len(self.index))], self.model.config.max_parts
+        )
         sources = sources.to(self.device)
         codes = self.encode_sources(sources)
         arrays = {f"source_{f}": getattr(sources, f).cpu().numpy() for f in SourceTensors.__dataclass_fields__}
@@ -302,13 +321,24 @@ class Fitter:
                 best = candidates
         return FitResult("points", best, notes, time.perf_counter() - started)
 
-    def fit_image(self, image, options: FitOptions = FitOptions(), placement: tuple[np.ndarray, float] | None = None) -> FitResult:
+    def fit_image(
+        self, image, options: FitOptions = FitOptions(), placement: tuple[np.ndarray, float] | None = None
+    ) -> FitResult:
         """Fit an (H, W, 3|4) image. The result is placed at ``placement``
         (centre in metres, box diagonal in metres); by default the retrieved
         source's own size, resting on z = 0 at the origin."""
         started = time.perf_counter()
         target = image_tensor(image, self.model.config.image_size).to(self.device)
-        candidates = self._fit(target, "images", FitOptions(**{**options.__dict__, "refine": False}), None, None, 0.0, np.zeros(3), placement)
+        candidates = self._fit(
+            target,
+            "images",
+            FitOptions(**{**options.__dict__, "refine": False}),
+            None,
+            None,
+            0.0,
+            np.zeros(3),
+            placement,
+        )
         notes = ["refinement needs a point cloud target; skipped for an image"] if options.refine else []
         return FitResult("images", candidates, notes, time.perf_counter() - started)
 
@@ -321,12 +351,17 @@ class Fitter:
         order = torch.argsort(distance)[:pool]
         chosen = self.sources.select(order)
         target_code = model.deformation.encode_target(target, modality).expand(pool, -1)
-        boxes = model.deformation.predict_boxes(chosen, self.codes["global"][order], self.codes["parts"][order], target_code)
+        boxes = model.deformation.predict_boxes(
+            chosen, self.codes["global"][order], self.codes["parts"][order], target_code
+        )
         boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
         measured = None
         if modality == "points":
             # Re-rank on uniform subsets of both clouds, measure the kept ones in full.
-            coarse = chamfer_distance(deformed_points(chosen.first_points(RERANK_POINTS), boxes), target[:, :RERANK_POINTS].expand(pool, -1, -1))
+            coarse = chamfer_distance(
+                deformed_points(chosen.first_points(RERANK_POINTS), boxes),
+                target[:, :RERANK_POINTS].expand(pool, -1, -1),
+            )
             keep = torch.argsort(coarse)[: options.top_k]
             order, boxes, chosen = order[keep], boxes[keep], chosen.select(keep)
             truth = target.expand(len(keep), -1, -1)
@@ -339,13 +374,30 @@ class Fitter:
             order, boxes = order[: options.top_k], boxes[: options.top_k]
             chosen = chosen.select(torch.arange(len(order), device=self.device))
         predicted = self.codes["sigma"][order] * distance[order] / 100.0
-        return self._candidates(order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement)
+        return self._candidates(
+            order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement
+        )
 
-    def refine(self, chosen: SourceTensors, boxes: torch.Tensor, truth: torch.Tensor, options: FitOptions, locked: torch.Tensor | None = None) -> torch.Tensor:
+    def refine(
+        self,
+        chosen: SourceTensors,
+        boxes: torch.Tensor,
+        truth: torch.Tensor,
+        options: FitOptions,
+        locked: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """See ``refine_boxes``."""
         return refine_boxes(chosen, boxes, truth, options, locked)
 
-    def refit(self, points, source_index: int, boxes: np.ndarray, locked: np.ndarray, yaw: float = 0.0, options: FitOptions = FitOptions()) -> FitResult:
+    def refit(
+        self,
+        points,
+        source_index: int,
+        boxes: np.ndarray,
+        locked: np.ndarray,
+        yaw: float = 0.0,
+        options: FitOptions = FitOptions(),
+    ) -> FitResult:
         """Refine an existing fit of source ``source_index`` to the target
         ``points`` with the ``locked`` (K,) parts held at ``boxes`` (K, 6), the
         fit's boxes as ``Candidate.fitted_boxes`` gives them (user-edited)."""
@@ -374,10 +426,24 @@ class Fitter:
             measured = chamfer_distance(deformed_points(chosen.first_points(MEASURE_POINTS), refined), target)
             distance = torch.cdist(self.model.retrieval.embed_target(target, "points"), self.codes["embedding"])[0]
         predicted = self.codes["sigma"][row] * distance[row] / 100.0
-        candidates = self._candidates(row, distance, predicted, measured, chosen, refined, centre[0].cpu().numpy(), float(diagonal), yaw, pivot, None)
+        candidates = self._candidates(
+            row,
+            distance,
+            predicted,
+            measured,
+            chosen,
+            refined,
+            centre[0].cpu().numpy(),
+            float(diagonal),
+            yaw,
+            pivot,
+            None,
+        )
         return FitResult("points", candidates, notes, time.perf_counter() - started)
 
-    def _candidates(self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement) -> list[Candidate]:
+    def _candidates(
+        self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement
+    ) -> list[Candidate]:
         out = []
         rotation = _rotation_z(yaw)
         for rank, row in enumerate(order.tolist()):

@@ -151,7 +151,9 @@ def read_message(stream: BinaryIO) -> Message | None:
     if not isinstance(header, dict) or not {"protocol", "id", "type"} <= set(header):
         raise ProtocolError("header lacks protocol, id or type")
     if header["protocol"] != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {header['protocol']}, expected {PROTOCOL_VERSION}: the add-on and its backend do not match")
+        raise ProtocolError(
+            f"protocol version {header['protocol']}, expected {PROTOCOL_VERSION}: the add-on and its backend do not match"
+        )
     arrays = {}
     for entry in header.pop("arrays", []):
         nbytes = int(entry["nbytes"])

@@ -59,7 +59,9 @@ class Raster:
     face: np.ndarray
 
 
-def project(points: np.ndarray, rotation: np.ndarray, eye: np.ndarray, focal: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+def project(
+    points: np.ndarray, rotation: np.ndarray, eye: np.ndarray, focal: float, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates (N, 2) as (column, row) and view depth (N,)."""
     cam = (np.asarray(points, float) - eye) @ rotation.T
     depth = cam[:, 2]
@@ -71,7 +73,13 @@ def project(points: np.ndarray, rotation: np.ndarray, eye: np.ndarray, focal: fl
 
 
 def rasterize(
-    vertices: np.ndarray, faces: np.ndarray, camera: Camera, size: int, centre=None, radius=None, cull_back: bool = False
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    camera: Camera,
+    size: int,
+    centre=None,
+    radius=None,
+    cull_back: bool = False,
 ) -> Raster:
     """Visible triangle and depth at every pixel centre.
 
@@ -185,7 +193,12 @@ def shade(
 
 
 def visible_points(
-    vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, point_faces: np.ndarray, camera: Camera, size: int = 256
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    points: np.ndarray,
+    point_faces: np.ndarray,
+    camera: Camera,
+    size: int = 256,
 ) -> np.ndarray:
     """(N,) mask of surface points seen from ``camera`` (a single-view scan).
 

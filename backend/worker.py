@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from backend import __version__
-from backend.protocol import Message, ProtocolError, read_message, response, write_message, PROTOCOL_VERSION
+from backend.protocol import PROTOCOL_VERSION, Message, ProtocolError, read_message, response, write_message
 
 
 class Cancelled(Exception):
@@ -84,14 +84,27 @@ class Worker:
             except Cancelled:
                 self.send(response("error", message.id, message="cancelled", cancelled=True))
             except Exception as error:  # every failure becomes a readable answer
-                self.send(response("error", message.id, message=f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error), detail=traceback.format_exc()))
+                self.send(
+                    response(
+                        "error",
+                        message.id,
+                        message=f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error),
+                        detail=traceback.format_exc(),
+                    )
+                )
             finally:
                 self.cancelled.discard(message.id)
 
     def handle_hello(self, message: Message):
         import torch
 
-        info = {"backend": __version__, "protocol": PROTOCOL_VERSION, "torch": torch.__version__, "python": sys.version.split()[0], "device": "cpu"}
+        info = {
+            "backend": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "device": "cpu",
+        }
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             info.update(device="cuda", gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1))
@@ -102,11 +115,19 @@ class Worker:
 
         options = IndexOptions(**message.get("options", {})) if message.get("options") else None
         report = build_index(
-            message["library"], message["index"], options=options, jobs=int(message.get("jobs", 1)),
+            message["library"],
+            message["index"],
+            options=options,
+            jobs=int(message.get("jobs", 1)),
             progress=lambda done, total, path: self.progress(message.id, done, total, path),
         )
-        return {"summary": report.summary(), "added": report.added, "updated": report.updated, "removed": report.removed,
-                "skipped": [s.__dict__ for s in report.skipped]}, None
+        return {
+            "summary": report.summary(),
+            "added": report.added,
+            "updated": report.updated,
+            "removed": report.removed,
+            "skipped": [s.__dict__ for s in report.skipped],
+        }, None
 
     def fitter(self, checkpoint: str, index: str):
         from backend.fitting import Fitter
@@ -123,7 +144,9 @@ class Worker:
         from backend.fitting import DEFAULT_CHECKPOINT, FitOptions
 
         fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
-        options = FitOptions(**{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__})
+        options = FitOptions(
+            **{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__}
+        )
         self.progress(message.id, 0, 1, "fitting")
         if "points" in message.arrays:
             result = fitter.fit_points(message.arrays["points"], options)
@@ -139,7 +162,9 @@ class Worker:
             from backend.export import render_thumbnail
 
             for candidate in result.candidates:
-                arrays[f"thumbnail{candidate.rank}"] = render_thumbnail(fitter.index, candidate, int(message["thumbnails"]))
+                arrays[f"thumbnail{candidate.rank}"] = render_thumbnail(
+                    fitter.index, candidate, int(message["thumbnails"])
+                )
         self.progress(message.id, 1, 1, "done")
         return result.to_json(), arrays
 
@@ -160,16 +185,27 @@ class Worker:
         from backend.library import load_index
 
         index = load_index(message["index"])
-        return {"source": index.sources[int(message["source_index"])].path}, self.mesh_arrays(index, int(message["source_index"]))
+        return {"source": index.sources[int(message["source_index"])].path}, self.mesh_arrays(
+            index, int(message["source_index"])
+        )
 
     def handle_refit(self, message: Message):
         from backend.fitting import DEFAULT_CHECKPOINT, FitOptions
 
         fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
-        options = FitOptions(**{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__})
+        options = FitOptions(
+            **{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__}
+        )
         if "points" not in message.arrays or "boxes" not in message.arrays:
             raise ValueError("a refit needs the target 'points' and the current 'boxes' arrays")
-        result = fitter.refit(message.arrays["points"], int(message["source_index"]), message.arrays["boxes"], np.asarray(message["locked"], bool), float(message.get("yaw", 0.0)), options)
+        result = fitter.refit(
+            message.arrays["points"],
+            int(message["source_index"]),
+            message.arrays["boxes"],
+            np.asarray(message["locked"], bool),
+            float(message.get("yaw", 0.0)),
+            options,
+        )
         return result.to_json(), None
 
     def handle_keep_connected(self, message: Message):
@@ -182,11 +218,22 @@ class Worker:
             raise ValueError("keep_connected needs the current 'boxes' array")
         excluded = message.get("excluded")
         result = keep_connected(
-            source.boxes, source.joint_pairs, source.joint_points, message.arrays["boxes"], np.asarray(message["locked"], bool),
-            excluded=None if excluded is None else np.asarray(excluded, bool), mirror=source.part_mirror, symmetry_axis=source.symmetry_axis,
-            keep_symmetry=bool(message.get("keep_symmetry", False)), min_half_size=source.min_half_size,
+            source.boxes,
+            source.joint_pairs,
+            source.joint_points,
+            message.arrays["boxes"],
+            np.asarray(message["locked"], bool),
+            excluded=None if excluded is None else np.asarray(excluded, bool),
+            mirror=source.part_mirror,
+            symmetry_axis=source.symmetry_axis,
+            keep_symmetry=bool(message.get("keep_symmetry", False)),
+            min_half_size=source.min_half_size,
         )
-        return {"locked": result.locked.tolist(), "lock_residual": result.lock_residual, "max_gap": float(result.gaps.max(initial=0.0))}, {"boxes": result.boxes}
+        return {
+            "locked": result.locked.tolist(),
+            "lock_residual": result.lock_residual,
+            "max_gap": float(result.gaps.max(initial=0.0)),
+        }, {"boxes": result.boxes}
 
 
 def serve(inbox: BinaryIO | None = None, outbox: BinaryIO | None = None) -> int:

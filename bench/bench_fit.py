@@ -22,11 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import machine, write_section  # noqa: E402
+
 from backend.fitting import DEFAULT_CHECKPOINT, FitOptions, Fitter  # noqa: E402
 from backend.library import build_index  # noqa: E402
 from backend.model.checkpoint import save_checkpoint  # noqa: E402
 from backend.model.networks import JointModel  # noqa: E402
-from report import machine, write_section  # noqa: E402
 from training.data.export import write_glb  # noqa: E402
 from training.data.furniture import CATEGORIES, generate  # noqa: E402
 from training.data.views import full_cloud, render_image  # noqa: E402
@@ -61,7 +62,10 @@ def main() -> None:
         rows = []
         for label, run in (
             ("point cloud, no refinement", lambda i: fitter.fit_points(clouds[i], FitOptions(top_k=5))),
-            ("point cloud, with refinement (IDO)", lambda i: fitter.fit_points(clouds[i], FitOptions(top_k=5, refine=True))),
+            (
+                "point cloud, with refinement (IDO)",
+                lambda i: fitter.fit_points(clouds[i], FitOptions(top_k=5, refine=True)),
+            ),
             ("image", lambda i: fitter.fit_image(images[i], FitOptions(top_k=5))),
         ):
             times = []

@@ -20,8 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend.library import build_index  # noqa: E402
 from report import machine, write_section  # noqa: E402
+
+from backend.library import build_index  # noqa: E402
 from training.data.export import write_glb  # noqa: E402
 from training.data.furniture import CATEGORIES, generate  # noqa: E402
 
@@ -57,7 +58,9 @@ def main() -> None:
             build_index(work / "library", index, jobs=jobs)
             rerun = time.perf_counter() - started
             rows.append((jobs, args.meshes / seconds, seconds, rerun))
-            print(f"jobs={jobs}: {args.meshes / seconds:.1f} meshes/s ({seconds:.2f} s), unchanged re-run {rerun:.2f} s")
+            print(
+                f"jobs={jobs}: {args.meshes / seconds:.1f} meshes/s ({seconds:.2f} s), unchanged re-run {rerun:.2f} s"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     body = [
@@ -71,7 +74,10 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     body += [f"| {jobs} | {rate:.1f} | {seconds:.2f} s | {rerun:.2f} s |" for jobs, rate, seconds, rerun in rows]
-    body += ["", "Target: at least 20 meshes/s on this 2-core machine (the authors' preprocessing: about 4 s per shape)."]
+    body += [
+        "",
+        "Target: at least 20 meshes/s on this 2-core machine (the authors' preprocessing: about 4 s per shape).",
+    ]
     write_section("indexing", "\n".join(body))
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import machine, write_section  # noqa: E402
+
 from training.data.furniture import CATEGORIES, generate  # noqa: E402
 from training.data.views import render_image  # noqa: E402
 

@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from report import machine, write_section  # noqa: E402
+
+from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from training.evaluate import EvalConfig, code_retrieval, evaluate_method, held_out_targets, mds_model  # noqa: E402
 from training.joint.data import Targets, prepare  # noqa: E402
 from training.joint.train import TrainConfig, target_batch  # noqa: E402
@@ -35,7 +36,9 @@ from training.joint.train import TrainConfig, target_batch  # noqa: E402
 
 def clean_points(targets: Targets, n_points: int) -> torch.Tensor:
     """(T, n_points, 3) each target's true surface, as ``target_batch`` gives it for its image."""
-    return target_batch(targets, torch.arange(len(targets)), "images", n_points, 0.0, torch.Generator().manual_seed(0))[1]
+    return target_batch(targets, torch.arange(len(targets)), "images", n_points, 0.0, torch.Generator().manual_seed(0))[
+        1
+    ]
 
 
 @torch.no_grad()
@@ -49,7 +52,10 @@ def code_gap(model, targets: Targets, source_codes: torch.Tensor, n_points: int,
     point_code = model.retrieval.embed_target(clean_points(targets, n_points)[rows], "points")
     same = torch.cdist(image_code, source_codes).argmin(1) == torch.cdist(point_code, source_codes).argmin(1)
     spacing = torch.cdist(source_codes, source_codes).fill_diagonal_(float("inf")).min(1).values.median()
-    return {"gap": float((image_code - point_code).norm(dim=-1).mean() / spacing), "same_top1": float(same.float().mean())}
+    return {
+        "gap": float((image_code - point_code).norm(dim=-1).mean() / spacing),
+        "same_top1": float(same.float().mean()),
+    }
 
 
 @torch.no_grad()
@@ -72,15 +78,21 @@ def measure(evaluation: EvalConfig, base: TrainConfig, seed: int, data, targets:
         ("teacher retrieval, undeformed", teacher, None),
     ):
         order = iter(range(len(targets)))  # evaluate_method asks for the targets in order, one at a time
-        row[label] = float(evaluate_method(data.sources, targets, "images", n_points, retrieval, deformation)["top1"].mean())
+        row[label] = float(
+            evaluate_method(data.sources, targets, "images", n_points, retrieval, deformation)["top1"].mean()
+        )
     for split, split_targets in (("train", data.train), ("test", targets)):
         for key, value in code_gap(model, split_targets, source_codes, n_points).items():
             row[f"{split} {key}"] = value
     # R as the evaluation trains it (same seed, inputs and updates), for scale.
     r_model, r_codes = mds_model(base, data, evaluation.modalities, evaluation.warmup + evaluation.steps, seed)
     r_retrieval = code_retrieval(r_model, r_codes)
-    row["R, undeformed"] = float(evaluate_method(data.sources, targets, "images", n_points, r_retrieval, None)["top1"].mean())
-    row["R, deformed"] = float(evaluate_method(data.sources, targets, "images", n_points, r_retrieval, model)["top1"].mean())
+    row["R, undeformed"] = float(
+        evaluate_method(data.sources, targets, "images", n_points, r_retrieval, None)["top1"].mean()
+    )
+    row["R, deformed"] = float(
+        evaluate_method(data.sources, targets, "images", n_points, r_retrieval, model)["top1"].mean()
+    )
     for split, split_targets in (("train", data.train), ("test", targets)):
         for key, value in code_gap(r_model, split_targets, r_codes, n_points).items():
             row[f"R {split} {key}"] = value

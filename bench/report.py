@@ -13,7 +13,9 @@ HEADER = "# Benchmarks\n\nEach section is rewritten by the command it names; num
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
 
 
 def write_section(name: str, body: str) -> None:

@@ -23,8 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from report import machine, write_section  # noqa: E402
+
+from backend.model.checkpoint import load_checkpoint  # noqa: E402
 from training.evaluate import evaluate_method, joint_retrieval, recall_at  # noqa: E402
 from training.joint.data import prepare  # noqa: E402
 from training.joint.train import TrainConfig, oracle_chamfer, train  # noqa: E402
@@ -39,7 +40,9 @@ def scores(model, data, n_points: int) -> dict:
     for modality in ("points", "images"):
         s = evaluate_method(data.sources, data.val, modality, n_points, retrieval, model, 0, True)
         out[modality] = {
-            "top1": float(s["top1"].mean()), "top10": float(s["top10"].mean()), "oracle": float(s["oracle"].mean()),
+            "top1": float(s["top1"].mean()),
+            "top10": float(s["top10"].mean()),
+            "oracle": float(s["oracle"].mean()),
             **{f"recall@{k}": recall_at(s["ranking"], s["oracle_source"], k) for k in (1, 5, 10)},
         }
     return out
@@ -64,9 +67,18 @@ def main() -> None:
         warm = load_checkpoint(out / "warmup" / "last.pt")[0]
         after_warmup = scores(warm, data, config.model.n_points)
         random_source = oracle_chamfer(warm, data.sources, data.val, "points", config.model.n_points, reduce="mean")
-        train(replace(config, out=str(out / "joint"), init=str(out / "warmup" / "last.pt"), warmup=0, steps=args.steps), data)
+        train(
+            replace(config, out=str(out / "joint"), init=str(out / "warmup" / "last.pt"), warmup=0, steps=args.steps),
+            data,
+        )
         after_joint = scores(load_checkpoint(out / "joint" / "last.pt")[0], data, config.model.n_points)
-        result = {"variant": name, "after_warmup": after_warmup, "after_joint": after_joint, "random_source_points": random_source, "seconds": time.time() - started}
+        result = {
+            "variant": name,
+            "after_warmup": after_warmup,
+            "after_joint": after_joint,
+            "random_source_points": random_source,
+            "seconds": time.time() - started,
+        }
         print(json.dumps(result), flush=True)
         rows.append(result)
     lines = [
@@ -81,9 +93,16 @@ def main() -> None:
     for row in rows:
         for stage in ("after_warmup", "after_joint"):
             for modality, s in row[stage].items():
-                lines.append(f"| {row['variant']} | {stage.replace('_', ' ')} | {modality} | {s['top1']:.3f} | {s['top10']:.3f} | {s['oracle']:.3f} | "
-                             f"{s['recall@1']:.2f} | {s['recall@5']:.2f} | {s['recall@10']:.2f} |")
-    lines += ["", "A random source, deformed (points): " + ", ".join(f"{r['variant']} {r['random_source_points']:.3f}" for r in rows) + "."]
+                lines.append(
+                    f"| {row['variant']} | {stage.replace('_', ' ')} | {modality} | {s['top1']:.3f} | {s['top10']:.3f} | {s['oracle']:.3f} | "
+                    f"{s['recall@1']:.2f} | {s['recall@5']:.2f} | {s['recall@10']:.2f} |"
+                )
+    lines += [
+        "",
+        "A random source, deformed (points): "
+        + ", ".join(f"{r['variant']} {r['random_source_points']:.3f}" for r in rows)
+        + ".",
+    ]
     write_section("retrieval-space", "\n".join(lines))
 
 

@@ -72,7 +72,9 @@ def index_library(context, directory: str, index: str = "") -> dict:
     """Index (or update the index of) a folder of models; returns the summary."""
     if not directory or not os.path.isdir(directory):
         raise RfitError(f"library folder not found: {directory or '(none chosen)'}")
-    answer = _call(context, "index_library", library=os.path.abspath(directory), index=index or default_index(directory))
+    answer = _call(
+        context, "index_library", library=os.path.abspath(directory), index=index or default_index(directory)
+    )
     return answer.header
 
 
@@ -85,7 +87,16 @@ def fit_request(context, obj=None, image_path: str = "") -> tuple[dict, dict, di
     return {"points": points.astype(np.float32)}, {"object": obj.name}, {}
 
 
-def retrieve_and_fit(context, index: str, obj=None, image_path: str = "", top_k: int = 5, refine: bool = False, yaw_search: int = 1, checkpoint: str = ""):
+def retrieve_and_fit(
+    context,
+    index: str,
+    obj=None,
+    image_path: str = "",
+    top_k: int = 5,
+    refine: bool = False,
+    yaw_search: int = 1,
+    checkpoint: str = "",
+):
     """Fit the target and build the best candidate; returns the parent empty."""
     if not index or not os.path.exists(os.path.join(index, "manifest.json")):
         raise RfitError(f"no library index at {index or '(none chosen)'}: index a library first")
@@ -94,8 +105,19 @@ def retrieve_and_fit(context, index: str, obj=None, image_path: str = "", top_k:
     except targets.TargetError as error:
         raise RfitError(str(error)) from error
     options = {"top_k": int(top_k), "refine": bool(refine), "yaw_search": int(yaw_search)}
-    answer = _call(context, "fit", arrays, index=index, checkpoint=checkpoint or None, options=options, meshes_for=[0], thumbnails=THUMBNAIL_SIZE)
-    return build_answer(context, answer, {"index": index, "checkpoint": checkpoint, "target": target, "options": options})
+    answer = _call(
+        context,
+        "fit",
+        arrays,
+        index=index,
+        checkpoint=checkpoint or None,
+        options=options,
+        meshes_for=[0],
+        thumbnails=THUMBNAIL_SIZE,
+    )
+    return build_answer(
+        context, answer, {"index": index, "checkpoint": checkpoint, "target": target, "options": options}
+    )
 
 
 THUMBNAIL_SIZE = 96
@@ -118,13 +140,15 @@ def store_thumbnails(answer) -> dict[int, str]:
     for key, pixels in answer.arrays.items():
         if not key.startswith("thumbnail"):
             continue
-        rank = int(key[len("thumbnail"):])
+        rank = int(key[len("thumbnail") :])
         name = f"rfit thumbnail {rank}"
         height, width = pixels.shape[:2]
         image = bpy.data.images.get(name) or bpy.data.images.new(name, width, height)
         if tuple(image.size) != (width, height):
             image.scale(width, height)
-        rgba = np.concatenate([pixels[::-1].astype(np.float32) / 255.0, np.ones((height, width, 1), np.float32)], axis=2)
+        rgba = np.concatenate(
+            [pixels[::-1].astype(np.float32) / 255.0, np.ones((height, width, 1), np.float32)], axis=2
+        )
         image.pixels.foreach_set(rgba.reshape(-1))
         image.update()
         names[rank] = name
@@ -190,8 +214,14 @@ def enforce_connectivity(context, parent=None, keep_symmetry: bool = False, lock
         fitted = np.array([o[build.PROP_PREFIX + "applied_box"] for o in build.part_objects(parent)])
         locked = np.any(np.abs(boxes - fitted) > 1e-6 * max(1.0, float(np.abs(fitted).max())), axis=1)
     answer = _call(
-        context, "keep_connected", {"boxes": boxes}, index=info["index"], source_index=int(parent[build.PROP_PREFIX + "source_index"]),
-        locked=[bool(x) for x in locked], excluded=[bool(x) for x in rotated], keep_symmetry=bool(keep_symmetry),
+        context,
+        "keep_connected",
+        {"boxes": boxes},
+        index=info["index"],
+        source_index=int(parent[build.PROP_PREFIX + "source_index"]),
+        locked=[bool(x) for x in locked],
+        excluded=[bool(x) for x in rotated],
+        keep_symmetry=bool(keep_symmetry),
     )
     build.apply_boxes(parent, answer.arrays["boxes"])
     return {"locked": answer["locked"], "lock_residual": answer["lock_residual"], "rotated": [bool(x) for x in rotated]}
@@ -219,8 +249,14 @@ def refit(context, parent=None, keep_edited: bool = True, refine_steps: int = 30
     edited = np.any(np.abs(boxes - applied) > 1e-6 * max(1.0, float(np.abs(applied).max())), axis=1) | rotated
     locked = edited if keep_edited else np.zeros(len(boxes), bool)
     answer = _call(
-        context, "refit", {"points": points.astype(np.float32), "boxes": boxes}, index=info["index"], checkpoint=info.get("checkpoint") or None,
-        source_index=int(parent[build.PROP_PREFIX + "source_index"]), locked=[bool(x) for x in locked], yaw=float(parent.rotation_euler[2]),
+        context,
+        "refit",
+        {"points": points.astype(np.float32), "boxes": boxes},
+        index=info["index"],
+        checkpoint=info.get("checkpoint") or None,
+        source_index=int(parent[build.PROP_PREFIX + "source_index"]),
+        locked=[bool(x) for x in locked],
+        yaw=float(parent.rotation_euler[2]),
         options={"refine_steps": int(refine_steps)},
     )
     fitted = np.array([p["fitted_box"] for p in answer["candidates"][0]["parts"]])

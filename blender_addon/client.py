@@ -36,7 +36,9 @@ class BackendClient:
     def __init__(self, python: str | None = None):
         self.python = os.environ.get(ENV_PYTHON) or python
         if not self.python:
-            raise BackendUnavailable(f"no backend Python is set: choose one in the add-on preferences or set {ENV_PYTHON}")
+            raise BackendUnavailable(
+                f"no backend Python is set: choose one in the add-on preferences or set {ENV_PYTHON}"
+            )
         if not Path(self.python).exists():
             raise BackendUnavailable(f"backend Python not found: {self.python}")
         self.ids = itertools.count(1)
@@ -47,10 +49,19 @@ class BackendClient:
         self.start()
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(backend_root()), os.environ.get("PYTHONPATH", "")])), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(backend_root()), os.environ.get("PYTHONPATH", "")])),
+            "PYTHONUNBUFFERED": "1",
+        }
         try:
             self.process = subprocess.Popen(
-                [self.python, "-m", "backend", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(backend_root())
+                [self.python, "-m", "backend", "serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=str(backend_root()),
             )
         except OSError as error:
             raise BackendUnavailable(f"cannot start the backend with {self.python}: {error}") from error
@@ -65,7 +76,9 @@ class BackendClient:
                     break
                 self.inbox.put(message)
         except (ProtocolError, EOFError, OSError) as error:
-            self.inbox.put(Message({"id": -1, "type": "error", "message": f"backend stream broken: {error}", "fatal": True}))
+            self.inbox.put(
+                Message({"id": -1, "type": "error", "message": f"backend stream broken: {error}", "fatal": True})
+            )
 
     def _drain_stderr(self, process: subprocess.Popen) -> None:
         for line in process.stderr:
@@ -96,7 +109,11 @@ class BackendClient:
             except queue.Empty:
                 break
         if not messages and not self.alive:
-            messages.append(Message({"id": -1, "type": "error", "message": f"the backend exited: {self.last_error()}", "fatal": True}))
+            messages.append(
+                Message(
+                    {"id": -1, "type": "error", "message": f"the backend exited: {self.last_error()}", "fatal": True}
+                )
+            )
         return messages
 
     def wait(self, request_id: int, timeout: float = 600.0, on_progress=None) -> Message:

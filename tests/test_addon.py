@@ -18,7 +18,9 @@ DEMO = ROOT / "backend" / "demo"
 
 
 def test_zip_bundles_backend_but_never_training(tmp_path):
-    done = subprocess.run([sys.executable, "build_addon.py", "--out", str(tmp_path), "--lean"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "build_addon.py", "--out", str(tmp_path), "--lean"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     import zipfile
 
@@ -56,17 +58,48 @@ def test_addon_headless(tmp_path, wheel):
             library.mkdir(exist_ok=True)
             shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", library / f"{category}_{i}.glb")
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "model.pt", JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)))
-    built = subprocess.run([sys.executable, "build_addon.py", "--out", str(tmp_path / "dist"), "--lean"], cwd=ROOT, capture_output=True, text=True)
+    save_checkpoint(
+        tmp_path / "model.pt",
+        JointModel(
+            ModelConfig(
+                point_width=16,
+                image_width=8,
+                global_code=16,
+                part_code=4,
+                target_code=16,
+                embedding=8,
+                n_points=256,
+                source_points=128,
+            )
+        ),
+    )
+    built = subprocess.run(
+        [sys.executable, "build_addon.py", "--out", str(tmp_path / "dist"), "--lean"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     zip_path = built.stdout.split()[0]
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "RFIT_BACKEND_PYTHON": sys.executable, "PYTHONPATH": ""}
     done = subprocess.run(
-        [python, str(ROOT / "tests" / "blender" / "addon_headless.py"), zip_path, str(library), str(tmp_path / "model.pt"),
-         str(DEMO / "targets" / "chair_full.npy"), str(DEMO / "targets" / "chair.png"), str(tmp_path / "facts.json")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            python,
+            str(ROOT / "tests" / "blender" / "addon_headless.py"),
+            zip_path,
+            str(library),
+            str(tmp_path / "model.pt"),
+            str(DEMO / "targets" / "chair_full.npy"),
+            str(DEMO / "targets" / "chair.png"),
+            str(tmp_path / "facts.json"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     facts = json.loads((tmp_path / "facts.json").read_text())

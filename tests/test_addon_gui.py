@@ -35,7 +35,11 @@ def display():
             pytest.fail("CI must provide Blender and Xvfb (apt-get install blender xvfb python3-numpy)")
         pytest.skip("needs Debian's blender and xvfb packages")
     number = 90 + os.getpid() % 9
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.5)
     yield f":{number}"
     server.terminate()
@@ -52,27 +56,75 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     checkpoint = ROOT / "backend" / "checkpoints" / "default.pt"
     if not checkpoint.exists():
         checkpoint = tmp_path / "model.pt"
-        save_checkpoint(checkpoint, JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)))
-    built = subprocess.run([sys.executable, "build_addon.py", "--out", str(tmp_path / "dist"), "--lean"], cwd=ROOT, capture_output=True, text=True)
+        save_checkpoint(
+            checkpoint,
+            JointModel(
+                ModelConfig(
+                    point_width=16,
+                    image_width=8,
+                    global_code=16,
+                    part_code=4,
+                    target_code=16,
+                    embedding=8,
+                    n_points=256,
+                    source_points=128,
+                )
+            ),
+        )
+    built = subprocess.run(
+        [sys.executable, "build_addon.py", "--out", str(tmp_path / "dist"), "--lean"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     legacy = built.stdout.split()[1]
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "DISPLAY": display, "RFIT_BACKEND_PYTHON": sys.executable}
     start = tmp_path / "start.blend"  # opening a file skips the splash screen
-    subprocess.run(["blender", "-b", "--factory-startup", "--python-expr", f"import bpy; bpy.ops.wm.save_as_mainfile(filepath={str(start)!r})"], env=env, capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            "blender",
+            "-b",
+            "--factory-startup",
+            "--python-expr",
+            f"import bpy; bpy.ops.wm.save_as_mainfile(filepath={str(start)!r})",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     out = tmp_path / "out"
     out.mkdir()
     done = subprocess.run(
-        ["blender", "--factory-startup", "--enable-event-simulate", str(start), "--python", str(ROOT / "tests" / "blender" / "gui_modal.py"), "--",
-         legacy, str(library), str(checkpoint), str(DEMO / "targets" / "chair_full.npy"), str(out)],
-        env=env, capture_output=True, text=True, timeout=400,
+        [
+            "blender",
+            "--factory-startup",
+            "--enable-event-simulate",
+            str(start),
+            "--python",
+            str(ROOT / "tests" / "blender" / "gui_modal.py"),
+            "--",
+            legacy,
+            str(library),
+            str(checkpoint),
+            str(DEMO / "targets" / "chair_full.npy"),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     facts = json.loads((out / "facts.json").read_text()) if (out / "facts.json").exists() else {}
     if (out / "panel.png").exists():
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copy(out / "panel.png", ARTIFACTS / "blender-3.4-panel.png")
-    assert done.returncode == 0 and facts.get("ok"), json.dumps(facts, indent=1) + done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 0 and facts.get("ok"), (
+        json.dumps(facts, indent=1) + done.stdout[-3000:] + done.stderr[-2000:]
+    )
     assert facts["invoke"] == ["RUNNING_MODAL"]  # the modal path, not execute()
     assert facts["parts"] >= 2 and facts["candidates"] >= 2
     assert facts["keep_connected_moved"] and facts["undo_restored_parts"]  # keep connected is one undo step

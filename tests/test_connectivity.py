@@ -1,4 +1,5 @@
 import numpy as np
+from helpers import chair_parts
 
 from backend.geometry.boxes import boxes_from_points
 from backend.geometry.connectivity import (
@@ -9,7 +10,6 @@ from backend.geometry.connectivity import (
     project_to_connected,
 )
 from backend.geometry.sampling import sample_surface
-from helpers import chair_parts
 
 
 def sampled(parts, count=20000, seed=0):

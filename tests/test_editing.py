@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from helpers import chair_parts, write_scene
 
 from backend.editing import keep_connected
 from backend.geometry.connectivity import joint_gaps
 from backend.library import IndexOptions, build_source, load_model
-from helpers import chair_parts, write_scene
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,9 @@ def chair(tmp_path_factory):
 
 
 def solve(source, boxes, locked, **kw):
-    return keep_connected(source.boxes, source.joint_pairs, source.joint_points, boxes, locked, min_half_size=source.min_half_size, **kw)
+    return keep_connected(
+        source.boxes, source.joint_pairs, source.joint_points, boxes, locked, min_half_size=source.min_half_size, **kw
+    )
 
 
 def test_a_longer_leg_pulls_the_seat_and_keeps_every_joint(chair):
@@ -53,7 +55,9 @@ def test_symmetry_applies_the_edit_to_the_mirror_part(chair):
     locked = np.zeros(source.n_parts, bool)
     locked[leg] = True
     plain = solve(source, edited, locked)
-    mirrored = solve(source, edited, locked, mirror=source.part_mirror, symmetry_axis=source.symmetry_axis, keep_symmetry=True)
+    mirrored = solve(
+        source, edited, locked, mirror=source.part_mirror, symmetry_axis=source.symmetry_axis, keep_symmetry=True
+    )
     np.testing.assert_allclose(plain.boxes[other], source.boxes[other], atol=2e-3)
     np.testing.assert_allclose(mirrored.boxes[other, 3:], edited[leg, 3:], atol=1e-9)
     assert mirrored.locked[other] and mirrored.gaps.max() < 1e-6
@@ -68,7 +72,9 @@ def test_rotated_parts_are_left_out(chair):
     excluded[back] = True
     result = solve(source, edited, np.zeros(source.n_parts, bool), excluded=excluded)
     np.testing.assert_allclose(result.boxes[back], edited[back])
-    np.testing.assert_allclose(result.boxes[part["seat"]], source.boxes[part["seat"]], atol=1e-9)  # nothing pulled towards it
+    np.testing.assert_allclose(
+        result.boxes[part["seat"]], source.boxes[part["seat"]], atol=1e-9
+    )  # nothing pulled towards it
 
 
 def test_contradicting_edits_are_reported(chair):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+import training.evaluate as evaluate
 from backend.model.checkpoint import load_checkpoint
 from backend.model.networks import JointModel
 from training.data.dataset import DatasetSpec, write_dataset
-import training.evaluate as evaluate
-from training.evaluate import EvalConfig, _cached_seed, run, held_out_targets
-from training.results_report import TABLE1
+from training.evaluate import EvalConfig, _cached_seed, held_out_targets, run
 from training.joint.data import prepare
 from training.joint.train import TrainConfig, oracle_chamfer
+from training.results_report import TABLE1
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "training" / "configs" / "smoke.toml"
@@ -23,8 +23,18 @@ SMOKE = ROOT / "training" / "configs" / "smoke.toml"
 
 def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_path, monkeypatch):
     write_dataset(tmp_path / "data", DatasetSpec(per_category=10, views=1, seed=3))
-    config = EvalConfig(train_config=str(SMOKE), data=str(tmp_path / "data"), out=str(tmp_path / "eval"), docs=str(tmp_path / "docs"),
-                        steps=40, warmup=30, seeds=[0], modalities=["points", "images"], max_targets=6, refine_steps=5)
+    config = EvalConfig(
+        train_config=str(SMOKE),
+        data=str(tmp_path / "data"),
+        out=str(tmp_path / "eval"),
+        docs=str(tmp_path / "docs"),
+        steps=40,
+        warmup=30,
+        seeds=[0],
+        modalities=["points", "images"],
+        max_targets=6,
+        refine_steps=5,
+    )
     results = run(config)
     report = (tmp_path / "docs" / "results.md").read_text()
     for method in TABLE1:
@@ -49,10 +59,14 @@ def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_
     trained = load_checkpoint(tmp_path / "eval" / "seed0" / "ours" / "last.pt")[0]
     torch.manual_seed(0)
     untrained = JointModel(base.model)
-    assert oracle_chamfer(trained, data.sources, targets, "points", base.model.n_points, reduce="mean") < 0.95 * oracle_chamfer(untrained, data.sources, targets, "points", base.model.n_points, reduce="mean")
+    assert oracle_chamfer(
+        trained, data.sources, targets, "points", base.model.n_points, reduce="mean"
+    ) < 0.95 * oracle_chamfer(untrained, data.sources, targets, "points", base.model.n_points, reduce="mean")
 
     # a rerun of the same configuration reuses the seed's numbers; another configuration does not
-    monkeypatch.setattr(evaluate, "evaluate_method", lambda *args, **kwargs: pytest.fail("a cached seed was evaluated again"))
+    monkeypatch.setattr(
+        evaluate, "evaluate_method", lambda *args, **kwargs: pytest.fail("a cached seed was evaluated again")
+    )
     again = run(config)
     assert json.dumps(again["seeds"]["0"]) == json.dumps(results["seeds"]["0"])
     assert _cached_seed(tmp_path / "eval" / "seed0" / "results.json", replace(config, refine_steps=6)) is None

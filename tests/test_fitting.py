@@ -20,7 +20,16 @@ from backend.model.networks import JointModel, ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "backend" / "demo"
-TINY = ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)
+TINY = ModelConfig(
+    point_width=16,
+    image_width=8,
+    global_code=16,
+    part_code=4,
+    target_code=16,
+    embedding=8,
+    n_points=256,
+    source_points=128,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,9 @@ def test_fit_points_ranks_by_measured_chamfer_and_keeps_joints(setup):
         src_lo, src_hi = source.bounds
         orig = candidate.original_boxes
         scale = orig[0, 3] / source.boxes[0, 3] if source.boxes[0, 3] > 0 else 1.0
-        joints = (source.joint_points - (src_lo + src_hi) / 2) * scale + (orig[:, :3] - (source.boxes[:, :3] - (src_lo + src_hi) / 2) * scale)[0]
+        joints = (source.joint_points - (src_lo + src_hi) / 2) * scale + (
+            orig[:, :3] - (source.boxes[:, :3] - (src_lo + src_hi) / 2) * scale
+        )[0]
         gaps = joint_gaps(orig, candidate.fitted_boxes, source.joint_pairs, joints, 1e-6)
         assert gaps.max(initial=0) < 1e-4
         assert not np.allclose(candidate.fitted_boxes, orig)
@@ -155,16 +166,56 @@ def test_export_glb_parts_are_the_fitted_boxes(setup, tmp_path):
 
 def test_fit_command(setup, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "backend", "fit", "--index", str(setup / "index"), "--points", str(DEMO / "targets" / "table_partial.npy"),
-         "--checkpoint", str(setup / "model.pt"), "--top-k", "3", "--out", str(tmp_path / "r.json"), "--export", str(tmp_path / "f.glb")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "fit",
+            "--index",
+            str(setup / "index"),
+            "--points",
+            str(DEMO / "targets" / "table_partial.npy"),
+            "--checkpoint",
+            str(setup / "model.pt"),
+            "--top-k",
+            "3",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--export",
+            str(tmp_path / "f.glb"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     data = json.loads((tmp_path / "r.json").read_text())
     assert len(data["candidates"]) == 3 and (tmp_path / "f.glb").stat().st_size > 0
     first = data["candidates"][0]
-    assert first["measured_chamfer_x100"] > 0 and first["parts"][0].keys() == {"index", "source_box", "original_box", "fitted_box"}
-    bad = subprocess.run([sys.executable, "-m", "backend", "fit", "--index", str(setup / "index"), "--image", str(tmp_path / "r.json"), "--checkpoint", str(setup / "model.pt")], cwd=ROOT, capture_output=True, text=True)
+    assert first["measured_chamfer_x100"] > 0 and first["parts"][0].keys() == {
+        "index",
+        "source_box",
+        "original_box",
+        "fitted_box",
+    }
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backend",
+            "fit",
+            "--index",
+            str(setup / "index"),
+            "--image",
+            str(tmp_path / "r.json"),
+            "--checkpoint",
+            str(setup / "model.pt"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "cannot read image" in bad.stderr
 
 

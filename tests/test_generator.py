@@ -1,8 +1,8 @@
 """The procedural furniture generator, its files, images and point clouds."""
 
+import json
 import subprocess
 import sys
-import json
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +87,26 @@ def test_partial_cloud_sees_one_side():
 
 def test_generate_command_writes_splits(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "training.data", "generate", "--out", str(tmp_path), "--per-category", "4", "--views", "1", "--points", "64", "--jobs", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "training.data",
+            "generate",
+            "--out",
+            str(tmp_path),
+            "--per-category",
+            "4",
+            "--views",
+            "1",
+            "--points",
+            "64",
+            "--jobs",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())

@@ -6,11 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import chair_parts, write_scene, write_single_mesh
+from test_partnet import write_partnet
 
 import backend.library.index as index_module
 from backend.library import IndexOptions, LibraryIndexError, build_index, load_index
-from helpers import chair_parts, write_scene, write_single_mesh
-from test_partnet import write_partnet
 
 
 @pytest.fixture
@@ -68,7 +68,9 @@ def test_rerun_processes_only_what_changed(library, tmp_path, monkeypatch):
     (library / "armchair.ply").unlink()  # removed
     report = build_index(library, out)
     assert sorted(calls) == ["chairs/screwed.obj", "new.glb"]
-    assert report.updated == ["chairs/screwed.obj"] and report.added == ["new.glb"] and report.removed == ["armchair.ply"]
+    assert (
+        report.updated == ["chairs/screwed.obj"] and report.added == ["new.glb"] and report.removed == ["armchair.ply"]
+    )
     rows = {s["path"]: s for s in manifest(out)["sources"]}
     assert rows["chairs/plain.glb"]["arrays"] == arrays_before["chairs/plain.glb"]
     assert rows["chairs/screwed.obj"]["arrays"] != arrays_before["chairs/screwed.obj"]

@@ -25,11 +25,17 @@ def imported_modules(folder: Path) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize(
     "folder, forbidden",
-    [("backend", {"bpy", "bmesh", "mathutils", "training"}), ("blender_addon", {"torch", "training"}), ("training", {"bpy"})],
+    [
+        ("backend", {"bpy", "bmesh", "mathutils", "training"}),
+        ("blender_addon", {"torch", "training"}),
+        ("training", {"bpy"}),
+    ],
 )
 def test_folder_never_imports(folder, forbidden):
     assert (ROOT / folder).is_dir()
-    offenders = {path: names & forbidden for path, names in imported_modules(ROOT / folder).items() if names & forbidden}
+    offenders = {
+        path: names & forbidden for path, names in imported_modules(ROOT / folder).items() if names & forbidden
+    }
     assert offenders == {}
 
 

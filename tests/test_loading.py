@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import trimesh
+from helpers import Z_UP_TO_Y_UP, chair_parts, write_scene
 
 from backend.library import UnreadableModel, load_model
-from helpers import Z_UP_TO_Y_UP, chair_parts, write_scene
 
 
 def bounds(model):
@@ -54,7 +54,11 @@ def test_up_axis_override(tmp_path):
 
 def test_node_transforms_are_applied(tmp_path):
     scene = trimesh.Scene()
-    scene.add_geometry(trimesh.creation.box(extents=(1, 1, 1)), node_name="moved", transform=trimesh.transformations.translation_matrix((5, 0, 0)))
+    scene.add_geometry(
+        trimesh.creation.box(extents=(1, 1, 1)),
+        node_name="moved",
+        transform=trimesh.transformations.translation_matrix((5, 0, 0)),
+    )
     scene.add_geometry(trimesh.creation.box(extents=(1, 1, 1)), node_name="origin")
     scene.apply_transform(Z_UP_TO_Y_UP)
     scene.export(str(tmp_path / "t.glb"))

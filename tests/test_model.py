@@ -3,16 +3,23 @@
 import numpy as np
 import pytest
 import torch
+from helpers import chair_parts, write_scene
 
-from backend.geometry.connectivity import joint_gaps
 from backend.geometry.boxes import deform_points as deform_points_np
+from backend.geometry.connectivity import joint_gaps
 from backend.library import IndexOptions, build_source, load_model
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_points, project
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import stack_sources
-from helpers import chair_parts, write_scene
-from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, ranking_alignment_loss, sample_candidates, soft_probabilities
+from training.joint.objectives import (
+    cross_modal_loss,
+    deformation_loss,
+    embedding_loss,
+    ranking_alignment_loss,
+    sample_candidates,
+    soft_probabilities,
+)
 
 
 def test_chamfer_matches_brute_force_and_its_gradient():
@@ -40,8 +47,10 @@ def test_torch_deformation_matches_numpy(chair_source):
     new = chair_source.boxes + rng.normal(0, 0.02, chair_source.boxes.shape)
     expected = deform_points_np(chair_source.points, chair_source.point_labels, chair_source.boxes, new)
     got = deform_points(
-        torch.from_numpy(chair_source.points).double()[None], torch.from_numpy(chair_source.point_labels).long()[None],
-        torch.from_numpy(chair_source.boxes)[None], torch.from_numpy(new)[None],
+        torch.from_numpy(chair_source.points).double()[None],
+        torch.from_numpy(chair_source.point_labels).long()[None],
+        torch.from_numpy(chair_source.boxes)[None],
+        torch.from_numpy(new)[None],
     )[0]
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-9)
 
@@ -49,12 +58,17 @@ def test_torch_deformation_matches_numpy(chair_source):
 def test_projection_in_the_normalised_frame_keeps_joints(chair_source):
     tensors = stack_sources([chair_source], n_points=256)
     k = chair_source.n_parts
-    noisy = tensors.boxes.double() + torch.randn(tensors.boxes.shape, dtype=torch.float64) * 0.05 * tensors.part_mask[..., None]
+    noisy = (
+        tensors.boxes.double()
+        + torch.randn(tensors.boxes.shape, dtype=torch.float64) * 0.05 * tensors.part_mask[..., None]
+    )
     projected = project(noisy, tensors.basis.double())[0, :k].numpy()
     lo, hi = chair_source.bounds
     centre, scale = (lo + hi) / 2, np.linalg.norm(hi - lo)
     joints = (chair_source.joint_points - centre) / scale
-    before = joint_gaps(tensors.boxes[0, :k].double().numpy(), noisy[0, :k].numpy(), chair_source.joint_pairs, joints, 1e-6)
+    before = joint_gaps(
+        tensors.boxes[0, :k].double().numpy(), noisy[0, :k].numpy(), chair_source.joint_pairs, joints, 1e-6
+    )
     after = joint_gaps(tensors.boxes[0, :k].double().numpy(), projected, chair_source.joint_pairs, joints, 1e-6)
     assert before.max() > 0.01 and after.max() < 1e-5
 
@@ -98,10 +112,14 @@ def test_embedding_loss_trains_sigma_and_the_embedding_but_not_the_fit():
 
 
 def test_untrained_model_predicts_the_identity(chair_source):
-    model = JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8))
+    model = JointModel(
+        ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8)
+    )
     tensors = stack_sources([chair_source], n_points=128)
     target = tensors.points
-    boxes = model.deformation(target, "points", tensors, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    boxes = model.deformation(
+        target, "points", tensors, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    )
     k = chair_source.n_parts
     torch.testing.assert_close(boxes[:, :k], tensors.boxes[:, :k], atol=1e-5, rtol=0)
     torch.testing.assert_close(deformed_points(tensors, boxes), tensors.points, atol=1e-5, rtol=0)
@@ -159,7 +177,9 @@ def test_checkpoint_round_trip_without_pickle(tmp_path):
 def test_exported_checkpoint_is_half_the_size_and_loads_as_float32(tmp_path):
     from backend.model.checkpoint import export_checkpoint
 
-    model = JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8))
+    model = JointModel(
+        ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8)
+    )
     save_checkpoint(tmp_path / "full.pt", model, {"step": 1}, state={"optim": {"lr": torch.tensor(1.0)}})
     export_checkpoint(tmp_path / "full.pt", tmp_path / "small.pt")
     loaded, extra, state = load_checkpoint(tmp_path / "small.pt")

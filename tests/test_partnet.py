@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 import trimesh
+from helpers import Z_UP_TO_Y_UP, chair_parts
 
 from backend.library import IndexOptions, UnreadableModel, build_source
 from backend.library.partnet import is_partnet_folder, leaf_parts, load_partnet
-from helpers import Z_UP_TO_Y_UP, chair_parts
 
 
 def write_partnet(folder, parts):
@@ -24,7 +24,11 @@ def write_partnet(folder, parts):
             "children": [
                 {"text": "Chair Seat", "id": 1, "objs": ["new-seat"]},
                 {"text": "Chair Back", "id": 2, "objs": ["new-back"]},
-                {"text": "Chair Base", "id": 3, "children": [{"text": "Leg", "id": 4 + i, "objs": [f"new-{n}"]} for i, n in enumerate(legs)]},
+                {
+                    "text": "Chair Base",
+                    "id": 3,
+                    "children": [{"text": "Leg", "id": 4 + i, "objs": [f"new-{n}"]} for i, n in enumerate(legs)],
+                },
             ],
         }
     ]

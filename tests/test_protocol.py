@@ -21,7 +21,9 @@ DEMO = ROOT / "backend" / "demo"
 
 def test_round_trip_with_arrays():
     points = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
-    message = request("fit", 7, {"points": points, "image": np.zeros((4, 4, 3), np.uint8)}, index="/x", options={"top_k": 3})
+    message = request(
+        "fit", 7, {"points": points, "image": np.zeros((4, 4, 3), np.uint8)}, index="/x", options={"top_k": 3}
+    )
     stream = io.BytesIO(encode(message) + encode(response("result", 7, ok=True)))
     first = read_message(stream)
     assert first.type == "fit" and first.id == 7 and first["options"] == {"top_k": 3}
@@ -42,7 +44,9 @@ def test_malformed_frames_are_refused():
     # a pickled object array is never loaded
     evil = io.BytesIO()
     np.save(evil, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    header = b'{"protocol": 1, "id": 1, "type": "fit", "arrays": [{"name": "points", "nbytes": %d}]}' % len(evil.getvalue())
+    header = b'{"protocol": 1, "id": 1, "type": "fit", "arrays": [{"name": "points", "nbytes": %d}]}' % len(
+        evil.getvalue()
+    )
     with pytest.raises(ProtocolError, match="plain .npy"):
         read_message(io.BytesIO(MAGIC + struct.pack("<I", len(header)) + header + evil.getvalue()))
     with pytest.raises(ProtocolError, match="needs"):
@@ -57,9 +61,25 @@ def worker(tmp_path_factory):
     for category in ("chair", "table"):
         (folder / "library").mkdir(exist_ok=True)
         for i in range(3):
-            shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", folder / "library" / f"{category}_{i}.glb")
+            shutil.copy(
+                DEMO / "library" / category / f"{category}_{i:02d}.glb", folder / "library" / f"{category}_{i}.glb"
+            )
     torch.manual_seed(0)
-    save_checkpoint(folder / "model.pt", JointModel(ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256, source_points=128)))
+    save_checkpoint(
+        folder / "model.pt",
+        JointModel(
+            ModelConfig(
+                point_width=16,
+                image_width=8,
+                global_code=16,
+                part_code=4,
+                target_code=16,
+                embedding=8,
+                n_points=256,
+                source_points=128,
+            )
+        ),
+    )
     from backend.library import build_index
 
     build_index(folder / "library", folder / "index")
@@ -74,15 +94,33 @@ def test_hello_index_fit(worker):
     hello = client.call("hello")
     assert hello["protocol"] == 1 and hello["device"] in ("cpu", "cuda") and hello["torch"]
     progress = []
-    answer = client.wait(client.submit("index_library", library=str(folder / "library"), index=str(folder / "worker-index")), on_progress=progress.append)
+    answer = client.wait(
+        client.submit("index_library", library=str(folder / "library"), index=str(folder / "worker-index")),
+        on_progress=progress.append,
+    )
     assert answer.type == "result" and len(answer["added"]) == 6
     assert progress and progress[-1]["done"] == progress[-1]["total"] == 6
     points = np.load(DEMO / "targets" / "chair_full.npy")
-    fit = client.call("fit", {"points": points}, index=str(folder / "worker-index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[0])
+    fit = client.call(
+        "fit",
+        {"points": points},
+        index=str(folder / "worker-index"),
+        checkpoint=str(folder / "model.pt"),
+        options={"top_k": 2},
+        meshes_for=[0],
+    )
     assert len(fit["candidates"]) == 2
     parts = fit["candidates"][0]["parts"]
     assert fit.arrays["c0_part0_colour"].shape == (4,)  # the demo files carry materials
-    thumbs = client.call("fit", {"points": points}, index=str(folder / "worker-index"), checkpoint=str(folder / "model.pt"), options={"top_k": 2}, meshes_for=[], thumbnails=64)
+    thumbs = client.call(
+        "fit",
+        {"points": points},
+        index=str(folder / "worker-index"),
+        checkpoint=str(folder / "model.pt"),
+        options={"top_k": 2},
+        meshes_for=[],
+        thumbnails=64,
+    )
     for rank in range(2):
         thumb = thumbs.arrays[f"thumbnail{rank}"]
         assert thumb.shape == (64, 64, 3) and thumb.dtype == np.uint8
@@ -94,7 +132,14 @@ def test_hello_index_fit(worker):
 
 def test_errors_are_answers_and_the_worker_lives_on(worker):
     client, folder = worker
-    bad = client.wait(client.submit("fit", {"points": np.full((10, 3), np.nan)}, index=str(folder / "index"), checkpoint=str(folder / "model.pt")))
+    bad = client.wait(
+        client.submit(
+            "fit",
+            {"points": np.full((10, 3), np.nan)},
+            index=str(folder / "index"),
+            checkpoint=str(folder / "model.pt"),
+        )
+    )
     assert bad.type == "error" and "NaN" in bad["message"]
     missing = client.wait(client.submit("index_library", library=str(folder / "nowhere"), index=str(folder / "i2")))
     assert missing.type == "error" and "not found" in missing["message"]
@@ -132,17 +177,38 @@ def test_unconfigured_backend_is_a_clear_error(monkeypatch):
 
 def test_edit_requests(worker):
     client, folder = worker
-    fit = client.call("fit", {"points": np.load(DEMO / "targets" / "chair_full.npy")}, index=str(folder / "index"), checkpoint=str(folder / "model.pt"), options={"top_k": 1}, meshes_for=[])
+    fit = client.call(
+        "fit",
+        {"points": np.load(DEMO / "targets" / "chair_full.npy")},
+        index=str(folder / "index"),
+        checkpoint=str(folder / "model.pt"),
+        options={"top_k": 1},
+        meshes_for=[],
+    )
     best = fit["candidates"][0]
     boxes = np.array([p["fitted_box"] for p in best["parts"]])
     edited = boxes.copy()
     edited[0, :3] += 0.05
     locked = [True] + [False] * (len(boxes) - 1)
-    kept = client.call("keep_connected", {"boxes": edited}, index=str(folder / "index"), source_index=best["source_index"], locked=locked, keep_symmetry=True)
+    kept = client.call(
+        "keep_connected",
+        {"boxes": edited},
+        index=str(folder / "index"),
+        source_index=best["source_index"],
+        locked=locked,
+        keep_symmetry=True,
+    )
     np.testing.assert_allclose(kept.arrays["boxes"][0], edited[0], atol=1e-9)
     assert kept["max_gap"] < 1e-6
-    refit = client.call("refit", {"boxes": kept.arrays["boxes"], "points": np.load(DEMO / "targets" / "chair_full.npy")}, index=str(folder / "index"),
-                        checkpoint=str(folder / "model.pt"), source_index=best["source_index"], locked=locked, options={"refine_steps": 20})
+    refit = client.call(
+        "refit",
+        {"boxes": kept.arrays["boxes"], "points": np.load(DEMO / "targets" / "chair_full.npy")},
+        index=str(folder / "index"),
+        checkpoint=str(folder / "model.pt"),
+        source_index=best["source_index"],
+        locked=locked,
+        options={"refine_steps": 20},
+    )
     np.testing.assert_allclose(refit["candidates"][0]["parts"][0]["fitted_box"], edited[0], atol=1e-4)
     meshes = client.call("part_meshes", index=str(folder / "index"), source_index=best["source_index"])
     assert len([k for k in meshes.arrays if k.endswith("_vertices")]) == len(boxes)

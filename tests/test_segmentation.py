@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from helpers import chair_parts, write_scene, write_single_mesh
 
 from backend.library import IndexOptions, build_source, load_model
-from helpers import chair_parts, write_scene, write_single_mesh
 
 
 def source_of(path, **options):

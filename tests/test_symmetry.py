@@ -1,9 +1,9 @@
 import numpy as np
-
-from backend.geometry.symmetry import NO_AXIS, detect_symmetry, reflect
-from test_connectivity import sampled
-from backend.geometry.boxes import boxes_from_points
 from helpers import chair_parts
+from test_connectivity import sampled
+
+from backend.geometry.boxes import boxes_from_points
+from backend.geometry.symmetry import NO_AXIS, detect_symmetry, reflect
 
 
 def test_symmetric_chair_has_left_right_plane():

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from backend.model.checkpoint import load_checkpoint
+from backend.model.networks import JointModel
+from training.baselines import mds_space, train_mds_retrieval
 from training.data.dataset import DatasetSpec, write_dataset
 from training.joint.data import prepare
-from backend.model.networks import JointModel
 from training.joint.objectives import cross_modal_loss, ranking_alignment_loss
-from training.baselines import mds_space, train_mds_retrieval
 from training.joint.train import TrainConfig, oracle_chamfer, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,10 +61,22 @@ def test_unknown_option_is_an_error():
 def test_training_improves_the_fit(dataset, tmp_path):
     """A short run lowers its objective, the deformed fit over (source, target)
     pairs of the training targets, well below the untrained model's."""
-    config = TrainConfig.from_toml(SMOKE, data=str(dataset), out=str(tmp_path / "r"), steps=60, warmup=60, lr=3e-3, val_every=1000, modalities=["points"], partial=0.0)
+    config = TrainConfig.from_toml(
+        SMOKE,
+        data=str(dataset),
+        out=str(tmp_path / "r"),
+        steps=60,
+        warmup=60,
+        lr=3e-3,
+        val_every=1000,
+        modalities=["points"],
+        partial=0.0,
+    )
     data = prepare(dataset, config.source_fraction, config.val_fraction, config.model.source_points)
     torch.manual_seed(0)
-    before = oracle_chamfer(JointModel(config.model), data.sources, data.train, "points", config.model.n_points, reduce="mean")
+    before = oracle_chamfer(
+        JointModel(config.model), data.sources, data.train, "points", config.model.n_points, reduce="mean"
+    )
     train(config, data)
     model, _, _ = load_checkpoint(tmp_path / "r" / "last.pt")
     after = oracle_chamfer(model, data.sources, data.train, "points", config.model.n_points, reduce="mean")
@@ -75,9 +87,30 @@ def test_two_processes_with_gloo(dataset, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "training.joint", "train", "--config", str(SMOKE), "--data", str(dataset), "--out", str(run), "--steps", "8"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training.joint",
+            "train",
+            "--config",
+            str(SMOKE),
+            "--data",
+            str(dataset),
+            "--out",
+            str(run),
+            "--steps",
+            "8",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / "best.pt").exists()
@@ -89,7 +122,9 @@ def test_scanned_targets_see_one_side():
     from training.joint.train import target_batch, visible_from
 
     # the surface of a closed cube, 0.5 on a side
-    g = torch.stack(torch.meshgrid(torch.linspace(-0.25, 0.25, 24), torch.linspace(-0.25, 0.25, 24), indexing="ij"), -1).reshape(-1, 2)
+    g = torch.stack(
+        torch.meshgrid(torch.linspace(-0.25, 0.25, 24), torch.linspace(-0.25, 0.25, 24), indexing="ij"), -1
+    ).reshape(-1, 2)
     side = torch.full((len(g), 1), 0.25)
     faces = [torch.cat([side * s, g], 1)[:, order] for s in (-1, 1) for order in ([0, 1, 2], [1, 0, 2], [1, 2, 0])]
     cube = torch.cat(faces).unsqueeze(0)
@@ -105,7 +140,9 @@ def test_scanned_targets_see_one_side():
     rows = torch.zeros(16, dtype=torch.long)
 
     def coverage_gap(partial: float) -> float:
-        inputs, truth = target_batch(targets, rows, "points", 512, 0.0, torch.Generator().manual_seed(0), partial=partial)
+        inputs, truth = target_batch(
+            targets, rows, "points", 512, 0.0, torch.Generator().manual_seed(0), partial=partial
+        )
         # how far the true surface is from what the input shows (frames match)
         return float(torch.cdist(truth, inputs).min(dim=2).values.mean())
 
@@ -117,9 +154,20 @@ def test_image_alignment_fits_image_codes_to_point_codes(dataset, tmp_path):
     its point encoder gives the same shape (the retrieval one also to its
     ranking of the sources); nothing else changes, and a rerun of the
     finished run does no more steps."""
-    config = TrainConfig.from_toml(SMOKE, data=str(dataset), out=str(tmp_path / "a"), steps=6, warmup=2, lr=3e-3, val_every=1000, image_alignment_steps=40)
+    config = TrainConfig.from_toml(
+        SMOKE,
+        data=str(dataset),
+        out=str(tmp_path / "a"),
+        steps=6,
+        warmup=2,
+        lr=3e-3,
+        val_every=1000,
+        image_alignment_steps=40,
+    )
     data = prepare(dataset, config.source_fraction, config.val_fraction, config.model.source_points, config.views)
-    config_before = TrainConfig.from_toml(SMOKE, data=str(dataset), out=str(tmp_path / "b"), steps=6, warmup=2, lr=3e-3, val_every=1000)
+    config_before = TrainConfig.from_toml(
+        SMOKE, data=str(dataset), out=str(tmp_path / "b"), steps=6, warmup=2, lr=3e-3, val_every=1000
+    )
     train(config_before, data)
     train(config, data)
     before, after = load_checkpoint(tmp_path / "b" / "last.pt")[0], load_checkpoint(tmp_path / "a" / "last.pt")[0]
@@ -152,7 +200,15 @@ def test_baseline_r_gets_image_only_steps_after_its_regression(dataset):
     their MDS goal and leave the point encoder as it was."""
     config = TrainConfig.from_toml(SMOKE, data=str(dataset))
     data = prepare(dataset, config.source_fraction, config.val_fraction, config.model.source_points, config.views)
-    common = dict(sources=data.sources, targets=data.train, config=config.model, modalities=["points", "images"], steps=6, lr=3e-3, seed=0)
+    common = dict(
+        sources=data.sources,
+        targets=data.train,
+        config=config.model,
+        modalities=["points", "images"],
+        steps=6,
+        lr=3e-3,
+        seed=0,
+    )
     plain, coordinates = train_mds_retrieval(**common)
     aligned, same_coordinates = train_mds_retrieval(**common, image_steps=60)
     torch.testing.assert_close(coordinates, same_coordinates)

@@ -18,7 +18,10 @@ def chamfer_matrix(a: torch.Tensor, b: torch.Tensor, batch: int = 128) -> torch.
     """(A, B) chamfer distances between every shape of ``a`` (A, N, 3) and of ``b`` (B, M, 3)."""
     rows = []
     for i in range(len(a)):
-        row = [chamfer_distance(a[i : i + 1].expand(min(batch, len(b) - j), -1, -1), b[j : j + batch]) for j in range(0, len(b), batch)]
+        row = [
+            chamfer_distance(a[i : i + 1].expand(min(batch, len(b) - j), -1, -1), b[j : j + batch])
+            for j in range(0, len(b), batch)
+        ]
         rows.append(torch.cat(row))
     return torch.stack(rows)
 
@@ -44,7 +47,9 @@ def out_of_sample(squared_to_sources: np.ndarray, fit: dict) -> np.ndarray:
     return 0.5 * (fit["column_mean"][None] - squared_to_sources) @ fit["coordinates"] / fit["values"][None]
 
 
-def mds_space(sources: SourceTensors, targets: Targets, n_points: int, dims: int = 16) -> tuple[np.ndarray, torch.Tensor]:
+def mds_space(
+    sources: SourceTensors, targets: Targets, n_points: int, dims: int = 16
+) -> tuple[np.ndarray, torch.Tensor]:
     """R's retrieval space: the sources' (S, d) MDS coordinates of their
     chamfer matrix and the (T, d) out-of-sample coordinates of the targets'
     clean shapes, which R's encoders regress; d <= ``dims`` (only clearly
@@ -91,14 +96,20 @@ def train_mds_retrieval(
     dims = coordinates.shape[1]
     # MDS coordinates are unbounded: no sphere.
     model = JointModel(ModelConfig(**{**config.to_json(), "embedding": dims, "embedding_radius": 0.0}))
-    optimiser = torch.optim.Adam(list(model.retrieval.points.parameters()) + list(model.retrieval.images.parameters()), lr=lr)
+    optimiser = torch.optim.Adam(
+        list(model.retrieval.points.parameters()) + list(model.retrieval.images.parameters()), lr=lr
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     image_steps = image_steps if "images" in modalities else 0
     for step in range(steps + image_steps):
         aligning = step >= steps
         for group in optimiser.param_groups:
-            group["lr"] = lr * (learning_rate_factor(step - steps, image_steps, lr_decay) if aligning else learning_rate_factor(step, steps, lr_decay))
+            group["lr"] = lr * (
+                learning_rate_factor(step - steps, image_steps, lr_decay)
+                if aligning
+                else learning_rate_factor(step, steps, lr_decay)
+            )
         modality = "images" if aligning else modalities[step % len(modalities)]
         rows = torch.randint(len(targets), (batch,), generator=generator)
         target, _ = target_batch(targets, rows, modality, config.n_points, noise, generator, partial)

@@ -39,7 +39,6 @@ from training.joint.train import TrainConfig, target_batch, train
 from training.results_report import CATEGORIES, write_report
 
 
-
 @dataclass
 class EvalConfig:
     train_config: str = "training/configs/default.toml"
@@ -55,7 +54,7 @@ class EvalConfig:
     notes: str = ""  # a markdown file appended to docs/results.md (the analysis of the numbers)
 
     @classmethod
-    def from_toml(cls, path: str | None, **overrides) -> "EvalConfig":
+    def from_toml(cls, path: str | None, **overrides) -> EvalConfig:
         data = tomllib.loads(Path(path).read_text()) if path else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
@@ -78,13 +77,22 @@ def held_out_targets(dataset: Path, views: int, max_targets: int) -> tuple[Targe
         points.append(_normalise(index.load_source(i).points))
         images.append(_images(dataset / "images", name, views) if views else None)
     have_images = views > 0 and all(im is not None for im in images)
-    targets = Targets(names, torch.from_numpy(np.stack(points)), torch.from_numpy(np.stack(images)) if have_images else None)
+    targets = Targets(
+        names, torch.from_numpy(np.stack(points)), torch.from_numpy(np.stack(images)) if have_images else None
+    )
     return targets, [meta[n]["category"] for n in names], [meta[n]["structure"] for n in names], rows
 
 
 @torch.no_grad()
 def evaluate_method(
-    sources: SourceTensors, targets: Targets, modality: str, n_points: int, retrieval, deformation: JointModel | None, refine_steps: int = 0, oracle: bool = False
+    sources: SourceTensors,
+    targets: Targets,
+    modality: str,
+    n_points: int,
+    retrieval,
+    deformation: JointModel | None,
+    refine_steps: int = 0,
+    oracle: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-target chamfer (x100) of top-1, best of top-10 and, optionally, the oracle.
 
@@ -111,10 +119,14 @@ def evaluate_method(
             chosen = sources.select(rows)
             if deformation is None:
                 return chamfer_distance(chosen.points, truth.expand(len(rows), -1, -1))
-            boxes = deformation.deformation.predict_boxes(chosen, global_code[rows], part_code[rows], target_code.expand(len(rows), -1))
+            boxes = deformation.deformation.predict_boxes(
+                chosen, global_code[rows], part_code[rows], target_code.expand(len(rows), -1)
+            )
             boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
             if refine:
-                boxes = refine_boxes(chosen, boxes, truth.expand(len(rows), -1, -1), FitOptions(refine_steps=refine, refine_seconds=60.0))
+                boxes = refine_boxes(
+                    chosen, boxes, truth.expand(len(rows), -1, -1), FitOptions(refine_steps=refine, refine_seconds=60.0)
+                )
             return chamfer_distance(deformed_points(chosen, boxes), truth.expand(len(rows), -1, -1))
 
         top = fits(ranking[: 1 if refine_steps else k], refine_steps)  # refinement is costly: top-1 only
@@ -128,13 +140,19 @@ def evaluate_method(
 
 
 @torch.no_grad()
-def predict_one(sources: SourceTensors, targets: Targets, row: int, modality: str, n_points: int, retrieval, model: JointModel) -> tuple[int, np.ndarray, float]:
+def predict_one(
+    sources: SourceTensors, targets: Targets, row: int, modality: str, n_points: int, retrieval, model: JointModel
+) -> tuple[int, np.ndarray, float]:
     """Top-1 source, its deformed boxes (K, 6) in the target's frame, and the chamfer x100."""
-    target, truth = target_batch(targets, torch.tensor([row]), modality, n_points, 0.0, torch.Generator().manual_seed(0))
+    target, truth = target_batch(
+        targets, torch.tensor([row]), modality, n_points, 0.0, torch.Generator().manual_seed(0)
+    )
     best = int(torch.argmin(retrieval(target, modality)[0]))
     chosen = sources.select(torch.tensor([best]))
     global_code, part_code = model.deformation.encode_sources(chosen)
-    boxes = model.deformation.predict_boxes(chosen, global_code, part_code, model.deformation.encode_target(target, modality))
+    boxes = model.deformation.predict_boxes(
+        chosen, global_code, part_code, model.deformation.encode_target(target, modality)
+    )
     boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
     fit = float(chamfer_distance(deformed_points(chosen, boxes), truth)[0]) * 100
     return best, boxes[0, : int(chosen.part_mask.sum())].numpy(), fit
@@ -174,15 +192,26 @@ def qualitative_figure(
                 continue
             row = int(rng.choice(candidates))
             if modality == "points":
-                target, _ = target_batch(targets, torch.tensor([row]), "points", n_points, 0.0, torch.Generator().manual_seed(0))
+                target, _ = target_batch(
+                    targets, torch.tensor([row]), "points", n_points, 0.0, torch.Generator().manual_seed(0)
+                )
                 panels = [("input: points", q.render_points(target[0].numpy()))]
             else:
                 panels = [("input: image", targets.images[row, 0].permute(1, 2, 0).numpy())]
             for label, (retrieval, model) in methods.items():
                 best, boxes, fit = predict_one(data.sources, targets, row, modality, n_points, retrieval, model)
                 source_row = index_row[data.source_names[best]]
-                panels.append((f"{label}: retrieved", q.render_mesh(*q.boxed_mesh(train_index, source_row, q.normalised_boxes(train_index, source_row)))))
-                panels.append((f"{label}: deformed {fit:.2f}", q.render_mesh(*q.boxed_mesh(train_index, source_row, boxes))))
+                panels.append(
+                    (
+                        f"{label}: retrieved",
+                        q.render_mesh(
+                            *q.boxed_mesh(train_index, source_row, q.normalised_boxes(train_index, source_row))
+                        ),
+                    )
+                )
+                panels.append(
+                    (f"{label}: deformed {fit:.2f}", q.render_mesh(*q.boxed_mesh(train_index, source_row, boxes)))
+                )
             truth = test_index.load_source(test_rows[row])
             lo, hi = truth.points.min(0), truth.points.max(0)
             centre, scale = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
@@ -205,13 +234,24 @@ def joint_retrieval(model: JointModel, sources: SourceTensors):
     return code_retrieval(model, model.retrieval.embed_sources(sources)[0])
 
 
-def mds_model(base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int) -> tuple[JointModel, torch.Tensor]:
+def mds_model(
+    base: TrainConfig, data: TrainingData, modalities: list[str], steps: int, seed: int
+) -> tuple[JointModel, torch.Tensor]:
     """Baseline R trained for ``steps`` (then ``base.image_alignment_steps``
     image-only steps, as the joint methods' image alignment) with ``base``'s
     inputs and schedule: its model and the sources' (S, d) MDS coordinates."""
     with torch.enable_grad():
         return train_mds_retrieval(
-            data.sources, data.train, base.model, modalities, steps, seed=seed, noise=base.noise, partial=base.partial, lr=base.lr, lr_decay=base.lr_decay,
+            data.sources,
+            data.train,
+            base.model,
+            modalities,
+            steps,
+            seed=seed,
+            noise=base.noise,
+            partial=base.partial,
+            lr=base.lr,
+            lr_decay=base.lr_decay,
             image_steps=base.image_alignment_steps,
         )
 
@@ -226,7 +266,9 @@ def recall_at(ranking: np.ndarray, best: np.ndarray, k: int) -> float:
     return float(np.mean([b in r[:k] for r, b in zip(ranking, best)]))
 
 
-def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, warmup: int, steps: int) -> dict[str, JointModel]:
+def train_methods(
+    base: TrainConfig, data: TrainingData, out: Path, seed: int, warmup: int, steps: int
+) -> dict[str, JointModel]:
     """Train DF, Uniform, Ours and DAR with one budget: each module gets
     ``warmup + steps`` updates of its own (retrieval: ``steps``).
 
@@ -241,8 +283,12 @@ def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, w
     """
     if warmup < 1:
         raise ValueError("the evaluation needs warmup >= 1: Uniform and Ours start from the deformation warm-up")
-    run = lambda name, **options: TrainConfig(**{**base.__dict__, "out": str(out / name), "seed": seed, "val_every": 10**9, **options})  # noqa: E731
-    warm = run("warmup", mode="deformation", steps=warmup, image_alignment_steps=0)  # DF resumes it: align only at the end
+    run = lambda name, **options: TrainConfig(
+        **{**base.__dict__, "out": str(out / name), "seed": seed, "val_every": 10**9, **options}
+    )  # noqa: E731
+    warm = run(
+        "warmup", mode="deformation", steps=warmup, image_alignment_steps=0
+    )  # DF resumes it: align only at the end
     train(warm, data)
     df = out / "df" / "last.pt"
     if not df.exists():  # DF resumes the warm-up
@@ -252,19 +298,43 @@ def train_methods(base: TrainConfig, data: TrainingData, out: Path, seed: int, w
     train(run("uniform", sampling="uniform", init=str(out / "warmup" / "last.pt"), warmup=0, steps=2 * steps), data)
     train(run("ours", init=str(out / "warmup" / "last.pt"), warmup=0, steps=2 * steps), data)
     train(run("dar", mode="retrieval", init=str(df), steps=steps), data)
-    return {name: load_checkpoint(out / folder / "last.pt")[0] for name, folder in (("DF", "df"), ("Uniform", "uniform"), ("Ours", "ours"), ("DAR", "dar"))}
+    return {
+        name: load_checkpoint(out / folder / "last.pt")[0]
+        for name, folder in (("DF", "df"), ("Uniform", "uniform"), ("Ours", "ours"), ("DAR", "dar"))
+    }
 
 
 def run(config: EvalConfig) -> dict:
     started = time.time()
-    base = TrainConfig.from_toml(config.train_config, data=config.data, steps=config.steps, warmup=config.warmup, modalities=config.modalities, max_minutes=0)
+    base = TrainConfig.from_toml(
+        config.train_config,
+        data=config.data,
+        steps=config.steps,
+        warmup=config.warmup,
+        modalities=config.modalities,
+        max_minutes=0,
+    )
     dataset = Path(config.data)
-    data = prepare(dataset, base.source_fraction, base.val_fraction, base.model.source_points, base.views if "images" in config.modalities else 0)
-    targets, categories, structures, test_rows = held_out_targets(dataset, base.views if "images" in config.modalities else 0, config.max_targets)
+    data = prepare(
+        dataset,
+        base.source_fraction,
+        base.val_fraction,
+        base.model.source_points,
+        base.views if "images" in config.modalities else 0,
+    )
+    targets, categories, structures, test_rows = held_out_targets(
+        dataset, base.views if "images" in config.modalities else 0, config.max_targets
+    )
     meta = json.loads((dataset / "meta.json").read_text())["shapes"]
     train_structures = {r["structure"] for r in meta if r["split"] == "train"}
     unseen = np.array([s not in train_structures for s in structures])
-    results: dict = {"config": asdict(config), "seeds": {}, "seed_seconds": {}, "categories": categories, "unseen_structure": unseen.tolist()}
+    results: dict = {
+        "config": asdict(config),
+        "seeds": {},
+        "seed_seconds": {},
+        "categories": categories,
+        "unseen_structure": unseen.tolist(),
+    }
     n = base.model.n_points
     for seed in config.seeds:
         out = Path(config.out) / f"seed{seed}"
@@ -278,7 +348,10 @@ def run(config: EvalConfig) -> dict:
         _claim_seed_folder(out, config)
         models = train_methods(base, data, out, seed, config.warmup, config.steps)
         with torch.no_grad():
-            retrievals = {"R": mds_retrieval(base, data, config.modalities, config.warmup + config.steps, seed), **{name: joint_retrieval(models[name], data.sources) for name in ("DAR", "Uniform", "Ours")}}
+            retrievals = {
+                "R": mds_retrieval(base, data, config.modalities, config.warmup + config.steps, seed),
+                **{name: joint_retrieval(models[name], data.sources) for name in ("DAR", "Uniform", "Ours")},
+            }
         methods = {
             "R": (retrievals["R"], None, 0, False),
             "R+DF": (retrievals["R"], models["DF"], 0, False),
@@ -296,16 +369,34 @@ def run(config: EvalConfig) -> dict:
                 if refine and modality != "points":
                     continue
                 scores = evaluate_method(data.sources, targets, modality, n, retrieval, deformation, refine, oracle)
-                seed_results[f"{modality}/{method}"] = {key: value.tolist() for key, value in scores.items() if key != "ranking"}
+                seed_results[f"{modality}/{method}"] = {
+                    key: value.tolist() for key, value in scores.items() if key != "ranking"
+                }
                 if oracle:
-                    seed_results[f"{modality}/{method}"]["recall"] = {str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)}
+                    seed_results[f"{modality}/{method}"]["recall"] = {
+                        str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)
+                    }
         if cached is None:
-            _write_json(out / "results.json", {"key": _seed_key(config), "results": seed_results, "seconds": time.time() - seed_started})
+            _write_json(
+                out / "results.json",
+                {"key": _seed_key(config), "results": seed_results, "seconds": time.time() - seed_started},
+            )
         results["seeds"][str(seed)] = seed_results
         results["seed_seconds"][str(seed)] = _cached_seconds(out / "results.json")
         if seed == config.seeds[0]:
             figure = {"R+DF": (retrievals["R"], models["DF"]), "Ours": (retrievals["Ours"], models["Ours"])}
-            qualitative_figure(Path(config.docs) / "results_examples.png", dataset, data, targets, test_rows, categories, n, figure, config.modalities, seed)
+            qualitative_figure(
+                Path(config.docs) / "results_examples.png",
+                dataset,
+                data,
+                targets,
+                test_rows,
+                categories,
+                n,
+                figure,
+                config.modalities,
+                seed,
+            )
     results["seconds"] = time.time() - started
     Path(config.out).mkdir(parents=True, exist_ok=True)
     _write_json(Path(config.out) / "results.json", results)
@@ -330,7 +421,9 @@ def _claim_seed_folder(out: Path, config: EvalConfig) -> None:
     key = _seed_key(config)
     if marker.is_file():
         if json.loads(marker.read_text()) != key:
-            raise ValueError(f"{out} holds runs of another configuration (see {marker}); move it away or pick another --out")
+            raise ValueError(
+                f"{out} holds runs of another configuration (see {marker}); move it away or pick another --out"
+            )
         return
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"{out} holds runs of unknown configuration; move it away or pick another --out")
@@ -358,15 +451,23 @@ def _write_json(path: Path, value) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="TOML with EvalConfig fields")
     parser.add_argument("--data")
     parser.add_argument("--out")
     parser.add_argument("--docs")
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], help="comma-separated, e.g. 0,1,2 (overrides the config)")
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: [int(s) for s in text.split(",")],
+        help="comma-separated, e.g. 0,1,2 (overrides the config)",
+    )
     args = parser.parse_args(argv)
-    config = EvalConfig.from_toml(args.config, data=args.data, out=args.out, docs=args.docs, steps=args.steps, seeds=args.seeds)
+    config = EvalConfig.from_toml(
+        args.config, data=args.data, out=args.out, docs=args.docs, steps=args.steps, seeds=args.seeds
+    )
     results = run(config)
     print(f"wrote {Path(config.docs) / 'results.md'} in {results['seconds'] / 60:.1f} min")
     return 0

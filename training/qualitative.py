@@ -17,7 +17,16 @@ from backend.render import Camera, project, shade
 
 CAMERA = Camera(azimuth=35, elevation=20)
 PALETTE = np.array(
-    [[0.27, 0.47, 0.67], [0.93, 0.4, 0.47], [0.13, 0.53, 0.2], [0.8, 0.73, 0.27], [0.4, 0.8, 0.93], [0.67, 0.2, 0.47], [0.6, 0.6, 0.6], [0.85, 0.55, 0.2]]
+    [
+        [0.27, 0.47, 0.67],
+        [0.93, 0.4, 0.47],
+        [0.13, 0.53, 0.2],
+        [0.8, 0.73, 0.27],
+        [0.4, 0.8, 0.93],
+        [0.67, 0.2, 0.47],
+        [0.6, 0.6, 0.6],
+        [0.85, 0.55, 0.2],
+    ]
 )
 
 
@@ -91,7 +100,9 @@ def write_figure(path: Path, rows: list[dict], size: int = 160) -> Path:
                 title, image = row["panels"][c]
                 ax.imshow(image)
                 ax.set_title(title, fontsize=7)
-        axes[r, 0].text(-0.08, 0.5, row["label"], transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+        axes[r, 0].text(
+            -0.08, 0.5, row["label"], transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+        )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -21,7 +21,11 @@ def _cell(values: list[float]) -> str:
 
 def summarise(results: dict, key: str, metric: str, mask: np.ndarray) -> list[float]:
     """Per-seed mean of ``metric`` over the targets in ``mask``."""
-    return [float(np.mean(np.asarray(seed[key][metric])[mask])) for seed in results["seeds"].values() if key in seed and metric in seed[key] and mask.any()]
+    return [
+        float(np.mean(np.asarray(seed[key][metric])[mask]))
+        for seed in results["seeds"].values()
+        if key in seed and metric in seed[key] and mask.any()
+    ]
 
 
 def write_report(results: dict, docs: Path) -> Path:
@@ -37,19 +41,36 @@ def write_report(results: dict, docs: Path) -> Path:
         f"wall time per seed (training every method and evaluating it): "
         + ", ".join(f"seed {k}: {v / 60:.0f} min" for k, v in results.get("seed_seconds", {}).items())
         + ". Chamfer distance x10^-2 (squared distances, mean per direction, "
-        "summed) on shapes normalised to a unit box diagonal; held-out test targets; seeds: " + ", ".join(results["seeds"]) + " (mean ± std over seeds).",
+        "summed) on shapes normalised to a unit box diagonal; held-out test targets; seeds: "
+        + ", ".join(results["seeds"])
+        + " (mean ± std over seeds).",
         "",
     ]
     for modality in modalities:
-        lines += [f"## Table 1 ({modality} targets): top-1 retrieved and deformed", "", "| method | " + " | ".join(CATEGORIES) + " | all | best of top-10 (all) |", "|---|" + "---|" * (len(CATEGORIES) + 2)]
+        lines += [
+            f"## Table 1 ({modality} targets): top-1 retrieved and deformed",
+            "",
+            "| method | " + " | ".join(CATEGORIES) + " | all | best of top-10 (all) |",
+            "|---|" + "---|" * (len(CATEGORIES) + 2),
+        ]
         for method in TABLE1:
             key = f"{modality}/{method}"
             if not any(key in seed for seed in results["seeds"].values()):
                 continue
             cells = [_cell(summarise(results, key, "top1", categories == c)) for c in CATEGORIES]
             every = np.ones(len(categories), bool)
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {_cell(summarise(results, key, 'top1', every))} | {_cell(summarise(results, key, 'top10', every))} |")
-        lines += ["", f"## Table 2 ({modality} targets): oracle retrieval (best source after deformation)", "", "| deformation | " + " | ".join(CATEGORIES) + " | recall@1 | recall@5 | recall@10 |", "|---|" + "---|" * (len(CATEGORIES) + 3)]
+            lines.append(
+                f"| {method} | "
+                + " | ".join(cells)
+                + f" | {_cell(summarise(results, key, 'top1', every))} | {_cell(summarise(results, key, 'top10', every))} |"
+            )
+        lines += [
+            "",
+            f"## Table 2 ({modality} targets): oracle retrieval (best source after deformation)",
+            "",
+            "| deformation | " + " | ".join(CATEGORIES) + " | recall@1 | recall@5 | recall@10 |",
+            "|---|" + "---|" * (len(CATEGORIES) + 3),
+        ]
         for method, label in (("DAR+DF", "DF"), ("Uniform", "Uniform"), ("Ours", "Ours")):
             key = f"{modality}/{method}"
             if not any(key in seed for seed in results["seeds"].values()):
@@ -58,13 +79,33 @@ def write_report(results: dict, docs: Path) -> Path:
             recalls = [_cell([seed[key]["recall"][str(k)] for seed in results["seeds"].values()]) for k in (1, 5, 10)]
             lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(recalls) + " |")
         if unseen.any():
-            lines += ["", f"Generalisation ({modality}): {int(unseen.sum())} test targets have a part structure that no training shape has:", ""]
-            lines += [f"- {method}: {_cell(summarise(results, f'{modality}/{method}', 'top1', unseen))} (seen structures: {_cell(summarise(results, f'{modality}/{method}', 'top1', ~unseen))})" for method in ("R+DF", "DAR+DF", "Ours") if any(f"{modality}/{method}" in s for s in results["seeds"].values())]
+            lines += [
+                "",
+                f"Generalisation ({modality}): {int(unseen.sum())} test targets have a part structure that no training shape has:",
+                "",
+            ]
+            lines += [
+                f"- {method}: {_cell(summarise(results, f'{modality}/{method}', 'top1', unseen))} (seen structures: {_cell(summarise(results, f'{modality}/{method}', 'top1', ~unseen))})"
+                for method in ("R+DF", "DAR+DF", "Ours")
+                if any(f"{modality}/{method}" in s for s in results["seeds"].values())
+            ]
         lines.append("")
     lines += verdict(results, modalities, categories)
     if (docs / "results_examples.png").exists():
-        lines += ["## Examples (seed " + next(iter(results["seeds"])) + ")", "", "One test target per category drawn at random; chamfer x10^-2 above each deformed result; parts coloured by index.", "", "![examples](results_examples.png)", ""]
-    lines += ["![points](results_points.png)", "", "![images](results_images.png)" if "images" in modalities else "", ""]
+        lines += [
+            "## Examples (seed " + next(iter(results["seeds"])) + ")",
+            "",
+            "One test target per category drawn at random; chamfer x10^-2 above each deformed result; parts coloured by index.",
+            "",
+            "![examples](results_examples.png)",
+            "",
+        ]
+    lines += [
+        "![points](results_points.png)",
+        "",
+        "![images](results_images.png)" if "images" in modalities else "",
+        "",
+    ]
     notes = Path(config.get("notes") or "")
     if notes.is_file():
         lines += [notes.read_text().rstrip(), ""]
@@ -92,7 +133,10 @@ def verdict(results: dict, modalities: list[str], categories: np.ndarray) -> lis
                     if ours >= other:
                         losses.append(f"{modality}/{name}")
         if total:
-            lines.append(f"- Ours vs {baseline}: lower error in {wins} of {total} columns" + (f" (not in: {', '.join(losses)})" if losses else ""))
+            lines.append(
+                f"- Ours vs {baseline}: lower error in {wins} of {total} columns"
+                + (f" (not in: {', '.join(losses)})" if losses else "")
+            )
     for baseline, key in (("DF", "DAR+DF"), ("Uniform", "Uniform")):
         wins, total = 0, 0
         for modality in modalities:
@@ -101,7 +145,9 @@ def verdict(results: dict, modalities: list[str], categories: np.ndarray) -> lis
                 if np.isfinite(ours) and np.isfinite(other):
                     total, wins = total + 1, wins + (ours < other)
         if total:
-            lines.append(f"- Table 2, Ours' deformation vs {baseline}'s with oracle retrieval: lower error in {wins} of {total} columns")
+            lines.append(
+                f"- Table 2, Ours' deformation vs {baseline}'s with oracle retrieval: lower error in {wins} of {total} columns"
+            )
     return lines + [""]
 
 

@@ -82,7 +82,9 @@ def deform_points(
     return new_boxes[labels, :3] + (np.asarray(points, dtype=np.float64) - boxes[labels, :3]) * ratio[labels]
 
 
-def box_to_transform(box: np.ndarray, new_box: np.ndarray, min_half_size: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def box_to_transform(
+    box: np.ndarray, new_box: np.ndarray, min_half_size: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
     """Object location and scale that realise a part deformation.
 
     With the part's mesh stored relative to its original box centre, an
@@ -96,7 +98,9 @@ def box_to_transform(box: np.ndarray, new_box: np.ndarray, min_half_size: float 
     return new_box[:3].copy(), new_box[3:] / safe_half_sizes(box[3:], min_half_size)
 
 
-def transform_to_box(box: np.ndarray, location: np.ndarray, scale: np.ndarray, min_half_size: float = 1e-6) -> np.ndarray:
+def transform_to_box(
+    box: np.ndarray, location: np.ndarray, scale: np.ndarray, min_half_size: float = 1e-6
+) -> np.ndarray:
     """Inverse of ``box_to_transform``: the deformed box an object transform encodes."""
     box = np.asarray(box, dtype=np.float64)
     half = safe_half_sizes(box[3:], min_half_size) * np.asarray(scale, dtype=np.float64)

@@ -44,10 +44,10 @@ class Contacts:
         return self.point_sums / np.maximum(self.counts, 1)[:, None]
 
     @staticmethod
-    def empty() -> "Contacts":
+    def empty() -> Contacts:
         return Contacts(np.zeros((0, 2), np.int64), np.zeros((0, 3)), np.zeros(0, np.int64))
 
-    def relabel(self, mapping: np.ndarray) -> "Contacts":
+    def relabel(self, mapping: np.ndarray) -> Contacts:
         """Contacts between groups, where ``mapping[i]`` is the group of item i.
 
         Zones between items of the same group disappear; zones between the
@@ -119,7 +119,9 @@ def point_triangle_distance(points: np.ndarray, triangles: np.ndarray) -> np.nda
     return dist.reshape(len(points), len(triangles)).min(axis=1)
 
 
-def points_near_triangles(points: np.ndarray, triangles: np.ndarray, tolerance: float, chunk: int = 1_000_000) -> np.ndarray:
+def points_near_triangles(
+    points: np.ndarray, triangles: np.ndarray, tolerance: float, chunk: int = 1_000_000
+) -> np.ndarray:
     """(M,) mask of the points within ``tolerance`` of any triangle.
 
     The distance to a triangle's bounding box is a cheap lower bound, so the
@@ -271,7 +273,9 @@ def null_space_basis(constraint: np.ndarray, n_params: int, rtol: float = 1e-9) 
     return np.ascontiguousarray(vt[rank:].T)
 
 
-def joint_gaps(boxes: np.ndarray, new_boxes: np.ndarray, pairs: np.ndarray, joint_points: np.ndarray, min_half_size: float) -> np.ndarray:
+def joint_gaps(
+    boxes: np.ndarray, new_boxes: np.ndarray, pairs: np.ndarray, joint_points: np.ndarray, min_half_size: float
+) -> np.ndarray:
     """(J,) distance (metres) between where each joint lands when carried by either part."""
     boxes = np.asarray(boxes, dtype=np.float64)
     new_boxes = np.asarray(new_boxes, dtype=np.float64)

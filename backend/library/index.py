@@ -19,11 +19,11 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from backend import __version__
 from backend.geometry.sampling import seed_from_bytes
@@ -65,7 +65,7 @@ class SourceRecord:
     options: str
 
     @classmethod
-    def from_json(cls, data: dict) -> "SourceRecord":
+    def from_json(cls, data: dict) -> SourceRecord:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
@@ -132,7 +132,13 @@ class LibraryIndex:
             "options": self.manifest["options"],
             "updated": self.manifest.get("updated"),
             "sources": [
-                {"path": s.path, "n_parts": s.n_parts, "n_joints": s.n_joints, "n_pieces": s.n_pieces, "symmetric": s.symmetry_axis >= 0}
+                {
+                    "path": s.path,
+                    "n_parts": s.n_parts,
+                    "n_joints": s.n_joints,
+                    "n_pieces": s.n_pieces,
+                    "symmetric": s.symmetry_axis >= 0,
+                }
                 for s in self.sources
             ],
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
@@ -155,7 +161,9 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LibraryIndexError(f"{path} is not a library index manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise LibraryIndexError(f"{path} has format version {manifest['format_version']}; this backend reads up to {FORMAT_VERSION}")
+        raise LibraryIndexError(
+            f"{path} has format version {manifest['format_version']}; this backend reads up to {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -330,7 +338,12 @@ def build_index(
             except OSError as error:
                 skipped[entry.path] = {"path": entry.path, "reason": f"cannot read: {error}"}
                 continue
-            if old is not None and old["sha256"] == sha and old["options"] == fingerprint and (folder / old["arrays"]).exists():
+            if (
+                old is not None
+                and old["sha256"] == sha
+                and old["options"] == fingerprint
+                and (folder / old["arrays"]).exists()
+            ):
                 rows[entry.path] = {**old, "size": entry.size, "mtime_ns": entry.mtime_ns}
                 report.unchanged.append(entry.path)
                 continue

@@ -91,7 +91,7 @@ class ConfinedResolver(trimesh.resolvers.FilePathResolver):
             raise UnreadableModel(f"asset '{name}' lies outside the library folder")
         return path
 
-    def namespaced(self, namespace: str) -> "ConfinedResolver":
+    def namespaced(self, namespace: str) -> ConfinedResolver:
         return ConfinedResolver(os.path.join(self.parent, namespace, "_"), self.root)
 
 
@@ -195,7 +195,9 @@ def pieces_from_nodes(
     return LoadedModel(names, counts, pieces, "components")
 
 
-def load_model(path: str | os.PathLike, root: str | os.PathLike, up_axis: str = "auto", max_faces: int = 2_000_000) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike, root: str | os.PathLike, up_axis: str = "auto", max_faces: int = 2_000_000
+) -> LoadedModel:
     """Read one mesh file of the library into pieces in the Z-up world frame.
 
     Args:

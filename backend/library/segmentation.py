@@ -49,7 +49,9 @@ class _Groups:
         """Volume the union box of ``a`` with each of ``others`` adds over both boxes."""
         lo = np.minimum(self.lo[a], self.lo[others])
         hi = np.maximum(self.hi[a], self.hi[others])
-        return self.volumes(lo, hi) - self.volumes(self.lo[others], self.hi[others]) - self.volumes(self.lo[a], self.hi[a])
+        return (
+            self.volumes(lo, hi) - self.volumes(self.lo[others], self.hi[others]) - self.volumes(self.lo[a], self.hi[a])
+        )
 
     def gaps(self, a: int, others: np.ndarray) -> np.ndarray:
         """Distance between the box of ``a`` and each of ``others`` (0 if they overlap)."""

@@ -54,7 +54,7 @@ class IndexOptions:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "IndexOptions":
+    def from_json(cls, data: dict) -> IndexOptions:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -126,7 +126,7 @@ class Source:
             np.savez_compressed(handle, **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> "Source":
+    def load(cls, path: Path) -> Source:
         with np.load(path, allow_pickle=False) as data:
             values = {f.name: data[f.name] for f in fields(cls)}
         for key in ("node_names", "piece_names"):
@@ -185,8 +185,13 @@ def build_source(model: LoadedModel, options: IndexOptions, seed: int) -> Source
     # from every sample with probability exp(-4 pi), about 3e-6.
     spacing = 2.0 * np.sqrt(area / options.contact_samples)
     piece_contacts = find_contacts(
-        dense, dense_piece, len(model.pieces), tolerance,
-        triangles=all_vertices[all_faces], triangle_labels=face_piece, spacing=spacing,
+        dense,
+        dense_piece,
+        len(model.pieces),
+        tolerance,
+        triangles=all_vertices[all_faces],
+        triangle_labels=face_piece,
+        spacing=spacing,
     )
 
     piece_boxes = boxes_from_points(all_vertices, vertex_piece, len(model.pieces))

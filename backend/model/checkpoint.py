@@ -15,10 +15,18 @@ FORMAT = "rfit-checkpoint-1"
 
 # Model options added after checkpoints were first written, with the value
 # that reproduces an older checkpoint that does not name them.
-_LEGACY_OPTIONS = {"embedding_radius": 0.0, "sigma_init": 0.02, "sigma_min": 0.0, "sigma_max": 0.0, "shared_point_encoder": False}
+_LEGACY_OPTIONS = {
+    "embedding_radius": 0.0,
+    "sigma_init": 0.02,
+    "sigma_min": 0.0,
+    "sigma_max": 0.0,
+    "shared_point_encoder": False,
+}
 
 
-def save_checkpoint(path: str | os.PathLike, model: JointModel, extra: dict | None = None, state: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike, model: JointModel, extra: dict | None = None, state: dict | None = None
+) -> None:
     """Write atomically: model weights, config, JSON metadata and optional
     training state (optimiser tensors) for resuming."""
     path = Path(path)
@@ -36,7 +44,9 @@ def save_checkpoint(path: str | os.PathLike, model: JointModel, extra: dict | No
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[JointModel, dict, dict | None]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[JointModel, dict, dict | None]:
     """(model in eval mode, metadata, training state or None). Never unpickles objects."""
     payload = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

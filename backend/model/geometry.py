@@ -48,7 +48,9 @@ def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - matched_b).square().sum(-1).mean(1) + (b - matched_a).square().sum(-1).mean(1)
 
 
-def deform_points(points: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, new_boxes: torch.Tensor, min_half: float = 1e-4) -> torch.Tensor:
+def deform_points(
+    points: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, new_boxes: torch.Tensor, min_half: float = 1e-4
+) -> torch.Tensor:
     """Per-part box deformation ``v' = c'_k + (v - c_k) * s'_k / s_k``.
 
     Args:
@@ -103,7 +105,9 @@ def box_symmetry_loss(boxes: torch.Tensor, mirror: torch.Tensor, axis: torch.Ten
     return error.sum(1) / valid.sum(1).clamp_min(1)
 
 
-def project_positive(params: torch.Tensor, basis: torch.Tensor, min_half: torch.Tensor, part_mask: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+def project_positive(
+    params: torch.Tensor, basis: torch.Tensor, min_half: torch.Tensor, part_mask: torch.Tensor, iterations: int = 100
+) -> torch.Tensor:
     """Nearest connectivity-preserving boxes whose half-sizes are at least ``min_half``.
 
     Dykstra's alternating projections between the subspace and the half-size

@@ -157,7 +157,9 @@ class RetrievalModule(nn.Module):
             start = torch.log(torch.expm1(torch.tensor(config.sigma_init)))  # inverse softplus
         nn.init.constant_(self.sigma_head[-1].bias, float(start))
 
-    def forward(self, target: torch.Tensor, modality: str, sources: SourceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, target: torch.Tensor, modality: str, sources: SourceTensors
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Target embeddings (B, E), source embeddings (S, E) and sigma (S,)."""
         return (self.embed_target(target, modality), *self.embed_sources(sources))
 
@@ -200,7 +202,14 @@ class DeformationModule(nn.Module):
         nn.init.zeros_(self.part_mlp[-1].weight)
         nn.init.zeros_(self.part_mlp[-1].bias)
 
-    def forward(self, target: torch.Tensor, modality: str, sources: SourceTensors, pair_source: torch.Tensor, pair_target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        target: torch.Tensor,
+        modality: str,
+        sources: SourceTensors,
+        pair_source: torch.Tensor,
+        pair_target: torch.Tensor,
+    ) -> torch.Tensor:
         """Deformed boxes (P, K, 6) for P pairs of (source row, target row).
 
         Args:
@@ -209,7 +218,9 @@ class DeformationModule(nn.Module):
         """
         target_code = self.encode_target(target, modality)
         global_code, part_code = self.encode_sources(sources)
-        return self.predict_boxes(sources.select(pair_source), global_code[pair_source], part_code[pair_source], target_code[pair_target])
+        return self.predict_boxes(
+            sources.select(pair_source), global_code[pair_source], part_code[pair_source], target_code[pair_target]
+        )
 
     def encode_target(self, target: torch.Tensor, modality: str) -> torch.Tensor:
         return self.points(target) if modality == "points" else self.images(target)

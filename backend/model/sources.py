@@ -42,19 +42,19 @@ class SourceTensors:
     def __len__(self) -> int:
         return self.points.shape[0]
 
-    def select(self, index: torch.Tensor) -> "SourceTensors":
+    def select(self, index: torch.Tensor) -> SourceTensors:
         """Rows ``index`` (any shape of indices flattens to a batch)."""
         flat = index.reshape(-1)
         return SourceTensors(*(getattr(self, f)[flat] for f in self.__dataclass_fields__))
 
-    def first_points(self, count: int) -> "SourceTensors":
+    def first_points(self, count: int) -> SourceTensors:
         """The same sources with only their first ``count`` samples (samples
         are in random order, so these are a uniform subset)."""
         values = {f: getattr(self, f) for f in self.__dataclass_fields__}
         values["points"], values["labels"] = self.points[:, :count], self.labels[:, :count]
         return SourceTensors(**values)
 
-    def to(self, device) -> "SourceTensors":
+    def to(self, device) -> SourceTensors:
         return SourceTensors(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 

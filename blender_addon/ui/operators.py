@@ -108,7 +108,11 @@ class RFIT_OT_index_library(BackendModal, bpy.types.Operator):
 
     def paths(self, context):
         directory = bpy.path.abspath(self.directory or settings(context).library_directory)
-        return directory, (bpy.path.abspath(self.index) if self.index else (index_path(context) if not self.directory else api.default_index(directory)))
+        return directory, (
+            bpy.path.abspath(self.index)
+            if self.index
+            else (index_path(context) if not self.directory else api.default_index(directory))
+        )
 
     @reports_errors
     def execute(self, context):
@@ -146,17 +150,32 @@ class RFIT_OT_retrieve_and_fit(BackendModal, bpy.types.Operator):
 
     def fit_options(self, context):
         s = settings(context)
-        return {"top_k": self.top_k or s.top_k, "refine": self.refine and s.refine, "yaw_search": self.yaw_search or s.yaw_search}
+        return {
+            "top_k": self.top_k or s.top_k,
+            "refine": self.refine and s.refine,
+            "yaw_search": self.yaw_search or s.yaw_search,
+        }
 
     @reports_errors
     def execute(self, context):
         image = bpy.path.abspath(self.image_path) if self.image_path else ""
-        parent = api.retrieve_and_fit(context, index_path(context), obj=None if image else context.active_object, image_path=image, checkpoint=checkpoint(context), **self.fit_options(context))
+        parent = api.retrieve_and_fit(
+            context,
+            index_path(context),
+            obj=None if image else context.active_object,
+            image_path=image,
+            checkpoint=checkpoint(context),
+            **self.fit_options(context),
+        )
         self.after_fit(context, parent)
         return {"FINISHED"}
 
     def invoke(self, context, event):
-        image = bpy.path.abspath(self.image_path or settings(context).image_path) if (self.image_path or settings(context).image_path) else ""
+        image = (
+            bpy.path.abspath(self.image_path or settings(context).image_path)
+            if (self.image_path or settings(context).image_path)
+            else ""
+        )
         index = index_path(context)
         try:
             if not index:
@@ -167,7 +186,16 @@ class RFIT_OT_retrieve_and_fit(BackendModal, bpy.types.Operator):
             return {"CANCELLED"}
         options = self.fit_options(context)
         self._info = {"index": index, "checkpoint": checkpoint(context), "target": target, "options": options}
-        return self.start(context, "fit", arrays, index=index, checkpoint=checkpoint(context) or None, options=options, meshes_for=[0], thumbnails=api.THUMBNAIL_SIZE)
+        return self.start(
+            context,
+            "fit",
+            arrays,
+            index=index,
+            checkpoint=checkpoint(context) or None,
+            options=options,
+            meshes_for=[0],
+            thumbnails=api.THUMBNAIL_SIZE,
+        )
 
     def finish(self, context, message):
         parent = api.build_answer(context, message, self._info)
@@ -231,7 +259,10 @@ class RFIT_OT_refit(bpy.types.Operator):
     @reports_errors
     def execute(self, context):
         outcome = api.refit(context, keep_edited=self.keep_edited)
-        self.report({"INFO"}, f"refitted with {sum(outcome['locked'])} part(s) held; chamfer {outcome['chamfer_x100']:.3f} x1e-2")
+        self.report(
+            {"INFO"},
+            f"refitted with {sum(outcome['locked'])} part(s) held; chamfer {outcome['chamfer_x100']:.3f} x1e-2",
+        )
         return {"FINISHED"}
 
 

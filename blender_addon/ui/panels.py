@@ -29,7 +29,10 @@ class RFIT_PT_main(bpy.types.Panel):
         row = layout.row()
         info = api.backend_info
         if info:
-            row.label(text=f"Backend: {info.get('gpu', info.get('device', '?'))}, torch {info.get('torch', '?')}", icon="CHECKMARK")
+            row.label(
+                text=f"Backend: {info.get('gpu', info.get('device', '?'))}, torch {info.get('torch', '?')}",
+                icon="CHECKMARK",
+            )
         else:
             row.label(text="Backend: not started", icon="QUESTION")
         row.operator("rfit.check_backend", text="", icon="FILE_REFRESH")

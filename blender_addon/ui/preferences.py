@@ -10,7 +10,9 @@ class RFIT_Preferences(bpy.types.AddonPreferences):
         subtype="FILE_PATH",
         description="Python of a virtual environment with torch installed (RFIT_BACKEND_PYTHON overrides it)",
     )
-    checkpoint: StringProperty(name="Model checkpoint", subtype="FILE_PATH", description="Leave empty for the bundled default model")
+    checkpoint: StringProperty(
+        name="Model checkpoint", subtype="FILE_PATH", description="Leave empty for the bundled default model"
+    )
 
     def draw(self, context):
         self.layout.prop(self, "backend_python")

@@ -123,8 +123,14 @@ def joint_gaps(parent):
         boxes, pairs, joints = data["boxes"], data["joint_pairs"], data["joint_points"]
         floor = float(data["min_half_size"])
     objs = sorted(parent.children, key=lambda o: o["rfit_part"])
-    now = np.array([list(o.matrix_world.translation) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs])
-    ends = [now[pairs[:, s], :3] + (joints - boxes[pairs[:, s], :3]) / np.maximum(boxes[pairs[:, s], 3:], floor) * now[pairs[:, s], 3:] for s in (0, 1)]
+    now = np.array(
+        [list(o.matrix_world.translation) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs]
+    )
+    ends = [
+        now[pairs[:, s], :3]
+        + (joints - boxes[pairs[:, s], :3]) / np.maximum(boxes[pairs[:, s], 3:], floor) * now[pairs[:, s], 3:]
+        for s in (0, 1)
+    ]
     return np.linalg.norm(ends[0] - ends[1], axis=1)
 
 

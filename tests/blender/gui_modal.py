@@ -126,27 +126,45 @@ def tick():
             parts[0].scale[2] *= 1.3
             bpy.ops.ed.undo_push(message="scale a part")
             before = [tuple(o.location) for o in parts[1:]]
-            with bpy.context.temp_override(window=window, area=area, region=region, active_object=parts[0], object=parts[0]):
+            with bpy.context.temp_override(
+                window=window, area=area, region=region, active_object=parts[0], object=parts[0]
+            ):
                 assert bpy.ops.rfit.enforce_connectivity(keep_symmetry=False) == {"FINISHED"}
-            parts = sorted(next(o for o in bpy.data.objects if o.get("rfit_result")).children, key=lambda o: o["rfit_part"])
+            parts = sorted(
+                next(o for o in bpy.data.objects if o.get("rfit_result")).children, key=lambda o: o["rfit_part"]
+            )
             facts["keep_connected_moved"] = any(tuple(o.location) != b for o, b in zip(parts[1:], before))
             with bpy.context.temp_override(window=window, area=area, region=region):
                 bpy.ops.ed.undo()
-            parts = sorted(next(o for o in bpy.data.objects if o.get("rfit_result")).children, key=lambda o: o["rfit_part"])
-            facts["undo_restored_parts"] = all(all(abs(x - y) < 1e-6 for x, y in zip(o.location, b)) for o, b in zip(parts[1:], before))
+            parts = sorted(
+                next(o for o in bpy.data.objects if o.get("rfit_result")).children, key=lambda o: o["rfit_part"]
+            )
+            facts["undo_restored_parts"] = all(
+                all(abs(x - y) < 1e-6 for x, y in zip(o.location, b)) for o, b in zip(parts[1:], before)
+            )
             # Undo back past the fit: the whole fit goes, in one step, and the scan stays.
             undos = 0
             while any(o.get("rfit_result") for o in bpy.data.objects) and undos < 5:
                 with bpy.context.temp_override(window=window, area=area, region=region):
                     bpy.ops.ed.undo()
                 undos += 1
-                leftovers = [o.name for o in bpy.data.objects if "rfit_part" in o and not any(p.get("rfit_result") for p in bpy.data.objects)]
+                leftovers = [
+                    o.name
+                    for o in bpy.data.objects
+                    if "rfit_part" in o and not any(p.get("rfit_result") for p in bpy.data.objects)
+                ]
                 assert not leftovers, leftovers  # never a half-removed fit
             facts["undos_to_remove_fit"] = undos
             facts["after_undo"] = sum(1 for o in bpy.data.objects if o.get("rfit_result") or "rfit_part" in o)
             facts["scan_after_undo"] = "scan" in bpy.data.objects
             bpy.ops.preferences.addon_disable(module="rfit")
-            finish(facts["screenshot"] and facts["parts"] >= 2 and facts["after_undo"] == 0 and facts["scan_after_undo"] and facts["undo_restored_parts"])
+            finish(
+                facts["screenshot"]
+                and facts["parts"] >= 2
+                and facts["after_undo"] == 0
+                and facts["scan_after_undo"]
+                and facts["undo_restored_parts"]
+            )
     except Exception:
         facts["error"] = traceback.format_exc()
         finish(False)

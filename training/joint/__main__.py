@@ -9,7 +9,9 @@ from training.joint.train import TrainConfig, train
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.joint", description="Joint retrieval and deformation training.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.joint", description="Joint retrieval and deformation training."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("train", help="train or resume (runs under torchrun too)")
     run.add_argument("--config", default="training/configs/default.toml")

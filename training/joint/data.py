@@ -64,7 +64,13 @@ def _images(folder: Path, name: str, views: int) -> np.ndarray | None:
 
 
 def prepare(
-    dataset: Path, source_fraction: float = 0.35, val_fraction: float = 0.1, source_points: int = 512, views: int = 0, jobs: int = 2, build: bool = True
+    dataset: Path,
+    source_fraction: float = 0.35,
+    val_fraction: float = 0.1,
+    source_points: int = 512,
+    views: int = 0,
+    jobs: int = 2,
+    build: bool = True,
 ) -> TrainingData:
     """Index ``dataset/train`` (incrementally, unless ``build`` is false) and
     split it into sources and targets."""

@@ -25,7 +25,9 @@ def sample_candidates(logits: torch.Tensor, k: int, generator: torch.Generator |
     return torch.topk(logits - torch.log(-torch.log(uniform)), k, dim=-1).indices
 
 
-def embedding_loss(retrieval_distance: torch.Tensor, fit: torch.Tensor, sigma: torch.Tensor, sigma0: float) -> torch.Tensor:
+def embedding_loss(
+    retrieval_distance: torch.Tensor, fit: torch.Tensor, sigma: torch.Tensor, sigma0: float
+) -> torch.Tensor:
     """L_emb (Eq. 2): ``sum_k |p(s_k; d_R, sigma0) - p(s_k; d_fit, sigma_k)|``, batch mean.
 
     Gradient reaches the retrieval space through d_R and the learned
@@ -49,7 +51,9 @@ def cross_modal_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tens
     return (student - teacher).square().sum(-1).mean() / teacher.square().sum(-1).mean().clamp_min(1e-8)
 
 
-def ranking_alignment_loss(student: torch.Tensor, teacher: torch.Tensor, sources: torch.Tensor, sigma0: float) -> torch.Tensor:
+def ranking_alignment_loss(
+    student: torch.Tensor, teacher: torch.Tensor, sources: torch.Tensor, sigma0: float
+) -> torch.Tensor:
     """KL(P_R(teacher) || P_R(student)) over *all* sources, batch mean: the
     image code (B, E) should rank the sources (S, E) as the fixed point code
     (B, E) of the same shape does, with P_R's own scale ``sigma0``.

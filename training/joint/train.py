@@ -28,7 +28,14 @@ from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalis
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
 from training.joint.data import Targets, TrainingData, prepare
-from training.joint.objectives import cross_modal_loss, deformation_loss, embedding_loss, ranking_alignment_loss, sample_candidates, soft_probabilities
+from training.joint.objectives import (
+    cross_modal_loss,
+    deformation_loss,
+    embedding_loss,
+    ranking_alignment_loss,
+    sample_candidates,
+    soft_probabilities,
+)
 
 
 @dataclass
@@ -71,7 +78,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike, **overrides) -> "TrainConfig":
+    def from_toml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
         data = tomllib.loads(Path(path).read_text()) if path else {}
         data.update({k: v for k, v in overrides.items() if v is not None})
         model = ModelConfig(**data.pop("model", {}))
@@ -93,7 +100,9 @@ def device_for_rank() -> torch.device:
     return torch.device("cpu")
 
 
-def visible_from(points: torch.Tensor, direction: torch.Tensor, grid: int = 40, tolerance: float = 0.02) -> torch.Tensor:
+def visible_from(
+    points: torch.Tensor, direction: torch.Tensor, grid: int = 40, tolerance: float = 0.02
+) -> torch.Tensor:
     """(B, N) mask of points a viewer looking along ``-direction`` sees.
 
     A point z-buffer: points are binned on a ``grid`` x ``grid`` image plane
@@ -118,7 +127,13 @@ def visible_from(points: torch.Tensor, direction: torch.Tensor, grid: int = 40, 
 
 
 def target_batch(
-    targets: Targets, rows: torch.Tensor, modality: str, n_points: int, noise: float, generator: torch.Generator, partial: float = 0.0
+    targets: Targets,
+    rows: torch.Tensor,
+    modality: str,
+    n_points: int,
+    noise: float,
+    generator: torch.Generator,
+    partial: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Network input and true shape (B, n_points, 3), in the input's normalised frame.
 
@@ -137,7 +152,14 @@ def target_batch(
         if scans.any():
             azimuth = torch.rand(len(rows), generator=generator) * 2 * math.pi
             elevation = torch.rand(len(rows), generator=generator) * math.radians(45)
-            direction = torch.stack([torch.sin(azimuth) * torch.cos(elevation), -torch.cos(azimuth) * torch.cos(elevation), torch.sin(elevation)], dim=-1)
+            direction = torch.stack(
+                [
+                    torch.sin(azimuth) * torch.cos(elevation),
+                    -torch.cos(azimuth) * torch.cos(elevation),
+                    torch.sin(elevation),
+                ],
+                dim=-1,
+            )
             visible = visible_from(clean, direction)
             weights = visible.float() + 1e-6  # draw from the visible points
             picked = torch.multinomial(weights, n_points, replacement=True, generator=generator)
@@ -152,7 +174,9 @@ def target_batch(
     return targets.images[rows, view].float() / 255.0, truth
 
 
-def fit_pairs(model: JointModel, deformation, target, modality, sources: SourceTensors, pair_source, pair_target, truth):
+def fit_pairs(
+    model: JointModel, deformation, target, modality, sources: SourceTensors, pair_source, pair_target, truth
+):
     """Deformed boxes, chamfer to the true shape and symmetry error of each pair."""
     boxes = deformation(target, modality, sources, pair_source, pair_target)
     chosen = sources.select(pair_source)
@@ -163,7 +187,15 @@ def fit_pairs(model: JointModel, deformation, target, modality, sources: SourceT
 
 
 @torch.no_grad()
-def oracle_chamfer(model: JointModel, sources: SourceTensors, targets: Targets, modality: str, n_points: int, seed: int = 0, reduce: str = "min") -> float:
+def oracle_chamfer(
+    model: JointModel,
+    sources: SourceTensors,
+    targets: Targets,
+    modality: str,
+    n_points: int,
+    seed: int = 0,
+    reduce: str = "min",
+) -> float:
     """Mean over targets of the best deformed fit over *all* sources, x 100
     (oracle retrieval: the deformation module's own quality, Table 2);
     ``reduce="mean"`` averages over sources instead (the warm-up objective)."""
@@ -182,7 +214,15 @@ def oracle_chamfer(model: JointModel, sources: SourceTensors, targets: Targets, 
 
 
 @torch.no_grad()
-def evaluate(model: JointModel, sources: SourceTensors, targets: Targets, modality: str, n_points: int, batch: int = 32, seed: int = 0) -> dict:
+def evaluate(
+    model: JointModel,
+    sources: SourceTensors,
+    targets: Targets,
+    modality: str,
+    n_points: int,
+    batch: int = 32,
+    seed: int = 0,
+) -> dict:
     """Top-1 retrieval then deformation on every target: mean chamfer x 100.
 
     Also reports the retrieved source before deforming
@@ -200,11 +240,16 @@ def evaluate(model: JointModel, sources: SourceTensors, targets: Targets, modali
         target, truth = target.to(device), truth.to(device)
         best = torch.cdist(model.retrieval.embed_target(target, modality), embeddings).argmin(dim=1)
         chosen = sources.select(best)
-        boxes = model.deformation.predict_boxes(chosen, global_code[best], part_code[best], model.deformation.encode_target(target, modality))
+        boxes = model.deformation.predict_boxes(
+            chosen, global_code[best], part_code[best], model.deformation.encode_target(target, modality)
+        )
         fits.append(chamfer_distance(deformed_points(chosen, boxes), truth))
         raw.append(chamfer_distance(chosen.points, truth))
     model.train()
-    return {"chamfer_x100": float(torch.cat(fits).mean()) * 100, "retrieved_undeformed_x100": float(torch.cat(raw).mean()) * 100}
+    return {
+        "chamfer_x100": float(torch.cat(fits).mean()) * 100,
+        "retrieved_undeformed_x100": float(torch.cat(raw).mean()) * 100,
+    }
 
 
 class Logger:
@@ -257,11 +302,20 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
     if data is None:
         views = config.views if "images" in config.modalities else 0
         if rank == 0:  # one process indexes; the others read the index it wrote
-            data = prepare(Path(config.data), config.source_fraction, config.val_fraction, config.model.source_points, views)
+            data = prepare(
+                Path(config.data), config.source_fraction, config.val_fraction, config.model.source_points, views
+            )
         if distributed:
             dist.barrier()
         if rank != 0:
-            data = prepare(Path(config.data), config.source_fraction, config.val_fraction, config.model.source_points, views, build=False)
+            data = prepare(
+                Path(config.data),
+                config.source_fraction,
+                config.val_fraction,
+                config.model.source_points,
+                views,
+                build=False,
+            )
     modalities = [m for m in config.modalities if m == "points" or data.train.images is not None]
     sources = data.sources.to(device)
     model = JointModel(config.model).to(device)
@@ -295,11 +349,15 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
     for step in range(start, config.steps):
         modality = modalities[(step // 2) % len(modalities)]
         rows = torch.randint(len(data.train), (config.batch,), generator=generator)
-        target, truth = target_batch(data.train, rows, modality, config.model.n_points, config.noise, generator, config.partial)
+        target, truth = target_batch(
+            data.train, rows, modality, config.model.n_points, config.noise, generator, config.partial
+        )
         target, truth = target.to(device), truth.to(device)
         warm = config.mode == "deformation" or (config.mode == "joint" and step < config.warmup)
         if warm or config.sampling == "uniform":
-            candidates = torch.stack([torch.randperm(len(sources), generator=generator)[:k] for _ in range(config.batch)]).to(device)
+            candidates = torch.stack(
+                [torch.randperm(len(sources), generator=generator)[:k] for _ in range(config.batch)]
+            ).to(device)
         else:
             if cache is None or step % config.refresh_every == 0:
                 with torch.no_grad():
@@ -312,24 +370,40 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         pair_source = inverse.reshape(-1)
         pair_target = torch.arange(config.batch, device=device).repeat_interleave(k)
         update_retrieval = config.mode == "retrieval" or (not warm and step % 2 == 1)
-        record = {"step": step, "modality": modality, "phase": "warmup" if warm else ("retrieval" if update_retrieval else "deformation")}
+        record = {
+            "step": step,
+            "modality": modality,
+            "phase": "warmup" if warm else ("retrieval" if update_retrieval else "deformation"),
+        }
         for optimiser, rate in ((optim_r, config.lr_retrieval or config.lr), (optim_d, config.lr)):
             for group in optimiser.param_groups:
                 group["lr"] = rate * learning_rate_factor(step, config.steps, config.lr_decay)
         if update_retrieval:
             with torch.no_grad():
-                _, fit, _, _ = fit_pairs(model, model.deformation, target, modality, subset, pair_source, pair_target, truth)
+                _, fit, _, _ = fit_pairs(
+                    model, model.deformation, target, modality, subset, pair_source, pair_target, truth
+                )
             e_t, e_s, sigma = retrieval(target, modality, subset)
             distance = (e_t[pair_target] - e_s[pair_source]).norm(dim=-1).view(config.batch, k)
-            loss = embedding_loss(distance, fit.view(config.batch, k), sigma[pair_source].view(config.batch, k), config.sigma0)
+            loss = embedding_loss(
+                distance, fit.view(config.batch, k), sigma[pair_source].view(config.batch, k), config.sigma0
+            )
             optim_r.zero_grad(set_to_none=True)
             loss.backward()
             optim_r.step()
             with torch.no_grad():  # how peaked the two distributions are (1/K: uniform, 1: one-hot)
                 peak_r = soft_probabilities(distance, config.sigma0).max(-1).values.mean()
-                peak_fit = soft_probabilities(fit.view(config.batch, k), sigma[pair_source].view(config.batch, k)).max(-1).values.mean()
+                peak_fit = (
+                    soft_probabilities(fit.view(config.batch, k), sigma[pair_source].view(config.batch, k))
+                    .max(-1)
+                    .values.mean()
+                )
             record.update(
-                loss_emb=float(loss.detach()), sigma=float(sigma.detach().mean()), distance=float(distance.detach().mean()), peak_r=float(peak_r), peak_fit=float(peak_fit)
+                loss_emb=float(loss.detach()),
+                sigma=float(sigma.detach().mean()),
+                distance=float(distance.detach().mean()),
+                peak_r=float(peak_r),
+                peak_fit=float(peak_fit),
             )
         else:
             if warm or config.sampling == "uniform":
@@ -339,7 +413,9 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
                     e_t, e_s, _ = model.retrieval(target, modality, subset)
                     distance = (e_t[pair_target] - e_s[pair_source]).norm(dim=-1).view(config.batch, k)
                     weights = soft_probabilities(distance, config.sigma0)
-            _, fit, symmetry, shortfall = fit_pairs(model, deformation, target, modality, subset, pair_source, pair_target, truth)
+            _, fit, symmetry, shortfall = fit_pairs(
+                model, deformation, target, modality, subset, pair_source, pair_target, truth
+            )
             loss = deformation_loss(weights, fit.view(config.batch, k))
             loss = loss + config.symmetry_weight * (weights.reshape(-1) * symmetry).sum() / config.batch
             loss = loss + config.positivity_weight * shortfall.mean()
@@ -358,25 +434,69 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         if rank == 0 and ((step + 1) % config.val_every == 0 or last_step) and len(data.val):
             scores = {m: evaluate(model, sources, data.val, m, config.model.n_points) for m in modalities}
             score = float(np.mean([s["chamfer_x100"] for s in scores.values()]))
-            logger.step(step, {"step": step, "phase": "validation", "score": score, **{f"val_{m}": s["chamfer_x100"] for m, s in scores.items()}}, every=1)
+            logger.step(
+                step,
+                {
+                    "step": step,
+                    "phase": "validation",
+                    "score": score,
+                    **{f"val_{m}": s["chamfer_x100"] for m, s in scores.items()},
+                },
+                every=1,
+            )
             if score < best:
                 best = score
-                save_checkpoint(out / "best.pt", model, {"step": step, "score": score, "validation": scores, "config": config.to_json()})
+                save_checkpoint(
+                    out / "best.pt",
+                    model,
+                    {"step": step, "score": score, "validation": scores, "config": config.to_json()},
+                )
         if rank == 0 and ((step + 1) % config.save_every == 0 or last_step):
             state = {"optim_r": optim_r.state_dict(), "optim_d": optim_d.state_dict()}
             save_checkpoint(last, model, {"step": step, "best": best, "config": config.to_json()}, state)
         if out_of_time:
             break
-    stopped_early = start < config.steps and step < config.steps - 1  # the wall-time limit: align once the main steps are done
-    if "images" in modalities and config.image_alignment_steps > 0 and not stopped_early and max(start, config.steps) < config.steps + config.image_alignment_steps:
-        align_images(model, retrieval, deformation, data.train, sources, config, max(start, config.steps), generator, logger, rank == 0, distributed)
+    stopped_early = (
+        start < config.steps and step < config.steps - 1
+    )  # the wall-time limit: align once the main steps are done
+    if (
+        "images" in modalities
+        and config.image_alignment_steps > 0
+        and not stopped_early
+        and max(start, config.steps) < config.steps + config.image_alignment_steps
+    ):
+        align_images(
+            model,
+            retrieval,
+            deformation,
+            data.train,
+            sources,
+            config,
+            max(start, config.steps),
+            generator,
+            logger,
+            rank == 0,
+            distributed,
+        )
     logger.close()
     if distributed:
         dist.barrier()
     return out / "best.pt"
 
 
-def align_images(model: JointModel, retrieval, deformation, targets: Targets, sources: SourceTensors, config: TrainConfig, start: int, generator: torch.Generator, logger, main_process: bool, distributed: bool) -> None:
+def align_images(
+    model: JointModel,
+    retrieval,
+    deformation,
+    targets: Targets,
+    sources: SourceTensors,
+    config: TrainConfig,
+    start: int,
+    generator: torch.Generator,
+    logger,
+    main_process: bool,
+    distributed: bool,
+) -> None:
     """Image alignment, steps ``steps`` .. ``steps + image_alignment_steps``:
     each module's image encoder regresses, for a random view of a training
     shape, the code its point encoder gives that shape's clean points (the
@@ -396,7 +516,11 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, so
     modules = {"d": (model.deformation.encode_target, model.deformation.images, None)}
     if config.mode != "deformation":
         with torch.no_grad():
-            modules["r"] = (model.retrieval.embed_target, model.retrieval.images, model.retrieval.embed_sources(sources)[0])
+            modules["r"] = (
+                model.retrieval.embed_target,
+                model.retrieval.images,
+                model.retrieval.embed_sources(sources)[0],
+            )
     parameters = [p for _, encoder, _ in modules.values() for p in encoder.parameters()]
     optimiser = torch.optim.Adam(parameters, lr=config.lr)
     device = parameters[0].device
@@ -412,7 +536,9 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, so
     with quiet:
         for step in range(start, end):
             for group in optimiser.param_groups:
-                group["lr"] = config.lr * learning_rate_factor(step - config.steps, config.image_alignment_steps, config.lr_decay)
+                group["lr"] = config.lr * learning_rate_factor(
+                    step - config.steps, config.image_alignment_steps, config.lr_decay
+                )
             rows = torch.randint(len(targets), (config.batch,), generator=generator)
             images, clean = target_batch(targets, rows, "images", config.model.n_points, 0.0, generator)
             images, clean = images.to(device), clean.to(device)
@@ -432,7 +558,12 @@ def align_images(model: JointModel, retrieval, deformation, targets: Targets, so
                     dist.all_reduce(parameter.grad)
                     parameter.grad /= world
             optimiser.step()
-            record = {"step": step, "modality": "images", "phase": "alignment", **{k: float(v.detach()) for k, v in losses.items()}}
+            record = {
+                "step": step,
+                "modality": "images",
+                "phase": "alignment",
+                **{k: float(v.detach()) for k, v in losses.items()},
+            }
             logger.step(step, record)
             if main_process and ((step + 1) % config.save_every == 0 or step == end - 1):
                 save_checkpoint(out / "last.pt", model, {"step": step, "best": math.inf, "config": config.to_json()})

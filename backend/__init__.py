@@ -1,7 +1,7 @@
 """Retrieve-and-fit backend: library indexing, retrieval and part-wise deformation.
 
 This package never imports ``bpy``; the Blender add-on talks to it through a
-small protocol module (see ``backend.protocol`` once it exists).
+small protocol module, ``backend.protocol``.
 """
 
 from pathlib import Path

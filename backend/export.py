@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from backend.geometry.frames import Z_UP_TO_Y_UP, rotation_z
 from backend.library.index import LibraryIndex
 from backend.library.loading import load_model
 from backend.library.partnet import load_partnet
@@ -20,7 +21,6 @@ from backend.library.scanning import PARTNET
 from backend.library.source import Source
 
 # Blender (Z up) -> glTF (Y up), as Blender's glTF exporter.
-Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
 
 
 def part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
@@ -68,13 +68,6 @@ def part_colours(index: LibraryIndex, row: int) -> list[np.ndarray | None]:
     return [colour for _, colour in best]
 
 
-def _rotation_z(angle: float) -> np.ndarray:
-    matrix = np.eye(4)
-    c, s = np.cos(angle), np.sin(angle)
-    matrix[:2, :2] = [[c, -s], [s, c]]
-    return matrix
-
-
 def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
     """Write ``candidate`` (a ``backend.fitting.Candidate``) as a .glb."""
     path = Path(path)
@@ -82,9 +75,9 @@ def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
     scene = trimesh.Scene()
     root = np.eye(4)
     root[:3, 3] = candidate.pivot
-    root = root @ _rotation_z(candidate.yaw)
+    root[:3, :3] = root[:3, :3] @ rotation_z(candidate.yaw)
     scene.graph.update(frame_from=scene.graph.base_frame, frame_to="fit", matrix=Z_UP_TO_Y_UP @ root @ Z_UP_TO_Y_UP.T)
-    unturn = _rotation_z(-candidate.yaw)[:3, :3]
+    unturn = rotation_z(-candidate.yaw)
     colours = part_colours(index, candidate.source_index)
     for k, (mesh, source_box, fitted_box) in enumerate(zip(meshes, candidate.source_boxes, candidate.fitted_boxes)):
         local = mesh.copy()
@@ -116,7 +109,7 @@ def render_thumbnail(index: LibraryIndex, candidate, size: int = 96) -> np.ndarr
 
     meshes = part_meshes(index, candidate.source_index)
     colours = part_colours(index, candidate.source_index)
-    unturn = _rotation_z(-candidate.yaw)[:3, :3]
+    unturn = rotation_z(-candidate.yaw)
     vertices, faces, face_colours, offset = [], [], [], 0
     for mesh, colour, source_box, fitted_box in zip(meshes, colours, candidate.source_boxes, candidate.fitted_boxes):
         centre = unturn @ (fitted_box[:3] - candidate.pivot)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from backend import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported)
+from backend.geometry.frames import rotation_z
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
@@ -173,11 +174,6 @@ def image_tensor(image, size: int) -> torch.Tensor:
     )
 
 
-def _rotation_z(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def refine_boxes(
     chosen: SourceTensors,
     boxes: torch.Tensor,
@@ -312,7 +308,7 @@ class Fitter:
         for turn in range(max(1, options.yaw_search)):
             yaw = 2 * np.pi * turn / max(1, options.yaw_search)
             # Turning the target by -yaw, fitting, then turning the fit by +yaw.
-            turned = (cloud - pivot) @ _rotation_z(-yaw).T + pivot
+            turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
             target = torch.from_numpy(turned).float().unsqueeze(0).to(self.device)
             centre, diagonal = normalisation(target)
             normalised = (target - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
@@ -404,7 +400,7 @@ class Fitter:
         started = time.perf_counter()
         cloud, notes = clean_points(points, self.model.config.n_points)
         pivot = (cloud.min(axis=0) + cloud.max(axis=0)) / 2
-        turned = (cloud - pivot) @ _rotation_z(-yaw).T + pivot
+        turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
         target = torch.from_numpy(turned).float().unsqueeze(0).to(self.device)
         centre, diagonal = normalisation(target)
         target = (target - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
@@ -412,7 +408,7 @@ class Fitter:
         k = self.index.sources[source_index].n_parts
         if boxes.shape != (k, 6) or np.shape(locked) != (k,):
             raise FitError(f"source {source_index} has {k} parts: boxes must be {k} x 6 and locked {k} long")
-        unturned = (boxes[:, :3] - pivot) @ _rotation_z(yaw) + pivot  # R^T applied to rows
+        unturned = (boxes[:, :3] - pivot) @ rotation_z(yaw) + pivot  # R^T applied to rows
         padded = self.sources.boxes[source_index].clone().double().cpu().numpy()
         padded[:k, :3] = (unturned - centre[0].cpu().numpy()) / float(diagonal)
         padded[:k, 3:] = boxes[:, 3:] / float(diagonal)
@@ -445,7 +441,7 @@ class Fitter:
         self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement
     ) -> list[Candidate]:
         out = []
-        rotation = _rotation_z(yaw)
+        rotation = rotation_z(yaw)
         for rank, row in enumerate(order.tolist()):
             record = self.index.sources[row]
             k = record.n_parts

@@ -30,6 +30,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+# The frame convention of the boxes on the wire; the add-on reads it from here.
+from .geometry.frames import rotation_z  # noqa: F401
+
 PROTOCOL_VERSION = 1
 MAGIC = b"RFIT"
 MAX_HEADER_BYTES = 16 << 20

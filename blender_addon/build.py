@@ -11,16 +11,13 @@ import json
 
 import numpy as np
 
+from .protocol import rotation_z
+
 PROP_PREFIX = "rfit_"
 
 
 def _safe_ratio(fitted: np.ndarray, original: np.ndarray) -> np.ndarray:
     return np.where(original > 1e-9, fitted / np.maximum(original, 1e-9), 1.0)
-
-
-def _rotation_z(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
 def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: str, info: dict):
@@ -51,7 +48,7 @@ def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: s
     parent[PROP_PREFIX + "rank"] = int(candidate["rank"])
     parent[PROP_PREFIX + "info"] = json.dumps(info)
     collection.objects.link(parent)
-    unturn = _rotation_z(-yaw)
+    unturn = rotation_z(-yaw)
     for part in candidate["parts"]:
         k = part["index"]
         source_box = np.asarray(part["source_box"], dtype=np.float64)
@@ -106,7 +103,7 @@ def current_boxes(parent) -> tuple[np.ndarray, np.ndarray]:
     backend reports them, and (K,) whether a part carries a rotation (which
     the deformation model cannot express)."""
     pivot = np.array(parent.location, dtype=np.float64)
-    turn = _rotation_z(float(parent.rotation_euler[2]))
+    turn = rotation_z(float(parent.rotation_euler[2]))
     boxes, rotated = [], []
     for obj in part_objects(parent):
         source_box = np.asarray(obj[PROP_PREFIX + "source_box"], dtype=np.float64)
@@ -120,7 +117,7 @@ def current_boxes(parent) -> tuple[np.ndarray, np.ndarray]:
 def apply_boxes(parent, boxes: np.ndarray) -> None:
     """Set the part objects' transforms to ``boxes`` (fit frame)."""
     pivot = np.array(parent.location, dtype=np.float64)
-    unturn = _rotation_z(-float(parent.rotation_euler[2]))
+    unturn = rotation_z(-float(parent.rotation_euler[2]))
     for obj, box in zip(part_objects(parent), boxes):
         source_box = np.asarray(obj[PROP_PREFIX + "source_box"], dtype=np.float64)
         obj.location = unturn @ (box[:3] - pivot)

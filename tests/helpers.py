@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import trimesh
 
+from backend.geometry.frames import Z_UP_TO_Y_UP  # noqa: F401  (re-exported for the tests)
+
 # glTF and OBJ are Y-up on disk: rotate Z-up geometry so it reads back Z-up.
-Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
 
 
 def box(size, centre) -> trimesh.Trimesh:

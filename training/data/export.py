@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from backend.geometry.frames import Z_UP_TO_Y_UP
 from training.data.furniture import Furniture
 
 # Blender's glTF exporter: Z-up world (x, y, z) -> glTF Y-up (x, z, -y).
-Z_UP_TO_Y_UP = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
 
 
 def to_scene(shape: Furniture, colours: np.ndarray | None = None) -> trimesh.Scene:

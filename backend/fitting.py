@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,14 @@ MIN_POINTS = 64
 RERANK_POINTS = 512
 MEASURE_POINTS = 1024
 CACHE_VERSION = 1
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, text)``: called between stages of a long call; raising inside it cancels the call."""
+
+
+def _report(progress: Progress | None, done: int, total: int, text: str) -> None:
+    if progress is not None:
+        progress(done, total, text)
 
 
 class FitError(ValueError):
@@ -298,14 +307,18 @@ class Fitter:
         return {k: torch.cat(v) for k, v in out.items()}
 
     # -- fitting ----------------------------------------------------------------------------
-    def fit_points(self, points, options: FitOptions = FitOptions()) -> FitResult:
-        """Fit an (N, 3) point cloud in world coordinates (Z up, metres)."""
+    def fit_points(self, points, options: FitOptions = FitOptions(), progress: Progress | None = None) -> FitResult:
+        """Fit an (N, 3) point cloud in world coordinates (Z up, metres).
+
+        ``progress(done, total, text)`` is called between stages; an exception raised in it propagates."""
         started = time.perf_counter()
         cloud, notes = clean_points(points, self.model.config.n_points)
         lo, hi = cloud.min(axis=0), cloud.max(axis=0)
         pivot = (lo + hi) / 2
         best: list[Candidate] | None = None
-        for turn in range(max(1, options.yaw_search)):
+        turns = max(1, options.yaw_search)
+        for turn in range(turns):
+            _report(progress, turn, turns, f"fitting heading {turn + 1} of {turns}")
             yaw = 2 * np.pi * turn / max(1, options.yaw_search)
             # Turning the target by -yaw, fitting, then turning the fit by +yaw.
             turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
@@ -315,15 +328,21 @@ class Fitter:
             candidates = self._fit(normalised, "points", options, centre[0].cpu().numpy(), float(diagonal), yaw, pivot)
             if best is None or candidates[0].measured_chamfer < best[0].measured_chamfer:
                 best = candidates
+        _report(progress, turns, turns, "fitted")
         return FitResult("points", best, notes, time.perf_counter() - started)
 
     def fit_image(
-        self, image, options: FitOptions = FitOptions(), placement: tuple[np.ndarray, float] | None = None
+        self,
+        image,
+        options: FitOptions = FitOptions(),
+        placement: tuple[np.ndarray, float] | None = None,
+        progress: Progress | None = None,
     ) -> FitResult:
         """Fit an (H, W, 3|4) image. The result is placed at ``placement``
         (centre in metres, box diagonal in metres); by default the retrieved
-        source's own size, resting on z = 0 at the origin."""
+        source's own size, resting on z = 0 at the origin. ``progress`` as in ``fit_points``."""
         started = time.perf_counter()
+        _report(progress, 0, 1, "fitting the image")
         target = image_tensor(image, self.model.config.image_size).to(self.device)
         candidates = self._fit(
             target,
@@ -336,6 +355,7 @@ class Fitter:
             placement,
         )
         notes = ["refinement needs a point cloud target; skipped for an image"] if options.refine else []
+        _report(progress, 1, 1, "fitted")
         return FitResult("images", candidates, notes, time.perf_counter() - started)
 
     @torch.no_grad()
@@ -393,11 +413,14 @@ class Fitter:
         locked: np.ndarray,
         yaw: float = 0.0,
         options: FitOptions = FitOptions(),
+        progress: Progress | None = None,
     ) -> FitResult:
         """Refine an existing fit of source ``source_index`` to the target
         ``points`` with the ``locked`` (K,) parts held at ``boxes`` (K, 6), the
-        fit's boxes as ``Candidate.fitted_boxes`` gives them (user-edited)."""
+        fit's boxes as ``Candidate.fitted_boxes`` gives them (user-edited).
+        ``progress`` as in ``fit_points``."""
         started = time.perf_counter()
+        _report(progress, 0, 1, "refining the fit")
         cloud, notes = clean_points(points, self.model.config.n_points)
         pivot = (cloud.min(axis=0) + cloud.max(axis=0)) / 2
         turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
@@ -435,6 +458,7 @@ class Fitter:
             pivot,
             None,
         )
+        _report(progress, 1, 1, "refined")
         return FitResult("points", candidates, notes, time.perf_counter() - started)
 
     def _candidates(

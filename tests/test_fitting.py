@@ -233,3 +233,31 @@ def test_refit_keeps_edited_parts_and_improves_the_rest(setup):
     assert not np.allclose(refit.fitted_boxes[1:], edited[1:], atol=1e-4)
     with pytest.raises(FitError, match="parts"):
         fitter.refit(points, candidate.source_index, edited[:2], locked[:2])
+
+
+def test_progress_is_reported_and_raising_in_it_cancels(setup):
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    seen = []
+    fitter.fit_points(chair_target(), FitOptions(top_k=1), progress=lambda *a: seen.append(a))
+    assert seen and all(isinstance(d, int) and isinstance(t, int) and isinstance(x, str) for d, t, x in seen)
+    assert seen[-1][0] == seen[-1][1]
+
+    class Stop(Exception):
+        pass
+
+    def cancel(done, total, text):
+        raise Stop
+
+    for call in (
+        lambda: fitter.fit_points(chair_target(), progress=cancel),
+        lambda: fitter.fit_image(np.zeros((32, 32, 3), np.uint8), progress=cancel),
+        lambda: fitter.refit(
+            chair_target(),
+            0,
+            np.zeros((fitter.index.sources[0].n_parts, 6)),
+            np.zeros(fitter.index.sources[0].n_parts, bool),
+            progress=cancel,
+        ),
+    ):
+        with pytest.raises(Stop):
+            call()

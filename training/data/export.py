@@ -22,7 +22,9 @@ def to_scene(shape: Furniture, colours: np.ndarray | None = None) -> trimesh.Sce
         node_mesh.apply_transform(Z_UP_TO_Y_UP)
         if colours is not None:
             rgba = np.r_[np.round(np.asarray(colours[k]) * 255), 255].astype(np.uint8)
-            material = trimesh.visual.material.PBRMaterial(name=f"{name}", baseColorFactor=rgba, roughnessFactor=0.8, metallicFactor=0.0)
+            material = trimesh.visual.material.PBRMaterial(
+                name=f"{name}", baseColorFactor=rgba, roughnessFactor=0.8, metallicFactor=0.0
+            )
             node_mesh.visual = trimesh.visual.TextureVisuals(material=material)
         scene.add_geometry(node_mesh, node_name=name, geom_name=name)
     return scene
@@ -30,7 +32,8 @@ def to_scene(shape: Furniture, colours: np.ndarray | None = None) -> trimesh.Sce
 
 def write_glb(shape: Furniture, path: Path, colours: np.ndarray | None = None) -> Path:
     """Export ``shape`` to a .glb; the same shape always gives the same bytes.
-    ``colours`` defaults to the shape's own palette (seeded by its structure)."""
+    ``colours`` defaults to a palette seeded by the shape's vertex coordinates, so the
+    same geometry always gets the same colours."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if colours is None:
         from training.data.views import part_colors

@@ -1,0 +1,397 @@
+"""Image targets by render-and-compare on silhouettes.
+
+A user's reference image (a product shot, a photo, a render nobody here made)
+is reduced to its foreground mask, which transfers across materials, lights
+and renderers by construction. Every source's surface samples are projected
+orthographically from a grid of views and splatted into small masks (the
+``SilhouetteBank``, computed once per library); the target's mask and each
+silhouette are aligned by their 2D bounding boxes (aspect ratio kept) and
+compared by IoU. The view of the image is the view on which the best sources
+agree best; per-axis proportions of a candidate come from the same comparison
+with the candidate stretched along X, Y and Z.
+
+Conventions follow ``backend.render.Camera``: Z up, the front faces -Y,
+azimuth in degrees about +Z (0 looks at the front, positive turns the camera
+towards +X), elevation in degrees above the horizon. Masks are (rows, columns)
+with row 0 at the top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NO_FOREGROUND = "the image needs a plain background or transparency"
+BACKGROUND_TOLERANCE = 0.1  # colour distance (max over channels, in [0, 1]) still counted as background
+PLAIN_BORDER = 0.6  # at least this fraction of the border must be the background colour
+MIN_FOREGROUND = 0.002  # fraction of the frame
+MAX_FOREGROUND = 0.95
+RESOLUTION = 32
+PAD = 1
+
+Progress = Callable[[int, int, str], None]
+
+
+# -- the target's foreground ---------------------------------------------------------------
+
+
+def image_array(image) -> np.ndarray:
+    """(H, W, C) float32 in [0, 1], C in 1..4, from uint8/uint16/other integer, bool or float arrays.
+
+    Float images are taken as [0, 1] unless their maximum says 0-255 or 0-65535.
+    """
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) < 8:
+        raise ValueError(f"the image must be H x W grey, grey+alpha, RGB or RGBA (at least 8 x 8), got {array.shape}")
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float32) / float(max(np.iinfo(array.dtype).max, 1))
+    data = array.astype(np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("the image has NaN or infinite pixel values")
+    peak = float(data.max())
+    if peak > 255.0 + 1e-3:
+        data /= 65535.0
+    elif peak > 1.0 + 1e-3:
+        data /= 255.0
+    return np.clip(data, 0.0, 1.0)
+
+
+def foreground_mask(image) -> np.ndarray:
+    """(H, W) bool: the object in a reference image.
+
+    From the alpha channel when it is not all opaque; otherwise every pixel
+    that differs from the background colour, the median of the image's border
+    (white or any plain colour), by more than ``BACKGROUND_TOLERANCE``. The
+    object may be small and anywhere in the frame, and may touch the border.
+
+    Raises:
+        ValueError: ``"the image needs a plain background or transparency: ..."``
+            when the border is not one plain colour or the foreground is empty,
+            tiny or fills the frame (a bad shape or dtype gets its own message).
+    """
+    data = image_array(image)
+    h, w, channels = data.shape
+    has_alpha = channels in (2, 4)
+    colour = data[..., : channels - 1] if has_alpha else data
+    if has_alpha and float(data[..., -1].min()) < 0.99:
+        mask = data[..., -1] > 0.5
+        how = "transparency"
+    else:
+        band = max(1, round(0.02 * min(h, w)))
+        border = np.concatenate(
+            [
+                colour[:band].reshape(-1, colour.shape[2]),
+                colour[-band:].reshape(-1, colour.shape[2]),
+                colour[:, :band].reshape(-1, colour.shape[2]),
+                colour[:, -band:].reshape(-1, colour.shape[2]),
+            ]
+        )
+        background = np.median(border, axis=0)
+        plain = float((np.abs(border - background).max(axis=1) <= BACKGROUND_TOLERANCE).mean())
+        if plain < PLAIN_BORDER:
+            raise ValueError(
+                f"{NO_FOREGROUND}: the image's border is not one plain colour "
+                f"(only {plain:.0%} of it is close to its median colour)"
+            )
+        mask = np.abs(colour - background).max(axis=2) > BACKGROUND_TOLERANCE
+        how = "background"
+    fraction = float(mask.mean())
+    if fraction < MIN_FOREGROUND:
+        detail = "the alpha channel is transparent" if how == "transparency" else "nothing differs from the background"
+        raise ValueError(f"{NO_FOREGROUND}: no object found ({detail} almost everywhere)")
+    if fraction > MAX_FOREGROUND:
+        raise ValueError(f"{NO_FOREGROUND}: the object fills {fraction:.0%} of the frame, so no background is left")
+    return mask
+
+
+def mask_grid(mask: np.ndarray | torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
+    """(R, R) bool: ``mask`` (H, W) cropped to its bounding box and fitted, aspect kept, into the grid.
+
+    The longer side spans ``R - 2 PAD`` cells, centred: the same alignment as ``splat``.
+    A cell is set when more than 15% of it is foreground (the silhouettes set a cell
+    holding any sample, so thin parts survive on both sides).
+    """
+    mask = torch.as_tensor(np.asarray(mask, bool))
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    if len(rows) == 0:
+        raise ValueError(f"{NO_FOREGROUND}: the mask is empty")
+    crop = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].float()[None, None]
+    h, w = crop.shape[2:]
+    inner = resolution - 2 * PAD
+    side = max(h, w)
+    th, tw = max(1, round(h * inner / side)), max(1, round(w * inner / side))
+    mode = "area" if side >= inner else "nearest"
+    small = F.interpolate(crop, size=(th, tw), mode=mode)[0, 0] > 0.15
+    out = torch.zeros(resolution, resolution, dtype=torch.bool)
+    top, left = PAD + (inner - th) // 2, PAD + (inner - tw) // 2
+    out[top : top + th, left : left + tw] = small
+    return out
+
+
+# -- views and splatting -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ViewGrid:
+    """Viewpoints (degrees) compared against an image: every elevation with every azimuth."""
+
+    elevations: tuple[float, ...] = (10.0, 25.0, 40.0)
+    azimuths: tuple[float, ...] = tuple(float(a) for a in range(-180, 180, 30))
+
+    def __len__(self) -> int:
+        return len(self.elevations) * len(self.azimuths)
+
+    def angles(self) -> torch.Tensor:
+        """(V, 2) azimuth, elevation of view ``v = e * len(azimuths) + a``."""
+        el, az = torch.meshgrid(
+            torch.tensor(self.elevations, dtype=torch.float64),
+            torch.tensor(self.azimuths, dtype=torch.float64),
+            indexing="ij",
+        )
+        return torch.stack([az.reshape(-1), el.reshape(-1)], dim=1)
+
+    def neighbours(self) -> torch.Tensor:
+        """(V, V) bool: views at most one grid step apart in azimuth (cyclic) and in elevation."""
+        n_az, n_el = len(self.azimuths), len(self.elevations)
+        a = torch.arange(n_az)
+        e = torch.arange(n_el)
+        da = (a[:, None] - a[None, :]).abs()
+        near_az = torch.minimum(da, n_az - da) <= 1
+        near_el = (e[:, None] - e[None, :]).abs() <= 1
+        return (near_el[:, None, :, None] & near_az[None, :, None, :]).reshape(n_el * n_az, n_el * n_az)
+
+
+def view_axes(angles: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 3) screen right and up axes of views ``angles`` (..., 2) = (azimuth, elevation) in degrees.
+
+    The same camera frame as ``backend.render.Camera.view``, orthographic.
+    """
+    az, el = torch.deg2rad(angles[..., 0]), torch.deg2rad(angles[..., 1])
+    zero = torch.zeros_like(az)
+    right = torch.stack([torch.cos(az), torch.sin(az), zero], dim=-1)
+    up = torch.stack([-torch.sin(az) * torch.sin(el), torch.cos(az) * torch.sin(el), torch.cos(el)], dim=-1)
+    return torch.stack([right, up], dim=-2)
+
+
+def box_aligned(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
+    """(B, N, 2) continuous (column, row) grid coordinates of screen points ``xy`` (B, N, 2) (x right, y up).
+
+    Each set's 2D bounding box is fitted, aspect kept, into the grid: the longer
+    side spans ``R - 2 PAD`` cells, centred. Differentiable.
+    """
+    lo, hi = xy.min(dim=1).values, xy.max(dim=1).values
+    extent = hi - lo
+    inner = resolution - 2 * PAD
+    scale = inner / extent.max(dim=1).values.clamp_min(1e-9)
+    offset = PAD + (inner - extent * scale[:, None]) / 2
+    col = (xy[..., 0] - lo[:, None, 0]) * scale[:, None] + offset[:, None, 0]
+    row = (hi[:, None, 1] - xy[..., 1]) * scale[:, None] + offset[:, None, 1]
+    return torch.stack([col, row], dim=-1)
+
+
+def splat(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
+    """(B, R, R) bool silhouettes of screen points ``xy`` (B, N, 2), box-aligned.
+
+    Each sample sets its cell; a 3 x 3 closing fills the gaps between samples
+    without growing the outline.
+    """
+    grid = box_aligned(xy, resolution).floor().long().clamp(PAD, resolution - PAD - 1)
+    b = xy.shape[0]
+    flat = (torch.arange(b, device=xy.device)[:, None] * resolution + grid[..., 1]) * resolution + grid[..., 0]
+    out = torch.zeros(b * resolution * resolution, device=xy.device)
+    out[flat.reshape(-1)] = 1.0
+    out = out.view(b, 1, resolution, resolution)
+    closed = -F.max_pool2d(-F.max_pool2d(out, 3, 1, 1), 3, 1, 1)
+    return closed[:, 0] > 0.5
+
+
+def project(points: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """(B, V, N, 2) screen coordinates of ``points`` (B, N, 3) seen from every view ``angles`` (V, 2)."""
+    axes = view_axes(angles.to(torch.float64)).to(points)  # (V, 2, 3)
+    return torch.einsum("bnc,vdc->bvnd", points, axes)
+
+
+def silhouettes(points: torch.Tensor, angles: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
+    """(B, V, R, R) bool box-aligned silhouettes of ``points`` (B, N, 3) from views ``angles`` (V, 2)."""
+    xy = project(points, angles)
+    b, v, n, _ = xy.shape
+    return splat(xy.reshape(b * v, n, 2), resolution).view(b, v, resolution, resolution)
+
+
+def iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(...) IoU of boolean ``masks`` (..., R, R) with one ``target`` (R, R)."""
+    flat = masks.flatten(-2).float()
+    goal = target.flatten().float().to(flat)
+    inter = flat @ goal
+    return inter / (flat.sum(-1) + goal.sum() - inter).clamp_min(1.0)
+
+
+# -- the library's silhouettes and the ranking ---------------------------------------------------
+
+
+@dataclass
+class SilhouetteRanking:
+    """Every source scored against one image.
+
+    Attributes:
+        scores: (S,) agreement with the image (IoU at the source's best view near ``view``).
+        views: (S,) index of each source's best view in the grid.
+        table: (S, V) IoU of every source from every view.
+        view: the view on which the best sources agree best (index into the grid).
+        azimuth, elevation: that view, degrees.
+    """
+
+    scores: torch.Tensor
+    views: torch.Tensor
+    table: torch.Tensor
+    view: int
+    azimuth: float
+    elevation: float
+
+    def order(self, prior: torch.Tensor | None = None, prior_weight: float = 0.01) -> torch.Tensor:
+        """(S,) source indices, best first. ``prior`` (S,) is a learned distance (lower is better); it
+        enters standardised and weighted so it decides between near-equal silhouettes only."""
+        score = self.scores.double()
+        if prior is not None and len(prior) > 1:
+            p = prior.double().to(score.device)
+            score = score - prior_weight * (p - p.mean()) / p.std().clamp_min(1e-12)
+        return torch.argsort(score, descending=True)
+
+
+class SilhouetteBank:
+    """Box-aligned silhouettes of S sources from every view of a grid, (S, V, R, R) bool.
+
+    Built once per library from the sources' normalised surface samples (about
+    S x 37 kB at the default 32 x 32 and 36 views), chunked over sources so memory stays bounded.
+    """
+
+    def __init__(self, masks: torch.Tensor, grid: ViewGrid):
+        self.masks = masks
+        self.grid = grid
+        self.areas = masks.flatten(-2).sum(-1).float()  # (S, V)
+
+    @classmethod
+    def build(
+        cls,
+        points: torch.Tensor,
+        grid: ViewGrid = ViewGrid(),
+        resolution: int = RESOLUTION,
+        max_points: int = 1024,
+        chunk_points: int = 4_000_000,
+        progress: Progress | None = None,
+    ) -> SilhouetteBank:
+        """From ``points`` (S, N, 3) in each source's normalised frame (first ``max_points`` used: samples
+        are in random order). ``progress(done, total, text)`` is called between chunks."""
+        points = points[:, :max_points]
+        angles = grid.angles()
+        chunk = max(1, chunk_points // max(1, points.shape[1] * len(angles)))
+        masks = []
+        for start in range(0, len(points), chunk):
+            if progress is not None:
+                progress(start, len(points), f"silhouettes of {start} of {len(points)} sources")
+            masks.append(silhouettes(points[start : start + chunk], angles, resolution))
+        return cls(torch.cat(masks) if masks else torch.zeros(0, len(angles), resolution, resolution, dtype=bool), grid)
+
+    def __len__(self) -> int:
+        return self.masks.shape[0]
+
+    @property
+    def resolution(self) -> int:
+        return self.masks.shape[-1]
+
+    def rank(
+        self, target: torch.Tensor, consensus: int = 5, front_prior: float = 0.02, chunk: int = 4096
+    ) -> SilhouetteRanking:
+        """Score every source against ``target`` (R, R) bool (``mask_grid`` of the image's foreground).
+
+        The image's view is the one where the ``consensus`` best sources reach the
+        highest mean IoU, plus ``front_prior`` for views of the front half
+        (|azimuth| <= 90: a boxy shape looks the same from behind, and product
+        shots face the front); each source then scores its best IoU over the
+        views within one grid step of it.
+        """
+        goal = target.flatten().float().to(self.masks.device)
+        flat = self.masks.flatten(-2)
+        s, v = flat.shape[:2]
+        inter = torch.cat([(flat[i : i + chunk].float() @ goal) for i in range(0, s, chunk)]) if s else flat.new_zeros(0, v)
+        table = inter / (self.areas + goal.sum() - inter).clamp_min(1.0)
+        angles = self.grid.angles()
+        best = table.topk(min(consensus, s), dim=0).values.mean(0)  # (V,)
+        best = best + front_prior * (angles[:, 0].abs() <= 90).to(best)
+        view = int(best.argmax())
+        near = self.grid.neighbours()[view].to(table.device)
+        scores, local = table[:, near].max(dim=1)
+        views = torch.nonzero(near).squeeze(1)[local]
+        az, el = angles[view].tolist()
+        return SilhouetteRanking(scores, views, table, view, az, el)
+
+
+# -- proportions -----------------------------------------------------------------------------
+
+
+def stretch_grid(steps: int = 7, low: float = 0.7, high: float = 1.45) -> torch.Tensor:
+    """(G, 3) per-axis scales to try: X and Y each over a log grid, Z fixed at 1 (the
+    alignment by box removes the overall size)."""
+    values = torch.exp(torch.linspace(np.log(low), np.log(high), steps, dtype=torch.float64))
+    sx, sy = torch.meshgrid(values, values, indexing="ij")
+    return torch.stack([sx.reshape(-1), sy.reshape(-1), torch.ones(sx.numel(), dtype=torch.float64)], dim=1)
+
+
+def fit_proportions(
+    points: torch.Tensor,
+    target: torch.Tensor,
+    azimuth: float,
+    elevation: float,
+    stretches: torch.Tensor | None = None,
+    view_offsets: tuple[float, ...] = (-10.0, 0.0, 10.0),
+    prior: float = 0.02,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-axis scales of P candidates so their silhouettes match the image's.
+
+    Every candidate (``points`` (P, N, 3), normalised frame) is stretched by each of
+    ``stretches`` (G, 3) and seen from the view ``(azimuth, elevation)`` turned by
+    ``view_offsets`` in azimuth; the best box-aligned IoU with ``target`` (R, R)
+    wins, less ``prior`` times the squared log stretch (unobservable axes stay put).
+
+    Returns:
+        scales (P, 3) with a unit geometric mean, IoU (P,) and the refined
+        views (P, 2) (azimuth, elevation) in degrees.
+    """
+    stretches = stretch_grid() if stretches is None else stretches
+    angles = torch.tensor([[azimuth + d, elevation] for d in view_offsets], dtype=torch.float64)
+    p, n, _ = points.shape
+    g = len(stretches)
+    stretched = (points[:, None] * stretches.to(points)[None, :, None]).reshape(p * g, n, 3)
+    masks = silhouettes(stretched, angles, target.shape[-1])  # (P*G, A, R, R)
+    score = iou(masks, target.to(masks.device)).view(p, g, len(angles))
+    penalty = prior * torch.log(stretches).square().sum(1).to(score)
+    best = (score - penalty[None, :, None]).flatten(1).argmax(dim=1)
+    which_stretch, which_view = best // len(angles), best % len(angles)
+    scales = stretches[which_stretch].to(points)
+    scales = scales / scales.prod(dim=1, keepdim=True).pow(1 / 3)
+    rows = torch.arange(p, device=score.device)
+    return scales, score[rows, which_stretch, which_view], angles[which_view].to(points)
+
+
+def scale_boxes(boxes: torch.Tensor, part_mask: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(P, K, 6) ``boxes`` (normalised frame) stretched per axis by ``scales`` (P, 3) about the origin and
+    renormalised: the union of the real parts (``part_mask`` (P, K)) centred at 0 with diagonal 1.
+
+    Stretching the whole shape keeps every contact, so the result stays in the connectivity subspace.
+    """
+    centre, half = boxes[..., :3] * scales[:, None], boxes[..., 3:] * scales[:, None]
+    big = torch.finfo(boxes.dtype).max
+    real = part_mask.unsqueeze(-1)
+    lo = torch.where(real, centre - half, torch.full_like(centre, big)).min(dim=1).values
+    hi = torch.where(real, centre + half, torch.full_like(centre, -big)).max(dim=1).values
+    middle, diagonal = (lo + hi) / 2, (hi - lo).norm(dim=-1).clamp_min(1e-9)
+    out = torch.cat([(centre - middle[:, None]) / diagonal[:, None, None], half / diagonal[:, None, None]], dim=-1)
+    return torch.where(real, out, boxes)

@@ -101,24 +101,6 @@ def _pair_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -
     return np.linalg.norm(p - closest, axis=1)
 
 
-def point_triangle_distance(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Distance from every point to the nearest of a set of triangles.
-
-    Args:
-        points: (M, 3).
-        triangles: (T, 3, 3) corner positions.
-
-    Returns:
-        (M,) distances (metres); ``inf`` when there is no triangle.
-    """
-    points = np.asarray(points, dtype=np.float64)
-    if len(triangles) == 0 or len(points) == 0:
-        return np.full(len(points), np.inf)
-    i, j = np.divmod(np.arange(len(points) * len(triangles)), len(triangles))
-    dist = _pair_distance(points[i], triangles[j, 0], triangles[j, 1], triangles[j, 2])
-    return dist.reshape(len(points), len(triangles)).min(axis=1)
-
-
 def points_near_triangles(
     points: np.ndarray, triangles: np.ndarray, tolerance: float, chunk: int = 1_000_000
 ) -> np.ndarray:
@@ -243,6 +225,9 @@ def joint_constraint_matrix(
 ) -> np.ndarray:
     """The matrix B (3J, 6K) with ``B x = 0`` iff every joint stays attached.
 
+    ``B x`` is, for each joint, where part a carries it minus where part b
+    carries it (3 rows per joint, in the units of ``x``).
+
     Args:
         boxes: (K, 6) original part boxes.
         pairs: (J, 2) connected part indices.
@@ -251,17 +236,19 @@ def joint_constraint_matrix(
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    n_parts = len(boxes)
-    constraint = np.zeros((3 * len(pairs), PARAMS_PER_PART * n_parts))
+    points = np.asarray(joint_points, dtype=np.float64).reshape(-1, 3)
+    n_joints = len(pairs)
+    constraint = np.zeros((n_joints, 3, PARAMS_PER_PART * len(boxes)))
     half = safe_half_sizes(boxes[:, 3:], min_half_size)
-    rows = np.arange(3)
-    for j, ((a, b), p) in enumerate(zip(pairs, np.asarray(joint_points, dtype=np.float64))):
-        for part, sign in ((a, 1.0), (b, -1.0)):
-            local = (p - boxes[part, :3]) / half[part]
-            col = PARAMS_PER_PART * part
-            constraint[3 * j + rows, col + rows] = sign
-            constraint[3 * j + rows, col + 3 + rows] = sign * local
-    return constraint
+    joint = np.arange(n_joints)[:, None]
+    axis = np.arange(3)[None, :]
+    for side, sign in ((0, 1.0), (1, -1.0)):
+        part = pairs[:, side]
+        local = (points - boxes[part, :3]) / half[part]
+        col = PARAMS_PER_PART * part[:, None] + axis
+        constraint[joint, axis, col] += sign
+        constraint[joint, axis, col + 3] += sign * local
+    return constraint.reshape(3 * n_joints, -1)
 
 
 def null_space_basis(constraint: np.ndarray, n_params: int, rtol: float = 1e-9) -> np.ndarray:
@@ -289,53 +276,3 @@ def joint_gaps(
         k = pairs[:, side]
         ends.append(new_boxes[k, :3] + (p - boxes[k, :3]) / half[k] * new_boxes[k, 3:])
     return np.linalg.norm(ends[0] - ends[1], axis=1)
-
-
-def project_to_connected(
-    params: np.ndarray, basis: np.ndarray, min_half_size: float, iterations: int = 100
-) -> np.ndarray:
-    """Nearest connectivity-preserving deformation with positive half-sizes.
-
-    The orthogonal projection ``N N^T x`` keeps every joint attached but may
-    drive a half-size to zero or below (the part would collapse or mirror).
-    Dykstra's alternating projections between the subspace and the convex
-    set ``{s >= min_half_size}`` converge to the nearest point of their
-    intersection, which is never empty: the undeformed source lies in both.
-
-    Args:
-        params: (K, 6) deformed boxes, possibly violating the joints.
-        basis: (6K, D) orthonormal null-space basis from ``null_space_basis``.
-        min_half_size: smallest half-size allowed (metres).
-        iterations: cap on Dykstra iterations when a half-size is violated.
-
-    Returns:
-        (K, 6) projected boxes.
-    """
-    shape = np.shape(params)
-    x = np.asarray(params, dtype=np.float64).reshape(-1)
-    half_mask = np.tile(np.r_[np.zeros(3, bool), np.ones(3, bool)], shape[0])
-
-    def to_subspace(v: np.ndarray) -> np.ndarray:
-        return basis @ (basis.T @ v)
-
-    def to_positive(v: np.ndarray) -> np.ndarray:
-        out = v.copy()
-        out[half_mask] = np.maximum(out[half_mask], min_half_size)
-        return out
-
-    y = to_subspace(x)
-    if np.all(y[half_mask] >= min_half_size):
-        return y.reshape(shape)
-    p = np.zeros_like(x)
-    q = np.zeros_like(x)
-    current = x
-    for _ in range(iterations):
-        y = to_subspace(current + p)
-        p = current + p - y
-        current = to_positive(y + q)
-        q = y + q - current
-        if np.all(y[half_mask] >= min_half_size * (1 - 1e-6)):
-            break
-    # y lies on the subspace (joints exact); the clamp only removes round-off
-    # or, if the iteration cap was hit, the last small violation.
-    return to_positive(y).reshape(shape)

@@ -78,6 +78,8 @@ DAMPING_ORDER = 3
 # Joints (and the floor, and symmetry) are met to this fraction of the model's
 # diagonal (root sum of squares over all of them) and no closer: see ``damped_solve``.
 JOINT_TOLERANCE = 1e-3
+# Directions of a level whose singular value (whitened) is at least this are met exactly.
+WELL_POSED = 0.2
 # The floor and symmetry are damped more: they give way rather than make a part
 # change by more than a few times what they ask for (a shelf low on a side panel
 # that stands on the floor; joint points of a mirror pair that are not mirrored).
@@ -167,7 +169,10 @@ def damped_solve(
     coefficients = u.T @ rhs
     reachable, unreachable = coefficients[: len(singular)], coefficients[len(singular) :]
     grid = np.logspace(0.0, np.log10(damping), 25)[:, None]  # largest first
-    left = (grid / (singular**2 + grid)) ** DAMPING_ORDER
+    # Well-posed directions keep the smallest damping; the discrepancy principle
+    # chooses it for the ill-posed ones.
+    lam = np.where(singular >= WELL_POSED, damping, grid)
+    left = (lam / (singular**2 + lam)) ** DAMPING_ORDER
     residual = np.sqrt(np.sum((left * reachable) ** 2, axis=1) + np.sum(unreachable**2))
     meets = np.flatnonzero(residual <= tolerance)
     row = int(meets[0]) if len(meets) else len(grid) - 1
@@ -391,7 +396,9 @@ def conflict_message(conflicts: list[tuple[int, int, int, int]], n_edited: int, 
 
     if not conflicts:
         return ""
-    listed = "; ".join(f"joint {name(a)}-{name(b)} conflicts with the edit of {name(e)}" for _, a, b, e in conflicts[:4])
+    listed = "; ".join(
+        f"joint {name(a)}-{name(b)} conflicts with the edit of {name(e)}" for _, a, b, e in conflicts[:4]
+    )
     more = f" (and {len(conflicts) - 4} more)" if len(conflicts) > 4 else ""
     if n_edited <= 1:
         return f"this edit cannot keep every joint attached: {listed}{more}; the edited part gave way slightly"

@@ -419,47 +419,9 @@ class Fitter:
         ``points`` with the ``locked`` (K,) parts held at ``boxes`` (K, 6), the
         fit's boxes as ``Candidate.fitted_boxes`` gives them (user-edited).
         ``progress`` as in ``fit_points``."""
-        started = time.perf_counter()
-        _report(progress, 0, 1, "refining the fit")
-        cloud, notes = clean_points(points, self.model.config.n_points)
-        pivot = (cloud.min(axis=0) + cloud.max(axis=0)) / 2
-        turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
-        target = torch.from_numpy(turned).float().unsqueeze(0).to(self.device)
-        centre, diagonal = normalisation(target)
-        target = (target - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
-        boxes = np.asarray(boxes, np.float64)
-        k = self.index.sources[source_index].n_parts
-        if boxes.shape != (k, 6) or np.shape(locked) != (k,):
-            raise FitError(f"source {source_index} has {k} parts: boxes must be {k} x 6 and locked {k} long")
-        unturned = (boxes[:, :3] - pivot) @ rotation_z(yaw) + pivot  # R^T applied to rows
-        padded = self.sources.boxes[source_index].clone().double().cpu().numpy()
-        padded[:k, :3] = (unturned - centre[0].cpu().numpy()) / float(diagonal)
-        padded[:k, 3:] = boxes[:, 3:] / float(diagonal)
-        row = torch.tensor([source_index], device=self.device)
-        chosen = self.sources.select(row)
-        mask = torch.zeros(1, padded.shape[0], dtype=torch.bool)
-        mask[0, :k] = torch.as_tensor(np.asarray(locked, bool))
-        start = torch.from_numpy(padded).float().unsqueeze(0).to(self.device)
-        refined = self.refine(chosen.first_points(RERANK_POINTS), start, target, options, locked=mask.to(self.device))
-        with torch.no_grad():
-            measured = chamfer_distance(deformed_points(chosen.first_points(MEASURE_POINTS), refined), target)
-            distance = torch.cdist(self.model.retrieval.embed_target(target, "points"), self.codes["embedding"])[0]
-        predicted = self.codes["sigma"][row] * distance[row] / 100.0
-        candidates = self._candidates(
-            row,
-            distance,
-            predicted,
-            measured,
-            chosen,
-            refined,
-            centre[0].cpu().numpy(),
-            float(diagonal),
-            yaw,
-            pivot,
-            None,
-        )
-        _report(progress, 1, 1, "refined")
-        return FitResult("points", candidates, notes, time.perf_counter() - started)
+        from backend.refitting import refit_with_locks  # the locked-parts refit lives with the editing code
+
+        return refit_with_locks(self, points, source_index, boxes, locked, yaw, options, progress)
 
     def _candidates(
         self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement

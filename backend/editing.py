@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_constraint_matrix, joint_gaps
 
 PARAMS = 6
@@ -279,8 +280,7 @@ def keep_connected(
     pairs = np.asarray(joint_pairs, dtype=np.int64).reshape(-1, 2)
     joint_points = np.asarray(joint_points, dtype=np.float64).reshape(-1, 3)
     active = ~(excluded[pairs[:, 0]] | excluded[pairs[:, 1]]) if len(pairs) else np.zeros(0, bool)
-    lo, hi = boxes[:, :3] - boxes[:, 3:], boxes[:, :3] + boxes[:, 3:]
-    diagonal = max(float(np.linalg.norm(hi.max(axis=0) - lo.min(axis=0))), 1e-12)
+    diagonal = max(float(np.linalg.norm(2 * union_box(boxes)[3:])), 1e-12)
 
     # B x = (joint carried by part a) - (carried by part b), 3 rows per active joint.
     constraint = joint_constraint_matrix(source_boxes, pairs[active], joint_points[active], min_half_size)

@@ -28,6 +28,7 @@ import torch
 
 from backend.editing import FEASIBLE_GAP, keep_connected
 from backend.fitting import FitError, FitOptions, FitResult, clean_points
+from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_gaps
 from backend.geometry.frames import rotation_z
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
@@ -164,7 +165,7 @@ def refit_with_locks(
     min_half = float(chosen.min_half[0])
     start = given.copy()
     feasible = True
-    size = float(np.linalg.norm((given[:k, :3] + given[:k, 3:]).max(0) - (given[:k, :3] - given[:k, 3:]).min(0)))
+    size = float(np.linalg.norm(2 * union_box(given[:k])[3:]))
     gaps = joint_gaps(source.boxes, given[:k], source.joint_pairs, source.joint_points, source.min_half_size)
     if gaps.max(initial=0.0) > FEASIBLE_GAP * size:  # joints open (edits without Keep Connected): re-attach
         connected = keep_connected(

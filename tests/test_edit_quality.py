@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from backend.editing import keep_connected
+from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_gaps
 from backend.library import IndexOptions, build_source, load_model
 
@@ -89,7 +90,7 @@ def random_edit(boxes: np.ndarray, rng: np.random.Generator) -> tuple[int, np.nd
     """One user edit of one part: a move, or a scale of one axis about the part's centre."""
     k = int(rng.integers(len(boxes)))
     edited = boxes.copy()
-    diagonal = np.linalg.norm((boxes[:, :3] + boxes[:, 3:]).max(0) - (boxes[:, :3] - boxes[:, 3:]).min(0))
+    diagonal = np.linalg.norm(2 * union_box(boxes)[3:])
     if rng.random() < 0.5:
         direction = rng.normal(size=3)
         edited[k, :3] += direction / np.linalg.norm(direction) * rng.uniform(0.02, 0.1) * diagonal
@@ -106,18 +107,13 @@ def corner_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.abs(b[..., :3] - a[..., :3]) + np.abs(b[..., 3:] - a[..., 3:])).max(axis=-1)
 
 
-def union(boxes: np.ndarray) -> np.ndarray:
-    lo, hi = (boxes[:, :3] - boxes[:, 3:]).min(0), (boxes[:, :3] + boxes[:, 3:]).max(0)
-    return np.r_[(lo + hi) / 2, (hi - lo) / 2]
-
-
 def measure(solver, shapes: list[Shape], seed: int = 1) -> list[dict]:
     """Apply ``EDITS_PER_SHAPE`` random edits to every shape, half with symmetry; one row per edit."""
     rng = np.random.default_rng(seed)
     rows = []
     for shape in shapes:
         source, fit = shape.source, shape.fitted
-        diagonal = float(np.linalg.norm(2 * union(fit)[3:]))
+        diagonal = float(np.linalg.norm(2 * union_box(fit)[3:]))
         for i in range(EDITS_PER_SHAPE):
             k, edited, kind = random_edit(fit, rng)
             symmetric = bool(i % 2) and source.symmetry_axis >= 0
@@ -136,7 +132,7 @@ def measure(solver, shapes: list[Shape], seed: int = 1) -> list[dict]:
                 others[source.part_mirror[k]] = False  # follows the edit: it is part of it
             change = corner_change(fit[others], boxes[others])
             gaps = joint_gaps(source.boxes, boxes, source.joint_pairs, source.joint_points, source.min_half_size)
-            bbox = float(corner_change(union(fit), union(boxes)))
+            bbox = float(corner_change(union_box(fit), union_box(boxes)))
             rows.append(
                 {
                     "shape": shape.name,
@@ -248,4 +244,4 @@ def test_refit_keeps_the_edit_and_the_joints_and_never_ends_worse(tmp_path):
         assert result.chamfer_after <= result.chamfer_before  # never worse than where it started
         assert result.candidates[0].measured_chamfer == result.chamfer_after
         gaps = joint_gaps(source.boxes, boxes, source.joint_pairs, source.joint_points, source.min_half_size)
-        assert gaps.max() < GAP_BOUND * np.linalg.norm(2 * union(boxes)[3:]), (source.n_parts, gaps.max())
+        assert gaps.max() < GAP_BOUND * np.linalg.norm(2 * union_box(boxes)[3:]), (source.n_parts, gaps.max())

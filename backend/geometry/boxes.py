@@ -82,33 +82,8 @@ def deform_points(
     return new_boxes[labels, :3] + (np.asarray(points, dtype=np.float64) - boxes[labels, :3]) * ratio[labels]
 
 
-def box_to_transform(
-    box: np.ndarray, new_box: np.ndarray, min_half_size: float = 1e-6
-) -> tuple[np.ndarray, np.ndarray]:
-    """Object location and scale that realise a part deformation.
-
-    With the part's mesh stored relative to its original box centre, an
-    object at ``location`` with ``scale`` reproduces ``deform_points``.
-
-    Returns:
-        (location (3,), scale (3,)).
-    """
-    box = np.asarray(box, dtype=np.float64)
-    new_box = np.asarray(new_box, dtype=np.float64)
-    return new_box[:3].copy(), new_box[3:] / safe_half_sizes(box[3:], min_half_size)
-
-
-def transform_to_box(
-    box: np.ndarray, location: np.ndarray, scale: np.ndarray, min_half_size: float = 1e-6
-) -> np.ndarray:
-    """Inverse of ``box_to_transform``: the deformed box an object transform encodes."""
-    box = np.asarray(box, dtype=np.float64)
-    half = safe_half_sizes(box[3:], min_half_size) * np.asarray(scale, dtype=np.float64)
-    return np.concatenate([np.asarray(location, dtype=np.float64), half])
-
-
 def union_box(boxes: np.ndarray) -> np.ndarray:
-    """Smallest axis-aligned box containing every box of a (K, 6) array."""
+    """(6,) smallest axis-aligned box ``[centre, half_size]`` containing every box of a (K, 6) array."""
     boxes = np.asarray(boxes, dtype=np.float64)
     lo = (boxes[:, :3] - boxes[:, 3:]).min(axis=0)
     hi = (boxes[:, :3] + boxes[:, 3:]).max(axis=0)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +28,21 @@ from backend.geometry.frames import rotation_z
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
-from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation, project_positive
+from backend.model.geometry import chamfer_distance, normalisation
+from backend.model.inference import (
+    MEASURE_POINTS,
+    REFINE_POINTS,
+    candidate_headings,
+    embedding_distance,
+    fit_cloud,
+    network_boxes,
+    plausibility,
+    refine_boxes,
+)
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors, stack_sources
 
 MIN_POINTS = 64
-RERANK_POINTS = 512
-MEASURE_POINTS = 1024
 CACHE_VERSION = 1
 
 Progress = Callable[[int, int, str], None]
@@ -44,6 +54,18 @@ def _report(progress: Progress | None, done: int, total: int, text: str) -> None
         progress(done, total, text)
 
 
+def _is_code_cache(path: Path) -> bool:
+    """Whether a file is a library-codes cache this class wrote: it has the cache's arrays and,
+    where it records one, its own name (a renamed copy is the user's)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+            named = str(data["name"]) if "name" in keys else path.name
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error):
+        return False
+    return {"version", "library", "embedding", "sigma"} <= keys and named == path.name
+
+
 class FitError(ValueError):
     """Input that cannot be fitted; the message says what is wrong."""
 
@@ -52,24 +74,39 @@ class FitError(ValueError):
 class FitOptions:
     """Knobs of one fit.
 
+    Point targets: every source is placed per axis on the target's box at every candidate
+    heading and ranked by a coarse chamfer; the ``pool`` best get two starts (that placement
+    and the network's prediction), are refined and measured, and keep their better start
+    (``backend.model.inference.fit_cloud``). Image targets: retrieval in the learned space and
+    the network's deformation.
+
     Attributes:
         top_k: candidates returned.
         refine: run the inner deformation optimisation (point targets only).
+        headings: ``"auto"``: also try the headings the cloud's footprint suggests (its
+            minimum-area rectangle and principal axes, each with its quarter turns);
+            ``"fixed"``: only the ``yaw_search`` turns.
         yaw_search: try the target turned by this many even angles about Z
-            and keep the best fit (1: trust the target's facing).
-        rerank_pool: for point targets, this many retrieved candidates are
-            deformed and re-ranked by their measured chamfer.
-        refine_steps, refine_seconds: bounds of the optimisation.
+            (1: the target's own facing).
+        pool: for point targets, this many of the best-placed sources are refined and measured.
+        refine_steps: most optimisation steps (it stops earlier on convergence).
+        refine_seconds: safety cap on the optimisation's wall time (not a quality knob).
         symmetry_weight: weight of the symmetry term during refinement.
+        size_weight: weight of the part-size plausibility term during refinement
+            (``backend.model.inference.size_penalty``).
+        partial: detect single-view scans and fit them with the partial-aware objective.
     """
 
     top_k: int = 5
-    refine: bool = False
+    refine: bool = True
+    headings: str = "auto"
     yaw_search: int = 1
-    rerank_pool: int = 20
-    refine_steps: int = 300
-    refine_seconds: float = 1.5
+    pool: int = 8
+    refine_steps: int = 200
+    refine_seconds: float = 30.0
     symmetry_weight: float = 1.0
+    size_weight: float = 0.01
+    partial: bool = True
 
 
 @dataclass
@@ -94,6 +131,8 @@ class Candidate:
     fitted_boxes: np.ndarray
     yaw: float
     pivot: np.ndarray
+    scale_factor_p95: float = float("nan")
+    share_over_3x: float = float("nan")
 
     def to_json(self) -> dict:
         return {
@@ -105,6 +144,7 @@ class Candidate:
             "measured_chamfer_x100": None if self.measured_chamfer is None else self.measured_chamfer * 100,
             "yaw": self.yaw,
             "pivot": self.pivot.tolist(),
+            "plausibility": {"scale_factor_p95": self.scale_factor_p95, "share_over_3x": self.share_over_3x},
             "parts": [
                 {"index": k, "source_box": s.tolist(), "original_box": o.tolist(), "fitted_box": f.tolist()}
                 for k, (s, o, f) in enumerate(zip(self.source_boxes, self.original_boxes, self.fitted_boxes))
@@ -183,63 +223,6 @@ def image_tensor(image, size: int) -> torch.Tensor:
     )
 
 
-def refine_boxes(
-    chosen: SourceTensors,
-    boxes: torch.Tensor,
-    truth: torch.Tensor,
-    options: FitOptions,
-    locked: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Inner deformation optimisation: Adam on each candidate's null-space
-    coordinates, on chamfer to the target plus symmetry, from the
-    network's prediction; stops on convergence, at ``refine_steps`` or
-    after ``refine_seconds``. Parts marked in ``locked`` (P, K) keep
-    their boxes exactly. Returns the refined boxes (P, K, 6)."""
-    basis = chosen.basis
-    start = basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)
-    directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
-    if locked is not None and bool(locked.any()):
-        # z = z0 + M w: z0 meets the locked boxes, M spans what leaves them be.
-        starts, spans = [], []
-        for p in range(len(boxes)):
-            rows = locked[p].repeat_interleave(6).cpu().numpy()
-            n_locked = basis[p].cpu().double().numpy()[rows]
-            z0 = np.linalg.lstsq(n_locked, boxes[p].reshape(-1).cpu().double().numpy()[rows], rcond=None)[0]
-            _, singular, vt = np.linalg.svd(n_locked, full_matrices=True)
-            rank = int(np.sum(singular > 1e-9 * max(singular.max(initial=0.0), 1e-300)))
-            starts.append(torch.from_numpy(z0).to(basis)[:, None])
-            spans.append(torch.from_numpy(vt[rank:].T.copy()).to(basis))
-        width = max(m.shape[1] for m in spans)
-        start = torch.stack(starts)
-        directions = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in spans])
-    with torch.enable_grad():
-        w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
-        optimiser = torch.optim.Adam([w], lr=2e-3)
-        started, reference = time.perf_counter(), None
-        for step in range(options.refine_steps):
-            current = (basis @ (start + directions @ w)).reshape(boxes.shape)
-            fit = chamfer_distance(deformed_points(chosen, current), truth)
-            shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - current[..., 3:]) * chosen.part_mask.unsqueeze(-1)
-            loss = (
-                fit
-                + options.symmetry_weight * box_symmetry_loss(current, chosen.mirror, chosen.axis)
-                + 10 * shortfall.square().sum((1, 2))
-            ).sum()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if step % 10 == 0:  # converged: under 0.1% better than 10 steps ago
-                value = float(loss.detach())
-                if reference is not None and reference - value <= 1e-3 * abs(reference):
-                    break
-                reference = value
-            if time.perf_counter() - started > options.refine_seconds:
-                break
-    with torch.no_grad():
-        final = (basis @ (start + directions @ w)).reshape(boxes.shape)
-        return torch.cat([final[..., :3], torch.maximum(final[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
-
-
 class Fitter:
     """A loaded model and library, ready to fit targets."""
 
@@ -270,13 +253,16 @@ class Fitter:
         path = self._cache_path()
         key = self._library_key()
         if path.exists():
-            with np.load(path, allow_pickle=False) as data:
-                if int(data["version"]) == CACHE_VERSION and str(data["library"]) == key:
-                    sources = SourceTensors(
-                        **{f: torch.from_numpy(data[f"source_{f}"]) for f in SourceTensors.__dataclass_fields__}
-                    )
-                    codes = {k: torch.from_numpy(data[k]) for k in ("embedding", "sigma", "global", "parts")}
-                    return sources.to(self.device), {k: v.to(self.device) for k, v in codes.items()}
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    if int(data["version"]) == CACHE_VERSION and str(data["library"]) == key:
+                        sources = SourceTensors(
+                            **{f: torch.from_numpy(data[f"source_{f}"]) for f in SourceTensors.__dataclass_fields__}
+                        )
+                        codes = {k: torch.from_numpy(data[k]) for k in ("embedding", "sigma", "global", "parts")}
+                        return sources.to(self.device), {k: v.to(self.device) for k, v in codes.items()}
+            except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error):
+                pass  # a damaged cache is rebuilt below
         sources = stack_sources(
             [self.index.load_source(i) for i in range(len(self.index))], self.model.config.max_parts
         )
@@ -285,10 +271,11 @@ class Fitter:
         arrays = {f"source_{f}": getattr(sources, f).cpu().numpy() for f in SourceTensors.__dataclass_fields__}
         arrays.update({k: v.cpu().numpy() for k, v in codes.items()})
         for stale in self.index.folder.glob("model-*.npz"):
-            stale.unlink(missing_ok=True)
+            if stale != path and _is_code_cache(stale):  # never a user's file that merely matches the name
+                stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, version=CACHE_VERSION, library=key, **arrays)
+            np.savez(handle, version=CACHE_VERSION, library=key, name=path.name, **arrays)
         os.replace(tmp, path)
         return sources, codes
 
@@ -310,100 +297,78 @@ class Fitter:
     def fit_points(self, points, options: FitOptions = FitOptions(), progress: Progress | None = None) -> FitResult:
         """Fit an (N, 3) point cloud in world coordinates (Z up, metres).
 
-        ``progress(done, total, text)`` is called between stages; an exception raised in it propagates."""
+        ``progress(done, total, text)`` is called between batches and stages; an exception
+        raised in it propagates (the fit is cancelled, nothing is written)."""
         started = time.perf_counter()
+        if options.headings not in ("auto", "fixed"):
+            raise FitError(f"headings must be 'auto' or 'fixed', got {options.headings!r}")
         cloud, notes = clean_points(points, self.model.config.n_points)
-        lo, hi = cloud.min(axis=0), cloud.max(axis=0)
-        pivot = (lo + hi) / 2
-        best: list[Candidate] | None = None
+        target = torch.from_numpy(cloud).float().to(self.device)
         turns = max(1, options.yaw_search)
-        for turn in range(turns):
-            _report(progress, turn, turns, f"fitting heading {turn + 1} of {turns}")
-            yaw = 2 * np.pi * turn / max(1, options.yaw_search)
-            # Turning the target by -yaw, fitting, then turning the fit by +yaw.
-            turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
-            target = torch.from_numpy(turned).float().unsqueeze(0).to(self.device)
-            centre, diagonal = normalisation(target)
-            normalised = (target - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
-            candidates = self._fit(normalised, "points", options, centre[0].cpu().numpy(), float(diagonal), yaw, pivot)
-            if best is None or candidates[0].measured_chamfer < best[0].measured_chamfer:
-                best = candidates
-        _report(progress, turns, turns, "fitted")
-        return FitResult("points", best, notes, time.perf_counter() - started)
+        yaws = torch.arange(turns, dtype=torch.float32) * (2 * np.pi / turns)
+        if options.headings == "auto":
+            yaws = torch.unique(torch.cat([yaws, candidate_headings(target.cpu())]))
+        _report(progress, 0, 1, f"ranking {len(self.sources)} sources at {len(yaws)} headings")
+        fit = fit_cloud(
+            self.model,
+            self.sources,
+            self.codes,
+            target,
+            yaws.to(self.device),
+            top_k=options.top_k,
+            pool=max(options.pool, options.top_k),
+            refine=options.refine,
+            steps=options.refine_steps,
+            symmetry_weight=options.symmetry_weight,
+            size_weight=options.size_weight,
+            partial=options.partial,
+            max_seconds=options.refine_seconds,
+            progress=progress,
+        )
+        if fit.viewpoint is not None:
+            notes.append("the cloud looks like a single-view scan: fitted with the partial-scan objective")
+        with torch.no_grad():
+            turned = (target - fit.centre[0]) / fit.diagonal[0]  # retrieval distance: reported, not used
+            distance = embedding_distance(self.model, turned.unsqueeze(0), "points", self.codes["embedding"])[0]
+        predicted = self.codes["sigma"][fit.rows] * distance[fit.rows] / 100.0
+        candidates = self._candidates(
+            fit.rows,
+            distance,
+            predicted,
+            fit.chamfer,
+            self.sources.select(fit.rows),
+            fit.boxes,
+            fit.centre.cpu().numpy(),
+            fit.diagonal.cpu().numpy(),
+            fit.yaw.cpu().numpy(),
+            fit.pivot.cpu().numpy().astype(np.float64),
+            None,
+            original=fit.placed,
+        )
+        _report(progress, 1, 1, "fitted")
+        return FitResult("points", candidates, notes, time.perf_counter() - started)
 
-    def fit_image(
-        self,
-        image,
-        options: FitOptions = FitOptions(),
-        placement: tuple[np.ndarray, float] | None = None,
-        progress: Progress | None = None,
-    ) -> FitResult:
-        """Fit an (H, W, 3|4) image. The result is placed at ``placement``
-        (centre in metres, box diagonal in metres); by default the retrieved
-        source's own size, resting on z = 0 at the origin. ``progress`` as in ``fit_points``."""
+    def fit_image(self, image, options: FitOptions = FitOptions(), progress: Progress | None = None) -> FitResult:
+        """Fit an (H, W, 3|4) image: retrieval in the learned space, the network's deformation.
+        The fit has the retrieved source's own size and rests on z = 0 at the origin
+        (``refine`` needs a point cloud and is ignored). ``progress`` as in ``fit_points``."""
         started = time.perf_counter()
         _report(progress, 0, 1, "fitting the image")
         target = image_tensor(image, self.model.config.image_size).to(self.device)
-        candidates = self._fit(
-            target,
-            "images",
-            FitOptions(**{**options.__dict__, "refine": False}),
-            None,
-            None,
-            0.0,
-            np.zeros(3),
-            placement,
-        )
-        notes = ["refinement needs a point cloud target; skipped for an image"] if options.refine else []
-        _report(progress, 1, 1, "fitted")
-        return FitResult("images", candidates, notes, time.perf_counter() - started)
-
-    @torch.no_grad()
-    def _fit(self, target, modality, options, centre, diagonal, yaw, pivot, placement=None) -> list[Candidate]:
-        model = self.model
-        embedding = model.retrieval.embed_target(target, modality)
-        distance = torch.cdist(embedding, self.codes["embedding"])[0]
-        pool = min(len(distance), max(options.top_k, options.rerank_pool if modality == "points" else options.top_k))
-        order = torch.argsort(distance)[:pool]
-        chosen = self.sources.select(order)
-        target_code = model.deformation.encode_target(target, modality).expand(pool, -1)
-        boxes = model.deformation.predict_boxes(
-            chosen, self.codes["global"][order], self.codes["parts"][order], target_code
-        )
-        boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
-        measured = None
-        if modality == "points":
-            # Re-rank on uniform subsets of both clouds, measure the kept ones in full.
-            coarse = chamfer_distance(
-                deformed_points(chosen.first_points(RERANK_POINTS), boxes),
-                target[:, :RERANK_POINTS].expand(pool, -1, -1),
+        with torch.no_grad():
+            distance = embedding_distance(self.model, target, "images", self.codes["embedding"])[0]
+            order = torch.argsort(distance)[: options.top_k]
+            chosen = self.sources.select(order)
+            target_code = self.model.deformation.encode_target(target, "images").expand(len(order), -1)
+            boxes = network_boxes(
+                self.model, chosen, self.codes["global"][order], self.codes["parts"][order], target_code
             )
-            keep = torch.argsort(coarse)[: options.top_k]
-            order, boxes, chosen = order[keep], boxes[keep], chosen.select(keep)
-            truth = target.expand(len(keep), -1, -1)
-            if options.refine:
-                boxes = self.refine(chosen.first_points(RERANK_POINTS), boxes, truth, options)
-            measured = chamfer_distance(deformed_points(chosen.first_points(MEASURE_POINTS), boxes), truth)
-            resort = torch.argsort(measured)
-            order, boxes, measured, chosen = order[resort], boxes[resort], measured[resort], chosen.select(resort)
-        else:
-            order, boxes = order[: options.top_k], boxes[: options.top_k]
-            chosen = chosen.select(torch.arange(len(order), device=self.device))
         predicted = self.codes["sigma"][order] * distance[order] / 100.0
-        return self._candidates(
-            order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement
+        candidates = self._candidates(
+            order, distance, predicted, None, chosen, boxes, None, None, 0.0, np.zeros(3), None
         )
-
-    def refine(
-        self,
-        chosen: SourceTensors,
-        boxes: torch.Tensor,
-        truth: torch.Tensor,
-        options: FitOptions,
-        locked: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """See ``refine_boxes``."""
-        return refine_boxes(chosen, boxes, truth, options, locked)
+        _report(progress, 1, 1, "fitted")
+        return FitResult("images", candidates, [], time.perf_counter() - started)
 
     def refit(
         self,
@@ -424,31 +389,45 @@ class Fitter:
         return refit_with_locks(self, points, source_index, boxes, locked, yaw, options, progress)
 
     def _candidates(
-        self, order, distance, predicted, measured, chosen, boxes, centre, diagonal, yaw, pivot, placement
+        self,
+        order,
+        distance,
+        predicted,
+        measured,
+        chosen,
+        boxes,
+        centre,
+        diagonal,
+        yaw,
+        pivot,
+        placement,
+        original: torch.Tensor | None = None,
     ) -> list[Candidate]:
+        """Candidates in the world frame. ``centre`` (C, 3) or (3,), ``diagonal`` and ``yaw``
+        (C,) or scalars: each candidate's normalised frame and heading (``centre`` None: an image
+        fit, placed by ``placement`` or resting on the floor at its source's size). ``original``
+        (C, K, 6): the undeformed placed boxes (default: the sources' normalised boxes)."""
         out = []
-        rotation = rotation_z(yaw)
+        count = len(order)
+        original = chosen.boxes if original is None else original
+        figures = {k: v.cpu().numpy() for k, v in plausibility(boxes, chosen).items()}
+        yaws = np.broadcast_to(np.asarray(yaw, float), (count,))
+        scales = None if diagonal is None else np.broadcast_to(np.asarray(diagonal, float), (count,))
+        centres = None if centre is None else np.broadcast_to(np.asarray(centre, float), (count, 3))
         for rank, row in enumerate(order.tolist()):
             record = self.index.sources[row]
             k = record.n_parts
-            source_boxes = self.index_boxes(row)
             fitted_n = boxes[rank, :k].cpu().numpy().astype(np.float64)
-            original_n = chosen.boxes[rank, :k].cpu().numpy().astype(np.float64)
-            if centre is None:  # image: place the fit by the given or the source's own size
-                src_centre, src_scale = self.sources.centre[row].cpu().numpy(), float(self.sources.scale[row])
-                where, size = placement if placement is not None else (None, src_scale)
+            original_n = original[rank, :k].cpu().numpy().astype(np.float64)
+            if centres is None:  # image: place the fit by the given or the source's own size
+                where, size = placement if placement is not None else (None, float(self.sources.scale[row]))
                 if where is None:
                     lo = (fitted_n[:, :3] - fitted_n[:, 3:]).min(axis=0) * size
                     where = np.array([0.0, 0.0, -lo[2]])  # resting on the floor
                 frame_centre, frame_scale = np.asarray(where, float), float(size)
             else:
-                frame_centre, frame_scale = np.asarray(centre, float), float(diagonal)
-
-            def to_world(b: np.ndarray) -> np.ndarray:
-                world = np.concatenate([b[:, :3] * frame_scale + frame_centre, b[:, 3:] * frame_scale], axis=1)
-                world[:, :3] = (world[:, :3] - pivot) @ rotation.T + pivot
-                return world
-
+                frame_centre, frame_scale = centres[rank], float(scales[rank])
+            rotation = rotation_z(float(yaws[rank]))
             out.append(
                 Candidate(
                     rank=rank,
@@ -457,11 +436,13 @@ class Fitter:
                     retrieval_distance=float(distance[row]),
                     predicted_chamfer=float(predicted[rank]),
                     measured_chamfer=None if measured is None else float(measured[rank]),
-                    source_boxes=source_boxes,
-                    original_boxes=to_world(original_n),
-                    fitted_boxes=to_world(fitted_n),
-                    yaw=float(yaw),
+                    source_boxes=self.index_boxes(row),
+                    original_boxes=_to_world(original_n, frame_centre, frame_scale, rotation, pivot),
+                    fitted_boxes=_to_world(fitted_n, frame_centre, frame_scale, rotation, pivot),
+                    yaw=float(yaws[rank]),
                     pivot=np.asarray(pivot, float),
+                    scale_factor_p95=float(figures["scale_factor_p95"][rank]),
+                    share_over_3x=float(figures["share_over_3x"][rank]),
                 )
             )
         return out
@@ -472,3 +453,10 @@ class Fitter:
         b = self.sources.boxes[row, :k].cpu().numpy().astype(np.float64)
         centre, scale = self.sources.centre[row].cpu().numpy(), float(self.sources.scale[row])
         return np.concatenate([b[:, :3] * scale + centre, b[:, 3:] * scale], axis=1)
+
+
+def _to_world(boxes: np.ndarray, centre: np.ndarray, scale: float, rotation: np.ndarray, pivot) -> np.ndarray:
+    """(K, 6) normalised boxes -> metres in the target's frame, turned by ``rotation`` about ``pivot``."""
+    world = np.concatenate([boxes[:, :3] * scale + centre, boxes[:, 3:] * scale], axis=1)
+    world[:, :3] = (world[:, :3] - pivot) @ rotation.T + pivot
+    return world

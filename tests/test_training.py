@@ -119,7 +119,8 @@ def test_two_processes_with_gloo(dataset, tmp_path):
 
 def test_scanned_targets_see_one_side():
     from training.joint.data import Targets
-    from training.joint.train import target_batch, visible_from
+    from backend.model.inference import visible_from
+    from training.joint.train import target_batch
 
     # the surface of a closed cube, 0.5 on a side
     g = torch.stack(

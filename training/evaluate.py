@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.fitting import FitOptions, refine_boxes
 from backend.library import build_index, load_index
 from backend.model.checkpoint import load_checkpoint
-from backend.model.geometry import chamfer_distance, project_positive
+from backend.model.geometry import chamfer_distance
+from backend.model.inference import embedding_distance, network_boxes, refine_boxes
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
 from training.baselines import train_mds_retrieval
@@ -119,14 +119,11 @@ def evaluate_method(
             chosen = sources.select(rows)
             if deformation is None:
                 return chamfer_distance(chosen.points, truth.expand(len(rows), -1, -1))
-            boxes = deformation.deformation.predict_boxes(
-                chosen, global_code[rows], part_code[rows], target_code.expand(len(rows), -1)
+            boxes = network_boxes(
+                deformation, chosen, global_code[rows], part_code[rows], target_code.expand(len(rows), -1)
             )
-            boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
             if refine:
-                boxes = refine_boxes(
-                    chosen, boxes, truth.expand(len(rows), -1, -1), FitOptions(refine_steps=refine, refine_seconds=60.0)
-                )
+                boxes = refine_boxes(chosen, boxes, truth.expand(len(rows), -1, -1), steps=refine)
             return chamfer_distance(deformed_points(chosen, boxes), truth.expand(len(rows), -1, -1))
 
         top = fits(ranking[: 1 if refine_steps else k], refine_steps)  # refinement is costly: top-1 only
@@ -150,10 +147,7 @@ def predict_one(
     best = int(torch.argmin(retrieval(target, modality)[0]))
     chosen = sources.select(torch.tensor([best]))
     global_code, part_code = model.deformation.encode_sources(chosen)
-    boxes = model.deformation.predict_boxes(
-        chosen, global_code, part_code, model.deformation.encode_target(target, modality)
-    )
-    boxes = project_positive(boxes, chosen.basis, chosen.min_half, chosen.part_mask)
+    boxes = network_boxes(model, chosen, global_code, part_code, model.deformation.encode_target(target, modality))
     fit = float(chamfer_distance(deformed_points(chosen, boxes), truth)[0]) * 100
     return best, boxes[0, : int(chosen.part_mask.sum())].numpy(), fit
 
@@ -226,7 +220,7 @@ def qualitative_figure(
 
 def code_retrieval(model: JointModel, codes: torch.Tensor):
     """``(target, modality) -> (B, S)`` distances from the model's target codes to the sources' ``codes`` (S, E)."""
-    return lambda target, modality: torch.cdist(model.retrieval.embed_target(target, modality), codes)
+    return lambda target, modality: embedding_distance(model, target, modality, codes)
 
 
 def joint_retrieval(model: JointModel, sources: SourceTensors):

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
+from backend.model.inference import embedding_distance, network_boxes, visible_from
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
 from training.joint.data import Targets, TrainingData, prepare
@@ -98,32 +99,6 @@ def device_for_rank() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return torch.device("cpu")
-
-
-def visible_from(
-    points: torch.Tensor, direction: torch.Tensor, grid: int = 40, tolerance: float = 0.02
-) -> torch.Tensor:
-    """(B, N) mask of points a viewer looking along ``-direction`` sees.
-
-    A point z-buffer: points are binned on a ``grid`` x ``grid`` image plane
-    and kept when within ``tolerance`` (normalised units) of the nearest
-    point of their cell, which is what a single scan of the shape records.
-
-    Args:
-        points: (B, N, 3) in a normalised frame.
-        direction: (B, 3) unit vectors from the shape towards the viewer.
-    """
-    up = torch.tensor([0.0, 0.0, 1.0]).expand_as(direction)
-    right = torch.nn.functional.normalize(torch.cross(up, direction, dim=-1), dim=-1)
-    true_up = torch.cross(direction, right, dim=-1)
-    u = (points * right.unsqueeze(1)).sum(-1)
-    v = (points * true_up.unsqueeze(1)).sum(-1)
-    depth = -(points * direction.unsqueeze(1)).sum(-1)
-    cell_u = ((u + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
-    cell_v = ((v + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
-    cell = cell_u * grid + cell_v
-    nearest = torch.full((points.shape[0], grid * grid), float("inf")).scatter_reduce(1, cell, depth, reduce="amin")
-    return depth <= torch.gather(nearest, 1, cell) + tolerance
 
 
 def target_batch(
@@ -206,7 +181,7 @@ def oracle_chamfer(
     for row in range(len(targets)):
         target, truth = target_batch(targets, torch.tensor([row]), modality, n_points, 0.0, generator)
         code = model.deformation.encode_target(target, modality).expand(len(sources), -1)
-        boxes = model.deformation.predict_boxes(sources, global_code, part_code, code)
+        boxes = network_boxes(model, sources, global_code, part_code, code)
         fits = chamfer_distance(deformed_points(sources, boxes), truth.expand(len(sources), -1, -1))
         best.append(fits.min() if reduce == "min" else fits.mean())
     model.train()
@@ -238,11 +213,10 @@ def evaluate(
         rows = torch.arange(start, min(start + batch, len(targets)))
         target, truth = target_batch(targets, rows, modality, n_points, 0.0, generator)
         target, truth = target.to(device), truth.to(device)
-        best = torch.cdist(model.retrieval.embed_target(target, modality), embeddings).argmin(dim=1)
+        best = embedding_distance(model, target, modality, embeddings).argmin(dim=1)
         chosen = sources.select(best)
-        boxes = model.deformation.predict_boxes(
-            chosen, global_code[best], part_code[best], model.deformation.encode_target(target, modality)
-        )
+        target_code = model.deformation.encode_target(target, modality)
+        boxes = network_boxes(model, chosen, global_code[best], part_code[best], target_code)
         fits.append(chamfer_distance(deformed_points(chosen, boxes), truth))
         raw.append(chamfer_distance(chosen.points, truth))
     model.train()

@@ -1,0 +1,565 @@
+"""The inference core: place, rank, deform, measure, refine (pure tensors, batched).
+
+Every step of a fit has one home here; ``backend.fitting.Fitter``, training validation,
+``training.evaluate`` and the benches call these functions, so what is measured is what users get.
+
+Frames: a target and every source live in their own *normalised frame* (box centre at 0, box
+diagonal 1, see ``backend.model.geometry.normalisation``). Chamfer values are
+``backend.model.geometry.chamfer_distance`` (squared distances, mean per direction, summed) in the
+target's normalised frame. Boxes are ``[centre, half_size]`` per part, (..., K, 6).
+
+The pipeline of a point-cloud fit:
+
+1. ``candidate_headings``: headings to try, from the cloud's footprint.
+2. ``box_placement``: every source scaled per axis to the target's box (a per-axis scaling keeps
+   every joint attached, so it lies in every source's connectivity subspace).
+3. ``coarse_chamfer``: rank every (heading, source) pair on a few points.
+4. ``network_boxes``: the learned deformation, a second start beside the placement.
+5. ``refine_boxes``: Adam in each source's connectivity subspace from every start, bounded by
+   steps and convergence.
+6. ``measured_chamfer``: the final ranking on more points.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from backend.model.geometry import box_symmetry_loss, chamfer_distance, project_positive
+from backend.model.networks import JointModel, deformed_points
+from backend.model.sources import SourceTensors
+
+RANK_POINTS = 256
+REFINE_POINTS = 512
+MEASURE_POINTS = 1024
+# Two sizes of a part differ "implausibly" beyond this factor on some axis (reported, and the
+# dead zone of the size penalty starts well below it).
+IMPLAUSIBLE_FACTOR = 3.0
+SIZE_DEAD_ZONE = math.log(1.5)
+
+
+def source_extent(sources: SourceTensors) -> torch.Tensor:
+    """(S, 3) size of the union of each source's real part boxes, normalised units (diagonal 1)."""
+    mask = sources.part_mask.unsqueeze(-1)
+    centre, half = sources.boxes[..., :3], sources.boxes[..., 3:]
+    lo = torch.where(mask, centre - half, torch.full_like(centre, float("inf"))).min(dim=1).values
+    hi = torch.where(mask, centre + half, torch.full_like(centre, float("-inf"))).max(dim=1).values
+    return hi - lo
+
+
+def target_extent(points: torch.Tensor) -> torch.Tensor:
+    """(B, 3) box size of (B, N, 3) targets."""
+    return points.max(dim=1).values - points.min(dim=1).values
+
+
+def box_placement(sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Each source scaled per axis so its box matches a target box of size ``extent``.
+
+    Both are centred at 0 in their normalised frames, so the placement is a per-axis scaling of
+    centres and half-sizes about the origin (padded parts keep their boxes).
+
+    Args:
+        sources: S sources.
+        extent: (S, 3) or (3,) target box sizes, normalised units; an axis thinner than
+            ``floor`` is treated as ``floor`` (a flat scan does not flatten the source).
+
+    Returns:
+        (S, K, 6) boxes in the target's normalised frame.
+    """
+    scale = extent.clamp_min(floor).expand(len(sources), 3) / source_extent(sources).clamp_min(1e-6)
+    factor = torch.cat([scale, scale], dim=-1).unsqueeze(1)
+    placed = sources.boxes * factor
+    return torch.where(sources.part_mask.unsqueeze(-1), placed, sources.boxes)
+
+
+def coarse_chamfer(
+    sources: SourceTensors,
+    boxes: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    n_points: int = RANK_POINTS,
+    batch: int = 512,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> torch.Tensor:
+    """Chamfer of many deformed sources to their targets on ``n_points`` points of each.
+
+    Sources' samples are in random order, so their first points are a uniform subset; so are the
+    first points of a target cleaned by ``backend.fitting.clean_points``.
+
+    Args:
+        sources: P sources (one per pair); boxes: (P, K, 6) their boxes.
+        targets: (P, M, 3) the target of each pair (an expanded view costs nothing).
+        weights: optional (P,) factors (a common unit when targets differ in normalisation).
+        batch: pairs per batch (memory: batch x n_points^2 floats).
+        progress: called ``progress(done, total, text)`` after each batch.
+
+    Returns:
+        (P,) chamfer distances.
+    """
+    out = []
+    total = len(boxes)
+    for start in range(0, total, batch):
+        rows = slice(start, min(start + batch, total))
+        chosen = SourceTensors(*(getattr(sources, f)[rows] for f in SourceTensors.__dataclass_fields__)).first_points(
+            n_points
+        )
+        out.append(chamfer_distance(deformed_points(chosen, boxes[rows]), targets[rows, :n_points]))
+        if progress is not None:
+            progress(rows.stop, total, f"ranking {rows.stop} of {total} placements")
+    distance = torch.cat(out)
+    return distance if weights is None else distance * weights
+
+
+def network_boxes(
+    model: JointModel, sources: SourceTensors, global_code: torch.Tensor, part_code: torch.Tensor, target_code
+) -> torch.Tensor:
+    """The learned deformation of P (source, target) pairs, on the sources' connectivity
+    subspace with half-sizes of at least ``min_half`` (what inference and validation use).
+
+    Args:
+        sources: P sources; global_code: (P, G); part_code: (P, K, C); target_code: (P, T).
+
+    Returns:
+        (P, K, 6) boxes in the targets' normalised frames.
+    """
+    boxes = model.deformation.predict_boxes(sources, global_code, part_code, target_code)
+    return project_positive(boxes, sources.basis, sources.min_half, sources.part_mask)
+
+
+def embedding_distance(model: JointModel, target: torch.Tensor, modality: str, codes: torch.Tensor) -> torch.Tensor:
+    """(B, S) distances in the retrieval space from B targets to the sources' embeddings ``codes`` (S, E)."""
+    return torch.cdist(model.retrieval.embed_target(target, modality), codes)
+
+
+def candidate_headings(points: torch.Tensor, steps: int = 90) -> torch.Tensor:
+    """Yaws (radians, about +Z) to try for an (N, 3) cloud whose heading is unknown.
+
+    Library models stand axis-aligned; a turned target is axis-aligned again after turning it by
+    ``-yaw`` for the right ``yaw``. The footprint's minimum-area bounding rectangle and its
+    principal axes each give an angle modulo 90 degrees; each is tried with its four quarter turns,
+    beside the four quarter turns of the cloud's own heading (yaw 0). Angles closer than 3
+    degrees are merged.
+
+    Returns:
+        (H,) yaws in [0, 2 pi), H at most 12, yaw 0 first.
+    """
+    xy = points[:, :2] - points[:, :2].mean(dim=0)
+    angles = torch.arange(steps, dtype=xy.dtype, device=xy.device) * (math.pi / 2 / steps)
+    c, s = torch.cos(angles), torch.sin(angles)
+    # Coordinates after turning by -angle: u = x c + y s, v = -x s + y c.
+    u = xy[:, 0:1] * c + xy[:, 1:2] * s
+    v = -xy[:, 0:1] * s + xy[:, 1:2] * c
+    area = (u.max(0).values - u.min(0).values) * (v.max(0).values - v.min(0).values)
+    rectangle = float(angles[area.argmin()])
+    covariance = xy.T @ xy
+    _, vectors = torch.linalg.eigh(covariance)
+    principal = math.atan2(float(vectors[1, -1]), float(vectors[0, -1])) % (math.pi / 2)
+    out: list[float] = []
+    for base in (0.0, rectangle, principal):
+        for turn in range(4):
+            yaw = (base + turn * math.pi / 2) % (2 * math.pi)
+            gap = [abs((yaw - y + math.pi) % (2 * math.pi) - math.pi) for y in out]
+            if all(g > math.radians(3) for g in gap):
+                out.append(yaw)
+    return torch.tensor(out, dtype=points.dtype)
+
+
+def turn_about_z(points: torch.Tensor, yaws: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
+    """(H, N, 3) copies of (N, 3) ``points`` turned by ``-yaws`` (H,) about the vertical through ``pivot`` (3,)."""
+    c, s = torch.cos(-yaws), torch.sin(-yaws)
+    rel = points - pivot
+    x = c.unsqueeze(1) * rel[:, 0] - s.unsqueeze(1) * rel[:, 1]
+    y = s.unsqueeze(1) * rel[:, 0] + c.unsqueeze(1) * rel[:, 1]
+    return torch.stack([x, y, rel[:, 2].expand_as(x)], dim=-1) + pivot
+
+
+def visible_from(
+    points: torch.Tensor, direction: torch.Tensor, grid: int = 40, tolerance: float = 0.02
+) -> torch.Tensor:
+    """(B, N) mask of points a viewer looking along ``-direction`` sees.
+
+    A point z-buffer: points are binned on a ``grid`` x ``grid`` image plane
+    and kept when within ``tolerance`` (normalised units) of the nearest
+    point of their cell, which is what a single scan of the shape records.
+
+    Args:
+        points: (B, N, 3) in a normalised frame.
+        direction: (B, 3) unit vectors from the shape towards the viewer.
+    """
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=points.dtype, device=points.device).expand_as(direction)
+    right = torch.nn.functional.normalize(torch.cross(up, direction, dim=-1), dim=-1)
+    true_up = torch.cross(direction, right, dim=-1)
+    u = (points * right.unsqueeze(1)).sum(-1)
+    v = (points * true_up.unsqueeze(1)).sum(-1)
+    depth = -(points * direction.unsqueeze(1)).sum(-1)
+    cell_u = ((u + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
+    cell_v = ((v + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
+    cell = cell_u * grid + cell_v
+    nearest = torch.full((points.shape[0], grid * grid), float("inf"), dtype=points.dtype, device=points.device)
+    nearest = nearest.scatter_reduce(1, cell, depth, reduce="amin")
+    return depth <= torch.gather(nearest, 1, cell) + tolerance
+
+
+def view_directions(azimuths: int = 16, elevations: tuple[float, ...] = (0.0, 25.0, 50.0)) -> torch.Tensor:
+    """(V, 3) unit directions from a shape towards candidate viewpoints (azimuth ring per elevation, degrees)."""
+    rows = []
+    for elevation in elevations:
+        e = math.radians(elevation)
+        for a in range(azimuths):
+            t = 2 * math.pi * a / azimuths
+            rows.append([math.sin(t) * math.cos(e), -math.cos(t) * math.cos(e), math.sin(e)])
+    return torch.tensor(rows)
+
+
+def scan_viewpoint(target: torch.Tensor, threshold: float = 0.8) -> torch.Tensor | None:
+    """The viewpoint of a single-view scan, or None for a cloud seen from all around.
+
+    A scan holds only what its viewpoint saw, so almost all its points are visible from there;
+    a full cloud hides about half of itself from any single viewpoint. The z-buffer grid is sized
+    to the cloud (about four points per cell), so sparse clouds do not look visible from
+    everywhere.
+
+    Args:
+        target: (N, 3) normalised cloud.
+        threshold: share of points visible from the best viewpoint above which it is a scan.
+
+    Returns:
+        (3,) unit direction from the shape towards the viewer, or None.
+    """
+    directions = view_directions().to(target)
+    grid = max(8, int(math.sqrt(len(target) / 4)))
+    seen = visible_from(target.expand(len(directions), -1, -1), directions, grid=grid, tolerance=0.04)
+    share = seen.float().mean(dim=1)
+    best = int(share.argmax())
+    return directions[best] if float(share[best]) >= threshold else None
+
+
+def size_penalty(boxes: torch.Tensor, reference: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
+    """(P,) how far parts' sizes left their reference sizes, beyond a 1.5x dead zone.
+
+    Mean over real parts of the squared excess of ``|log(half / reference_half)|`` over
+    ``log 1.5``, summed over axes: a part may grow or shrink with the target freely up to 1.5x of
+    its reference per axis, then pays, so thin parts stay thin and small parts stay small.
+
+    Args:
+        boxes, reference: (P, K, 6); part_mask: (P, K).
+    """
+    ratio = torch.log(boxes[..., 3:].clamp_min(1e-6) / reference[..., 3:].clamp_min(1e-6))
+    excess = torch.relu(ratio.abs() - SIZE_DEAD_ZONE).square().sum(-1) * part_mask
+    return excess.sum(1) / part_mask.sum(1).clamp_min(1)
+
+
+def part_scale_factors(boxes: torch.Tensor, sources: SourceTensors) -> torch.Tensor:
+    """(P, K) largest per-axis factor (>= 1, growing or shrinking) between each part's fitted
+    size and its source size, both in their normalised frames (so a uniform scaling is 1);
+    padded parts are NaN."""
+    ratio = boxes[..., 3:].clamp_min(1e-9) / sources.boxes[..., 3:].clamp_min(1e-9)
+    factor = torch.maximum(ratio, 1 / ratio).max(dim=-1).values
+    return torch.where(sources.part_mask, factor, torch.full_like(factor, float("nan")))
+
+
+def plausibility(boxes: torch.Tensor, sources: SourceTensors) -> dict[str, torch.Tensor]:
+    """Per fit: the 95th percentile of its parts' scale factors (``part_scale_factors``) and the
+    share of its parts scaled over ``IMPLAUSIBLE_FACTOR`` on some axis. Values (P,)."""
+    factor = part_scale_factors(boxes, sources)
+    return {
+        "scale_factor_p95": torch.nanquantile(factor, 0.95, dim=1),
+        "share_over_3x": ((factor > IMPLAUSIBLE_FACTOR).float() * sources.part_mask).sum(1)
+        / sources.part_mask.sum(1).clamp_min(1),
+    }
+
+
+def partial_chamfer(
+    sources: SourceTensors, boxes: torch.Tensor, targets: torch.Tensor, viewpoint: torch.Tensor | None
+) -> torch.Tensor:
+    """Chamfer for a target that may be a single-view scan, differentiable in ``boxes``.
+
+    Every target point is pulled to the source surface; from the source side only the points a
+    viewer at ``viewpoint`` would see are pulled to the target (all of them when ``viewpoint``
+    is None: ``chamfer_distance``), so a one-sided scan does not squash the source into its
+    visible half.
+
+    Args:
+        sources: P sources; boxes: (P, K, 6); targets: (P, M, 3); viewpoint: (3,) or None.
+
+    Returns:
+        (P,) distances.
+    """
+    points = deformed_points(sources, boxes)
+    if viewpoint is None:
+        return chamfer_distance(points, targets)
+    with torch.no_grad():
+        grid = max(8, int(math.sqrt(points.shape[1] / 4)))
+        seen = visible_from(points, viewpoint.expand(len(points), 3), grid=grid, tolerance=0.04).float()
+        squared = torch.cdist(targets, points).square()
+        nearest_source = squared.argmin(dim=2)
+        nearest_target = squared.argmin(dim=1)
+    matched_source = torch.gather(points, 1, nearest_source.unsqueeze(-1).expand(-1, -1, 3))
+    matched_target = torch.gather(targets, 1, nearest_target.unsqueeze(-1).expand(-1, -1, 3))
+    to_source = (targets - matched_source).square().sum(-1).mean(1)
+    to_target = ((points - matched_target).square().sum(-1) * seen).sum(1) / seen.sum(1).clamp_min(1)
+    return to_source + to_target
+
+
+def refine_boxes(
+    sources: SourceTensors,
+    boxes: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int = 200,
+    symmetry_weight: float = 1.0,
+    size_weight: float = 0.0,
+    reference: torch.Tensor | None = None,
+    locked: torch.Tensor | None = None,
+    viewpoint: torch.Tensor | None = None,
+    max_seconds: float = float("inf"),
+    tolerance: float = 1e-3,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> torch.Tensor:
+    """Inner deformation optimisation from the given starts.
+
+    Adam on each candidate's null-space coordinates (so every joint stays attached), on
+    ``partial_chamfer`` to the target plus ``symmetry_weight`` times the symmetry error, plus
+    ``size_weight`` times ``size_penalty`` against ``reference`` boxes, plus a barrier keeping
+    half-sizes at least ``min_half``. Stops when the summed loss improves by less than
+    ``tolerance`` (relative) over 10 steps, after ``steps`` steps, or after ``max_seconds`` (a
+    safety cap only: results should not depend on the machine's load).
+
+    Args:
+        sources: P sources (use few points: ``first_points(REFINE_POINTS)``).
+        boxes: (P, K, 6) starts; targets: (P, M, 3).
+        reference: (P, K, 6) boxes whose part sizes are plausible (default: the starts).
+        locked: optional (P, K) bool, parts that keep their boxes exactly.
+        viewpoint: (3,) of a single-view scan (``scan_viewpoint``), or None.
+        progress: called ``progress(step, steps, text)`` every 10 steps.
+
+    Returns:
+        (P, K, 6) refined boxes.
+    """
+    basis = sources.basis
+    reference = boxes if reference is None else reference
+    start = basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)
+    directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
+    if locked is not None and bool(locked.any()):
+        start, directions = _locked_subspace(basis, boxes, locked)
+    with torch.enable_grad():
+        w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
+        optimiser = torch.optim.Adam([w], lr=2e-3)
+        started, previous = time.perf_counter(), None
+        for step in range(steps):
+            current = (basis @ (start + directions @ w)).reshape(boxes.shape)
+            fit = partial_chamfer(sources, current, targets, viewpoint)
+            shortfall = torch.relu(sources.min_half.view(-1, 1, 1) - current[..., 3:]) * sources.part_mask.unsqueeze(-1)
+            loss = fit + 10 * shortfall.square().sum((1, 2))
+            if symmetry_weight:
+                loss = loss + symmetry_weight * box_symmetry_loss(current, sources.mirror, sources.axis)
+            if size_weight:
+                loss = loss + size_weight * size_penalty(current, reference, sources.part_mask)
+            loss = loss.sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if step % 10 == 0:
+                if progress is not None:
+                    progress(step, steps, f"refining, step {step} of {steps}")
+                value = float(loss.detach())
+                if previous is not None and previous - value <= tolerance * abs(previous):
+                    break
+                previous = value
+            if time.perf_counter() - started > max_seconds:
+                break
+    with torch.no_grad():
+        final = (basis @ (start + directions @ w)).reshape(boxes.shape)
+        return torch.cat([final[..., :3], torch.maximum(final[..., 3:], sources.min_half.view(-1, 1, 1))], dim=-1)
+
+
+def _locked_subspace(basis: torch.Tensor, boxes: torch.Tensor, locked: torch.Tensor):
+    """Start ``z0`` (P, D, 1) meeting the locked boxes and directions ``M`` (P, D, W) that leave them be:
+    null-space coordinates ``z = z0 + M w``."""
+    starts, spans = [], []
+    for p in range(len(boxes)):  # one least-squares problem per user-edited candidate (one in practice)
+        rows = locked[p].repeat_interleave(6)
+        n_locked = basis[p].double()[rows]
+        z0 = torch.linalg.lstsq(n_locked, boxes[p].reshape(-1).double()[rows].unsqueeze(-1)).solution
+        _, singular, vt = torch.linalg.svd(n_locked, full_matrices=True)
+        rank = int((singular > 1e-9 * max(float(singular.max()) if len(singular) else 0.0, 1e-300)).sum())
+        starts.append(z0.to(basis))
+        spans.append(vt[rank:].T.to(basis))
+    width = max(m.shape[1] for m in spans)
+    return torch.stack(starts), torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in spans])
+
+
+def measured_chamfer(
+    sources: SourceTensors,
+    boxes: torch.Tensor,
+    targets: torch.Tensor,
+    viewpoint: torch.Tensor | None = None,
+    n_points: int = MEASURE_POINTS,
+) -> torch.Tensor:
+    """(P,) final fit of P deformed sources to (P, M, 3) targets on ``n_points`` source samples
+    (``partial_chamfer``: one-sided from the source for a scan)."""
+    return partial_chamfer(sources.first_points(n_points), boxes, targets, viewpoint)
+
+
+# Libraries up to this many sources are ranked in full by coarse chamfer at every heading; larger
+# ones are first shortlisted to this many by the retrieval embedding (a prior), see docs/model.md.
+SHORTLIST_THRESHOLD = 2000
+
+
+@dataclass
+class CloudFit:
+    """The candidates of one point-cloud fit, best first (C of them).
+
+    Attributes:
+        rows: (C,) long source rows.
+        yaw: (C,) radians: the target was turned by ``-yaw`` about the vertical through ``pivot``
+            before fitting, so the fit is turned by ``+yaw`` back.
+        pivot: (3,) the cloud's box centre, input units.
+        centre, diagonal: (C, 3), (C,) the normalised frame of the turned target, input units.
+        placed: (C, K, 6) the undeformed sources placed per axis on the target (normalised frame).
+        boxes: (C, K, 6) fitted boxes (normalised frame).
+        chamfer: (C,) measured fit, in the normalised frame of the unturned cloud.
+        start: (C,) long, which start won: 0 the per-axis placement, 1 the network's prediction.
+        coarse: (C,) the coarse ranking score, same unit as ``chamfer``.
+        viewpoint: (3,) direction towards the scanner in the unturned frame, or None (full cloud).
+    """
+
+    rows: torch.Tensor
+    yaw: torch.Tensor
+    pivot: torch.Tensor
+    centre: torch.Tensor
+    diagonal: torch.Tensor
+    placed: torch.Tensor
+    boxes: torch.Tensor
+    chamfer: torch.Tensor
+    start: torch.Tensor
+    coarse: torch.Tensor
+    viewpoint: torch.Tensor | None
+
+
+def _rotate_directions(direction: torch.Tensor, yaws: torch.Tensor) -> torch.Tensor:
+    """(H, 3) a direction (3,) turned by ``-yaws`` (H,) about Z."""
+    return turn_about_z(direction.unsqueeze(0), yaws, torch.zeros(3, dtype=direction.dtype)).squeeze(1)
+
+
+@torch.no_grad()
+def fit_cloud(
+    model: JointModel | None,
+    sources: SourceTensors,
+    codes: dict[str, torch.Tensor] | None,
+    cloud: torch.Tensor,
+    yaws: torch.Tensor,
+    top_k: int = 5,
+    pool: int = 8,
+    refine: bool = True,
+    steps: int = 200,
+    symmetry_weight: float = 1.0,
+    size_weight: float = 0.0,
+    partial: bool = True,
+    max_seconds: float = float("inf"),
+    shortlist: int = SHORTLIST_THRESHOLD,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> CloudFit:
+    """Fit a point cloud: every source at every heading, several starts, refinement.
+
+    1. The cloud is turned by each ``-yaw`` and normalised; a single-view scan's viewpoint is
+       estimated (``scan_viewpoint``, when ``partial``).
+    2. Every source (the ``shortlist`` nearest in the retrieval space when the library is larger)
+       is placed per axis on the target's box at every heading and ranked by ``coarse_chamfer``
+       in a common unit (the unturned cloud's diagonal); each source keeps its best heading.
+    3. The ``pool`` best sources get two starts, the placement and the network's prediction
+       (``model`` None: placement only), refined (``refine_boxes``) and measured
+       (``measured_chamfer``); each keeps its better start.
+
+    Args:
+        model: the joint model (its deformation module) or None for the learning-free pipeline.
+        sources: the library; codes: its ``Fitter.encode_sources`` codes (None with no model).
+        cloud: (N, 3) target points, any units, Z up; its first points are a uniform subset.
+        yaws: (H,) headings to try (``candidate_headings``, or ``zeros(1)`` to trust the cloud's).
+
+    Returns:
+        ``CloudFit`` with ``min(top_k, pool, S)`` candidates.
+    """
+    cloud = cloud.float()
+    yaws = yaws.to(cloud)
+    lo, hi = cloud.min(dim=0).values, cloud.max(dim=0).values
+    pivot, unit = (lo + hi) / 2, float((hi - lo).norm())
+    turned = turn_about_z(cloud, yaws, pivot)
+    centre = (turned.min(dim=1).values + turned.max(dim=1).values) / 2
+    diagonal = (turned.max(dim=1).values - turned.min(dim=1).values).norm(dim=-1)
+    targets = (turned - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
+    common = (diagonal / unit).square()  # chamfer in a heading's frame -> the unturned cloud's frame
+    viewpoint = scan_viewpoint((cloud - pivot) / unit) if partial else None
+    views = None if viewpoint is None else _rotate_directions(viewpoint, yaws)
+    extents = target_extent(targets)
+
+    rows = torch.arange(len(sources), device=cloud.device)
+    if model is not None and codes is not None and len(sources) > shortlist:
+        prior = embedding_distance(model, targets, "points", codes["embedding"]).min(dim=0).values
+        rows = torch.argsort(prior)[:shortlist]
+    candidates = sources.select(rows).first_points(RANK_POINTS)
+    scores = []
+    for h in range(len(yaws)):  # a handful of headings; every source of a heading in one batched pass
+        placed = box_placement(candidates, extents[h])
+        report = None
+        if progress is not None:
+            report = lambda d, t, _, h=h: progress(h * t + d, len(yaws) * t, f"ranking {d} of {t} sources")  # noqa: E731
+        scores.append(coarse_chamfer(candidates, placed, targets[h].expand(len(rows), -1, -1), progress=report))
+    scores = torch.stack(scores) * common.unsqueeze(1)  # (H, S')
+    best_score, best_heading = scores.min(dim=0)
+    keep = torch.argsort(best_score)[: min(pool, len(rows))]
+    pooled_rows, heading = rows[keep], best_heading[keep]
+    chosen = sources.select(pooled_rows)
+    placement = project_positive(
+        box_placement(chosen, extents[heading]), chosen.basis, chosen.min_half, chosen.part_mask
+    )
+    starts = [placement]
+    if model is not None:
+        target_code = model.deformation.encode_target(targets, "points")
+        starts.append(
+            network_boxes(
+                model, chosen, codes["global"][pooled_rows], codes["parts"][pooled_rows], target_code[heading]
+            )
+        )
+    n_starts = len(starts)
+    every = SourceTensors(*(torch.cat([getattr(chosen, f)] * n_starts) for f in SourceTensors.__dataclass_fields__))
+    start_boxes = torch.cat(starts)
+    pair_heading = heading.repeat(n_starts)
+    pair_target = targets[pair_heading]
+    pair_view = None if views is None else views[pair_heading]
+    boxes = start_boxes
+    if refine:
+        boxes = refine_boxes(
+            every.first_points(REFINE_POINTS),
+            start_boxes,
+            pair_target[:, :REFINE_POINTS],
+            steps=steps,
+            symmetry_weight=symmetry_weight,
+            size_weight=size_weight,
+            reference=placement.repeat(n_starts, 1, 1),
+            viewpoint=pair_view,
+            max_seconds=max_seconds,
+            progress=progress,
+        )
+    measured = measured_chamfer(every, boxes, pair_target, pair_view) * common[pair_heading]
+    measured = measured.view(n_starts, -1)
+    winner = measured.argmin(dim=0)
+    pick = winner * len(keep) + torch.arange(len(keep), device=cloud.device)
+    order = torch.argsort(measured.min(dim=0).values)[: min(top_k, len(keep))]
+    chosen_pairs = pick[order]
+    return CloudFit(
+        rows=pooled_rows[order],
+        yaw=yaws[heading[order]],
+        pivot=pivot,
+        centre=centre[heading[order]],
+        diagonal=diagonal[heading[order]],
+        placed=placement[order],
+        boxes=boxes[chosen_pairs],
+        chamfer=measured.min(dim=0).values[order],
+        start=winner[order],
+        coarse=best_score[keep][order],
+        viewpoint=viewpoint,
+    )

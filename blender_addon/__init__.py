@@ -22,9 +22,20 @@ def _modules():
     return (props, preferences, operators, panels)
 
 
+NUMPY_MISSING = (
+    "Retrieve & Fit needs numpy in Blender's Python, and this Blender has none. Official Blender builds "
+    "include it; for Debian's or Ubuntu's blender package run: sudo apt install python3-numpy "
+    "(then restart Blender and enable the add-on again)"
+)
+
+
 def register() -> None:
     import bpy
 
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise ImportError(NUMPY_MISSING) from None
     for module in _modules():
         for cls in module.classes:
             bpy.utils.register_class(cls)

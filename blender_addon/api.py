@@ -1,139 +1,422 @@
-"""The add-on's scriptable API: what the operators do, callable from scripts.
+"""The add-on's scriptable API: every request to the worker is built here.
 
-Every function here is synchronous (the worker's answer is awaited); the
-operators' modal paths submit the same requests and poll instead, so the UI
-never blocks. Functions raise ``RfitError`` with a message for the user and
-leave the scene untouched when they fail.
+A ``Job`` is one request and what its answer does to the scene. The
+``*_job`` functions build them (reading the panel's settings where a value
+is not given) and check the input before any work starts. ``run`` sends a
+job and waits (scripts, tests, the operators' ``execute``); ``start`` sends
+it and ``pump`` routes the worker's messages to it without ever blocking
+(the operators' modal ``invoke``, live mode). Both paths share the job, so
+scripts and the UI do the same thing. Failures raise ``RfitError`` with a
+message for the user and leave the scene untouched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import build, targets
-from .client import BackendClient, BackendUnavailable
+from . import build, quality, targets
+from .client import BackendClient, BackendUnavailable, explain
+
+THUMBNAIL_SIZE = 96
+START_LIMIT = 120.0  # seconds a starting worker may take to answer its first request
+SILENCE_LIMIT = 180.0  # seconds a busy worker may go without a progress message
 
 _client: BackendClient | None = None
+_jobs: dict[int, Job] = {}
+backend_info: dict = {}
+_state = {"failure": "", "hello": None}
 
 
 class RfitError(RuntimeError):
     """A user-facing failure: shown in the UI, nothing in the scene changed."""
 
 
+@dataclass
+class Job:
+    """A request to the worker (``kind``, ``arrays``, ``fields``) and
+    ``finish(context, answer)``, which applies the answer to the scene and
+    returns the outcome. The rest is filled in while it runs."""
+
+    kind: str
+    fields: dict
+    arrays: dict | None = None
+    finish: Callable | None = None
+    label: str = "working"
+    used: dict = field(default_factory=dict)  # the settings it was built with (the redo panel shows them)
+    id: int | None = None
+    done: int = 0
+    total: int = 0
+    text: str = ""
+    answer: object = None
+    error: str = ""
+    heard: float = 0.0  # time.monotonic() of the last message about it
+    texts: list = field(default_factory=list)  # every progress text, in order
+
+    @property
+    def over(self) -> bool:
+        return self.answer is not None or bool(self.error)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total > 0 else 0.0
+
+
+# -- the worker -----------------------------------------------------------------------------
 def preferences(context):
     addon = context.preferences.addons.get(__package__)
     return addon.preferences if addon is not None else None
 
 
+def configured_python(context) -> str:
+    """The backend interpreter: $RFIT_BACKEND_PYTHON, else the preference."""
+    from .client import ENV_PYTHON
+
+    prefs = preferences(context)
+    return os.environ.get(ENV_PYTHON) or (getattr(prefs, "backend_python", "") if prefs is not None else "")
+
+
 def client(context) -> BackendClient:
-    """The running worker, started on first use with the configured Python."""
+    """The running worker; started (without waiting for it) when there is
+    none, when it died, or when the configured Python changed."""
     global _client
-    if _client is not None and not _client.alive:
-        backend_info.clear()
-    if _client is None or not _client.alive:
-        prefs = preferences(context)
-        python = getattr(prefs, "backend_python", "") if prefs is not None else ""
+    python = configured_python(context) or None
+    if _client is not None and (_client.python != python or not _client.alive):
+        _drop("the backend was restarted")
+    if _client is None:
+        _state["failure"] = ""
         try:
-            _client = BackendClient(python or None)
-            hello = _client.wait(_client.submit("hello"), timeout=120)
-        except (BackendUnavailable, TimeoutError) as error:
+            _client = BackendClient(python)
+        except BackendUnavailable as error:
+            _state["failure"] = str(error)
             raise RfitError(str(error)) from error
-        backend_info.clear()
-        if hello.type == "result":
-            backend_info.update(hello.header)
+        hello = Job("hello", {}, finish=lambda context, answer: backend_info.update(answer.header), label="starting")
+        _send(hello)
+        _state["hello"] = hello
     return _client
 
 
-def shutdown() -> None:
+def restart_worker(context) -> None:
+    """Replace the worker now (the backend preference changed); a failure to start shows in the panel."""
+    _drop("the backend was restarted")
+    _state["failure"] = ""
+    try:
+        client(context)
+    except RfitError:
+        pass  # kept in the backend state the panel shows
+
+
+def _drop(reason: str) -> None:
+    """Kill the worker at once; its jobs fail with ``reason``."""
     global _client
     if _client is not None:
-        _client.shutdown()
+        _client.kill()
         _client = None
+    _fail_all(reason)
+    backend_info.clear()
+    _state["hello"] = None
+
+
+def _send(job: Job) -> None:
+    try:
+        job.id = _client.submit(job.kind, job.arrays, **job.fields)
+    except BackendUnavailable as error:
+        raise RfitError(str(error)) from error
+    job.heard = time.monotonic()
+    _jobs[job.id] = job
+
+
+def shutdown() -> None:
+    """Stop the worker (the add-on is disabled); every job still waiting fails."""
+    global _client
+    if _client is not None:
+        _client.shutdown(timeout=5.0)
+        _client = None
+    _fail_all("the backend was stopped")
+    backend_info.clear()
+    _state["hello"], _state["failure"] = None, ""
+
+
+def restart(context, reason: str) -> None:
+    """Kill an unresponsive worker (its jobs fail with ``reason``); the next request starts a new one."""
+    _drop(reason)
+    _state["failure"] = reason
+
+
+def _fail_all(reason: str) -> None:
+    for job in list(_jobs.values()):
+        job.error = job.error or reason
+    _jobs.clear()
+
+
+def backend_state() -> tuple[str, str]:
+    """(text, icon) of the worker's state, as true as the add-on knows it."""
+    if _state["failure"]:
+        return f"Backend failed: {_state['failure']}", "ERROR"
+    if _client is None:
+        return "Backend: not started", "QUESTION"
+    if not _client.alive:
+        return "Backend stopped (restarts on next use)", "ERROR"
+    if not backend_info:
+        return "Backend starting…", "SORTTIME"
+    device = backend_info.get("gpu", backend_info.get("device", "?"))
+    return f"Backend: {device}, torch {backend_info.get('torch', '?')}", "CHECKMARK"
+
+
+def pump() -> None:
+    """Route every message that arrived to its job (never blocks)."""
+    if _client is None:
+        return
+    for message in _client.poll():
+        if message.id == -1:  # the worker died or its stream broke: every job fails
+            reason = message["message"]
+            _state["failure"] = reason
+            _fail_all(reason)
+            continue
+        job = _jobs.get(message.id)
+        if job is None:  # a cancelled job's late answer, or a cancel's acknowledgement
+            continue
+        job.heard = time.monotonic()
+        if message.type == "progress":
+            job.done, job.total, job.text = int(message["done"]), int(message["total"]), message.get("text", "")
+            if not job.texts or job.texts[-1] != job.text:
+                job.texts.append(job.text)
+        elif message.type == "result":
+            del _jobs[message.id]
+            job.answer = message
+        elif message.type == "error":
+            del _jobs[message.id]
+            job.error = "cancelled" if message.get("cancelled") else explain([message["message"]], _client.python)
+    hello = _state["hello"]
+    if hello is not None and hello.over:
+        _state["hello"] = None
+        if hello.error:
+            _state["failure"] = hello.error
+        else:
+            hello.finish(None, hello.answer)
+
+
+def start(context, job: Job) -> Job:
+    """Send ``job`` (starting the worker if needed); poll it with ``pump``."""
+    client(context)
+    _send(job)
+    return job
+
+
+def cancel(job: Job) -> None:
+    """Give up on ``job`` at once: its answer, when it comes, is ignored (the scene is untouched)."""
+    if _jobs.pop(job.id, None) is not None and _client is not None and _client.alive:
+        try:
+            _client.submit("cancel", target=job.id)
+        except BackendUnavailable:
+            pass
+    job.error = job.error or "cancelled"
+
+
+def overdue(job: Job) -> str:
+    """A message when ``job`` has waited too long without a word from the worker, else ''."""
+    limit = START_LIMIT if _state["hello"] is not None else SILENCE_LIMIT
+    if job.over or time.monotonic() - job.heard < limit:
+        return ""
+    return (
+        f"the backend did not answer for {limit:.0f} s and was restarted; try again "
+        "(Check Backend shows whether it starts)"
+    )
+
+
+def finish(context, job: Job):
+    """Apply a finished job's answer to the scene; raises ``RfitError`` if it failed."""
+    if job.error:
+        raise RfitError(job.error)
+    return job.finish(context, job.answer) if job.finish is not None else job.answer.header
+
+
+def run(context, job: Job, timeout: float | None = None):
+    """Send ``job``, wait for its answer and apply it (scripts and ``execute``)."""
+    start(context, job)
+    while not job.over:
+        pump()
+        late = overdue(job)
+        if late or (timeout is not None and time.monotonic() - job.heard > timeout):
+            restart(context, late or f"no answer within {timeout} s")
+            raise RfitError(job.error)
+        if not job.over:
+            time.sleep(0.005)
+    return finish(context, job)
+
+
+def active_jobs() -> list[Job]:
+    return [job for job in _jobs.values() if job.kind != "hello"]
+
+
+# -- settings ---------------------------------------------------------------------------------
+def _abspath(path: str) -> str:
+    import bpy
+
+    return bpy.path.abspath(path) if path else ""
 
 
 def default_index(directory: str) -> str:
     return os.path.join(os.path.abspath(directory), ".rfit-index")
 
 
-def _call(context, kind: str, arrays=None, **fields):
-    try:
-        answer = client(context).wait(client(context).submit(kind, arrays, **fields))
-    except (BackendUnavailable, TimeoutError) as error:
-        raise RfitError(str(error)) from error
-    if answer.type == "error":
-        raise RfitError(answer["message"])
-    return answer
+def index_path(context) -> str:
+    """The panel's index: its own folder, else ``.rfit-index`` in the library."""
+    s = context.scene.rfit
+    if s.index_directory:
+        return _abspath(s.index_directory)
+    return default_index(_abspath(s.library_directory)) if s.library_directory else ""
 
 
-def index_library(context, directory: str, index: str = "") -> dict:
-    """Index (or update the index of) a folder of models; returns the summary."""
-    if not directory or not os.path.isdir(directory):
-        raise RfitError(f"library folder not found: {directory or '(none chosen)'}")
-    answer = _call(
-        context, "index_library", library=os.path.abspath(directory), index=index or default_index(directory)
-    )
-    return answer.header
+def checkpoint_path(context) -> str:
+    prefs = preferences(context)
+    return _abspath(prefs.checkpoint) if prefs is not None and prefs.checkpoint else ""
 
 
-def fit_request(context, obj=None, image_path: str = "") -> tuple[dict, dict, dict]:
-    """Arrays and description of the target: the active object or an image file."""
-    if image_path:
-        image = targets.load_image(image_path)
-        return {"image": targets.image_pixels(image)}, {"image": image_path}, {}
-    points = targets.points_from_object(obj, context.evaluated_depsgraph_get())
-    return {"points": points.astype(np.float32)}, {"object": obj.name}, {}
+# -- the jobs -----------------------------------------------------------------------------
+def hello_job(context) -> Job:
+    """Ask the worker what it runs on (starts it if needed)."""
+
+    def done(context, answer):
+        backend_info.clear()
+        backend_info.update(answer.header)
+        return dict(backend_info)
+
+    return Job("hello", {}, finish=done, label="checking the backend")
 
 
-def retrieve_and_fit(
+def index_job(context, directory: str = "", index: str = "") -> Job:
+    """Index (or update the index of) a folder of models: ``directory`` (default
+    the panel's library) into ``index`` (default the panel's index for the
+    panel's library, ``.rfit-index`` inside any other)."""
+    s = context.scene.rfit
+    folder = _abspath(directory or s.library_directory)
+    if not folder or not os.path.isdir(folder):
+        raise RfitError(f"library folder not found: {folder or '(none chosen)'}")
+    folder = os.path.abspath(folder)
+    index = _abspath(index) or (default_index(folder) if directory else index_path(context))
+
+    def done(context, answer):
+        s = context.scene.rfit
+        s.library_directory, s.index_directory = folder, index
+        return answer.header
+
+    return Job("index_library", {"library": folder, "index": index}, finish=done, label="indexing")
+
+
+def fit_job(
     context,
-    index: str,
+    *,
+    target: str = "PANEL",
     obj=None,
     image_path: str = "",
-    top_k: int = 5,
-    refine: bool = False,
-    yaw_search: int = 1,
+    top_k: int = 0,
+    refine: bool | None = None,
+    yaw_search: int = 0,
+    index: str = "",
     checkpoint: str = "",
-):
-    """Fit the target and build the best candidate; returns the parent empty."""
+) -> Job:
+    """Fit a target and build the best candidate (the finished job returns its parent empty).
+
+    ``target`` is "OBJECT" (``obj``, default the active object), "IMAGE"
+    (``image_path``, default the panel's file) or "PANEL" (an ``image_path``
+    if given, else the panel's choice). Zero / None / "" take the panel's
+    value. ``job.used`` records what was used."""
+    s = context.scene.rfit
+    if target == "PANEL":
+        target = "IMAGE" if image_path else s.target
+    index = _abspath(index) if index else index_path(context)
     if not index or not os.path.exists(os.path.join(index, "manifest.json")):
         raise RfitError(f"no library index at {index or '(none chosen)'}: index a library first")
+    used = {
+        "target": target,
+        "object_name": "",
+        "image_path": "",
+        "top_k": int(top_k or s.top_k),
+        "refine": bool(s.refine if refine is None else refine),
+        "yaw_search": int(yaw_search or s.yaw_search),
+    }
     try:
-        arrays, target, _ = fit_request(context, obj, image_path)
+        if target == "IMAGE":
+            path = _abspath(image_path or s.image_path)
+            if not path:
+                raise RfitError("choose a reference image file, or fit the selected object instead")
+            used["image_path"] = path
+            arrays, described = {"image": targets.image_pixels(targets.load_image(path))}, {"image": path}
+        else:
+            obj = obj if obj is not None else context.active_object
+            points = targets.points_from_object(obj, context.evaluated_depsgraph_get())
+            used["object_name"] = obj.name
+            arrays, described = {"points": points.astype(np.float32)}, {"object": obj.name}
     except targets.TargetError as error:
         raise RfitError(str(error)) from error
-    options = {"top_k": int(top_k), "refine": bool(refine), "yaw_search": int(yaw_search)}
-    answer = _call(
-        context,
-        "fit",
-        arrays,
-        index=index,
-        checkpoint=checkpoint or None,
-        options=options,
-        meshes_for=[0],
-        thumbnails=THUMBNAIL_SIZE,
-    )
-    return build_answer(
-        context, answer, {"index": index, "checkpoint": checkpoint, "target": target, "options": options}
-    )
+    options = {key: used[key] for key in ("top_k", "refine", "yaw_search")}
+    checkpoint = checkpoint or checkpoint_path(context)
+    info = {"index": index, "checkpoint": checkpoint, "target": described, "options": options}
+    if target == "IMAGE":  # an image says nothing about where the object is: put it at the 3D cursor
+        info["placed_at"] = [float(v) for v in context.scene.cursor.location]
+    fields = {
+        "index": index,
+        "checkpoint": checkpoint or None,
+        "options": options,
+        "meshes_for": [0],
+        "thumbnails": THUMBNAIL_SIZE,
+    }
+
+    def done(context, answer):
+        return build_answer(context, answer, info)
+
+    return Job("fit", fields, arrays, finish=done, label="fitting", used=used)
 
 
-THUMBNAIL_SIZE = 96
-backend_info: dict = {}
+def build_answer(context, answer, info: dict):
+    """Build the best candidate of a fit answer, select it and list the candidates."""
+    candidates = answer["candidates"]
+    if not candidates:
+        raise RfitError("the library has no source to fit")
+    if "placed_at" in info:
+        for candidate in candidates:
+            _move(candidate, np.asarray(info["placed_at"], dtype=np.float64))
+    for rank, name in store_thumbnails(answer).items():
+        candidates[rank]["thumbnail"] = name
+    parent = build.build_fit(context, candidates[0], answer.arrays, "c0_", info)
+    parent[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
+    _select(context, parent)
+    show_candidates(context, candidates, 0)
+    return parent
 
 
-def check_backend(context) -> dict:
-    """Start the worker if needed and ask what it runs on."""
-    answer = _call(context, "hello")
-    backend_info.clear()
-    backend_info.update(answer.header)
-    return dict(backend_info)
+def _move(candidate: dict, offset: np.ndarray) -> None:
+    """Translate a candidate (its pivot and boxes in the fit frame) by ``offset`` (3,)."""
+    candidate["pivot"] = (np.asarray(candidate["pivot"], dtype=np.float64) + offset).tolist()
+    for part in candidate["parts"]:
+        for key in ("fitted_box", "original_box"):
+            box = np.asarray(part[key], dtype=np.float64)
+            box[:3] += offset
+            part[key] = box.tolist()
+
+
+def show_candidates(context, candidates: list[dict], active: int) -> None:
+    """List a fit's candidates in the panel: name, picture, chamfer and its rating."""
+    s = context.scene.rfit
+    s.candidates.clear()
+    for c in candidates:
+        item = s.candidates.add()
+        item.rank, item.source, item.thumbnail = c["rank"], c["source"], c.get("thumbnail", "")
+        chamfer = c.get("measured_chamfer_x100")
+        item.chamfer = chamfer if chamfer is not None else -1.0
+        item.rating = quality.rating(chamfer)
+    s.candidate_index = active
 
 
 def store_thumbnails(answer) -> dict[int, str]:
-    """Image datablocks of the candidates' thumbnails, by rank."""
+    """New image datablocks (one set per fit, so no panel shows a stale
+    picture) of the candidates' thumbnails, by rank."""
     import bpy
 
     names = {}
@@ -141,31 +424,15 @@ def store_thumbnails(answer) -> dict[int, str]:
         if not key.startswith("thumbnail"):
             continue
         rank = int(key[len("thumbnail") :])
-        name = f"rfit thumbnail {rank}"
         height, width = pixels.shape[:2]
-        image = bpy.data.images.get(name) or bpy.data.images.new(name, width, height)
-        if tuple(image.size) != (width, height):
-            image.scale(width, height)
+        image = bpy.data.images.new(f"rfit thumbnail {rank}", width, height)
         rgba = np.concatenate(
             [pixels[::-1].astype(np.float32) / 255.0, np.ones((height, width, 1), np.float32)], axis=2
         )
         image.pixels.foreach_set(rgba.reshape(-1))
         image.update()
-        names[rank] = name
+        names[rank] = image.name
     return names
-
-
-def build_answer(context, answer, info: dict):
-    """Build the best candidate of a fit answer and select it."""
-    candidates = answer["candidates"]
-    if not candidates:
-        raise RfitError("the library has no source to fit")
-    for rank, name in store_thumbnails(answer).items():
-        candidates[rank]["thumbnail"] = name
-    parent = build.build_fit(context, candidates[0], answer.arrays, "c0_", info)
-    parent[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
-    _select(context, parent)
-    return parent
 
 
 def _select(context, obj) -> None:
@@ -182,57 +449,91 @@ def fit_parent(obj):
     return obj
 
 
-def use_candidate(context, rank: int, parent=None):
-    """Replace the active fit by its candidate ``rank``; returns the new parent."""
+def _parent(context, parent):
     parent = parent or fit_parent(context.active_object)
     if parent is None:
         raise RfitError("select a fitted result first")
+    return parent
+
+
+def _still_there(context, name: str):
+    """The fit's parent by name when an answer arrives (the user may have undone it meanwhile)."""
+    import bpy
+
+    parent = bpy.data.objects.get(name)
+    if parent is None or not parent.get(build.PROP_PREFIX + "result"):
+        raise RfitError("the fit was removed while the backend worked; nothing changed")
+    return parent
+
+
+def candidate_job(context, rank: int, parent=None) -> Job:
+    """Replace the fit by its candidate ``rank`` (the finished job returns the new parent)."""
+    parent = _parent(context, parent)
     candidates = json.loads(parent[build.PROP_PREFIX + "candidates"])
     if not 0 <= rank < len(candidates):
         raise RfitError(f"there are {len(candidates)} candidates; rank {rank} does not exist")
     info = json.loads(parent[build.PROP_PREFIX + "info"])
-    answer = _call(context, "part_meshes", index=info["index"], source_index=candidates[rank]["source_index"])
-    new = build.build_fit(context, candidates[rank], answer.arrays, "", info)
-    new[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
-    build.remove_fit(parent)
-    _select(context, new)
-    return new
+    name = parent.name
+
+    def done(context, answer):
+        old = _still_there(context, name)
+        new = build.build_fit(context, candidates[rank], answer.arrays, "", info)
+        new[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
+        build.remove_fit(old)
+        _select(context, new)
+        show_candidates(context, candidates, rank)
+        return new
+
+    fields = {"index": info["index"], "source_index": candidates[rank]["source_index"]}
+    return Job("part_meshes", fields, finish=done, label="loading the candidate", used={"rank": rank})
 
 
-def enforce_connectivity(context, parent=None, keep_symmetry: bool = False, locked=None) -> dict:
+def keep_connected_job(context, parent=None, keep_symmetry: bool | None = None, live: bool = False) -> Job:
     """Move the parts the user did not edit so every joint is attached again.
 
-    Edited parts (those whose transform changed since the add-on last set
-    it, or ``locked`` by index) stay where they are; rotated parts are left out of the solve.
-    """
-    parent = parent or fit_parent(context.active_object)
-    if parent is None:
-        raise RfitError("select a fitted result first")
+    Edited parts (``build.note_edits``) are held (the backend moves them only
+    when the edits contradict each other, and says so); rotated parts are left
+    out of the solve. ``live``: edited parts are never written (the user may
+    still be dragging them). The finished job returns what was held."""
+    parent = _parent(context, parent)
+    keep_symmetry = context.scene.rfit.keep_symmetry if keep_symmetry is None else bool(keep_symmetry)
     info = json.loads(parent[build.PROP_PREFIX + "info"])
+    edited = build.note_edits(parent)
     boxes, rotated = build.current_boxes(parent)
-    if locked is None:
-        fitted = np.array([o[build.PROP_PREFIX + "applied_box"] for o in build.part_objects(parent)])
-        locked = np.any(np.abs(boxes - fitted) > 1e-6 * max(1.0, float(np.abs(fitted).max())), axis=1)
-    answer = _call(
-        context,
+    name = parent.name
+
+    def done(context, answer):
+        parent = _still_there(context, name)
+        build.apply_boxes(parent, answer.arrays["boxes"], only=~edited if live else None)
+        return {
+            "locked": [bool(x) for x in edited],
+            "lock_residual": answer["lock_residual"],
+            "rotated": [bool(x) for x in rotated],
+            "max_gap": answer.get("max_gap"),
+        }
+
+    fields = {
+        "index": info["index"],
+        "source_index": int(parent[build.PROP_PREFIX + "source_index"]),
+        "locked": [bool(x) for x in edited],
+        "excluded": [bool(x) for x in rotated],
+        "keep_symmetry": keep_symmetry,
+    }
+    return Job(
         "keep_connected",
+        fields,
         {"boxes": boxes},
-        index=info["index"],
-        source_index=int(parent[build.PROP_PREFIX + "source_index"]),
-        locked=[bool(x) for x in locked],
-        excluded=[bool(x) for x in rotated],
-        keep_symmetry=bool(keep_symmetry),
+        finish=done,
+        label="keeping parts connected",
+        used={"keep_symmetry": keep_symmetry},
     )
-    build.apply_boxes(parent, answer.arrays["boxes"])
-    return {"locked": answer["locked"], "lock_residual": answer["lock_residual"], "rotated": [bool(x) for x in rotated]}
 
 
-def refit(context, parent=None, keep_edited: bool = True, refine_steps: int = 300) -> dict:
-    """Rerun the deformation optimisation against the fit's target, with the
-    parts the user edited held where they are (``keep_edited``)."""
-    parent = parent or fit_parent(context.active_object)
-    if parent is None:
-        raise RfitError("select a fitted result first")
+def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int = 300) -> Job:
+    """Rerun the deformation optimisation against the fit's target with the
+    edited parts held (``keep_edited``). The finished job returns the parts
+    held and the chamfer (x1e-2) after, and before where the backend reports it."""
+    parent = _parent(context, parent)
     info = json.loads(parent[build.PROP_PREFIX + "info"])
     target = info.get("target", {})
     if "object" not in target:
@@ -244,46 +545,89 @@ def refit(context, parent=None, keep_edited: bool = True, refine_steps: int = 30
         points = targets.points_from_object(obj, context.evaluated_depsgraph_get())
     except targets.TargetError as error:
         raise RfitError(str(error)) from error
-    boxes, rotated = build.current_boxes(parent)
-    applied = np.array([o[build.PROP_PREFIX + "applied_box"] for o in build.part_objects(parent)])
-    edited = np.any(np.abs(boxes - applied) > 1e-6 * max(1.0, float(np.abs(applied).max())), axis=1) | rotated
+    edited = build.note_edits(parent)
+    boxes, _ = build.current_boxes(parent)
     locked = edited if keep_edited else np.zeros(len(boxes), bool)
-    answer = _call(
-        context,
+    name = parent.name
+
+    def done(context, answer):
+        parent = _still_there(context, name)
+        best = answer["candidates"][0]
+        fitted = np.array([p["fitted_box"] for p in sorted(best["parts"], key=lambda p: p["index"])])
+        build.apply_boxes(parent, fitted, only=~locked)  # the held parts are the user's, exactly
+        return {
+            "locked": [bool(x) for x in locked],
+            "chamfer_x100": best["measured_chamfer_x100"],
+            "chamfer_before_x100": answer.get("chamfer_start_x100", answer.get("chamfer_before_x100")),
+        }
+
+    fields = {
+        "index": info["index"],
+        "checkpoint": info.get("checkpoint") or None,
+        "source_index": int(parent[build.PROP_PREFIX + "source_index"]),
+        "locked": [bool(x) for x in locked],
+        "yaw": float(parent.rotation_euler[2]),
+        "options": {"refine_steps": int(refine_steps)},
+    }
+    return Job(
         "refit",
+        fields,
         {"points": points.astype(np.float32), "boxes": boxes},
-        index=info["index"],
-        checkpoint=info.get("checkpoint") or None,
-        source_index=int(parent[build.PROP_PREFIX + "source_index"]),
-        locked=[bool(x) for x in locked],
-        yaw=float(parent.rotation_euler[2]),
-        options={"refine_steps": int(refine_steps)},
+        finish=done,
+        label="refitting",
+        used={"keep_edited": keep_edited},
     )
-    fitted = np.array([p["fitted_box"] for p in answer["candidates"][0]["parts"]])
-    build.apply_boxes(parent, fitted)
-    return {"locked": [bool(x) for x in locked], "chamfer_x100": answer["candidates"][0]["measured_chamfer_x100"]}
 
 
+# -- synchronous forms (scripts) -----------------------------------------------------------------
+def check_backend(context) -> dict:
+    """Start the worker if needed and ask what it runs on."""
+    return run(context, hello_job(context))
+
+
+def index_library(context, directory: str, index: str = "") -> dict:
+    """Index (or update the index of) a folder of models; returns the summary."""
+    return run(context, index_job(context, directory, index))
+
+
+def retrieve_and_fit(context, index: str = "", obj=None, image_path: str = "", **options):
+    """Fit the object (or the image file) and build the best candidate; returns the parent empty."""
+    target = "IMAGE" if image_path else "OBJECT"
+    return run(context, fit_job(context, target=target, obj=obj, image_path=image_path, index=index, **options))
+
+
+def use_candidate(context, rank: int, parent=None):
+    """Replace the active fit by its candidate ``rank``; returns the new parent."""
+    return run(context, candidate_job(context, rank, parent))
+
+
+def enforce_connectivity(context, parent=None, keep_symmetry: bool = False) -> dict:
+    return run(context, keep_connected_job(context, parent, keep_symmetry))
+
+
+def refit(context, parent=None, keep_edited: bool = True, refine_steps: int = 300) -> dict:
+    return run(context, refit_job(context, parent, keep_edited, refine_steps))
+
+
+# -- local edits (no backend) ----------------------------------------------------------------------
 def reset_parts(context, parts=None) -> int:
-    """Put parts (default: the selected part objects) back to the predicted boxes."""
+    """Put parts (default: the selected part objects) back to the predicted
+    boxes; they no longer count as edited."""
     parts = parts if parts is not None else [o for o in context.selected_objects if build.PROP_PREFIX + "part" in o]
     for obj in parts:
         parent = obj.parent
-        box = np.asarray(obj[build.PROP_PREFIX + "fitted_box"], dtype=np.float64)
         obj.rotation_euler = (0.0, 0.0, 0.0)
-        index = build.part_objects(parent).index(obj)
+        members = build.part_objects(parent)
         boxes, _ = build.current_boxes(parent)
-        boxes[index] = box
-        build.apply_boxes(parent, boxes)
+        boxes[members.index(obj)] = np.asarray(obj[build.PROP_PREFIX + "fitted_box"], dtype=np.float64)
+        build.apply_boxes(parent, boxes, only=np.array([m == obj for m in members]), edited=False)
     return len(parts)
 
 
 def apply_fit(context, parent=None) -> int:
-    """Bake every part's scale into its mesh and drop the add-on's properties:
-    plain objects from here on. Returns the number of parts baked."""
-    parent = parent or fit_parent(context.active_object)
-    if parent is None:
-        raise RfitError("select a fitted result first")
+    """Bake every part's scale into its mesh and drop the add-on's properties
+    (edited flags included): plain objects from here on. Returns the number of parts baked."""
+    parent = _parent(context, parent)
     parts = build.part_objects(parent)
     for obj in parts:
         scale = np.array(obj.scale, dtype=np.float64)

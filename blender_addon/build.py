@@ -48,7 +48,6 @@ def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: s
     parent[PROP_PREFIX + "rank"] = int(candidate["rank"])
     parent[PROP_PREFIX + "info"] = json.dumps(info)
     collection.objects.link(parent)
-    unturn = rotation_z(-yaw)
     for part in candidate["parts"]:
         k = part["index"]
         source_box = np.asarray(part["source_box"], dtype=np.float64)
@@ -63,15 +62,15 @@ def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: s
             mesh.materials.append(material_for(colour))
         obj = bpy.data.objects.new(f"{name} part {k:02d}", mesh)
         obj.parent = parent
-        obj.location = unturn @ (fitted[:3] - pivot)
-        obj.scale = _safe_ratio(fitted[3:], source_box[3:])
         obj[PROP_PREFIX + "source"] = candidate["source"]
         obj[PROP_PREFIX + "part"] = k
         obj[PROP_PREFIX + "source_box"] = source_box.tolist()
         obj[PROP_PREFIX + "original_box"] = part["original_box"]
         obj[PROP_PREFIX + "fitted_box"] = fitted.tolist()
-        obj[PROP_PREFIX + "applied_box"] = fitted.tolist()
+        obj[PROP_PREFIX + "edited"] = False
         collection.objects.link(obj)
+    by_index = sorted(candidate["parts"], key=lambda part: part["index"])
+    apply_boxes(parent, np.array([part["fitted_box"] for part in by_index], dtype=np.float64))
     return parent
 
 
@@ -98,31 +97,62 @@ def part_objects(parent) -> list:
     return sorted(parts, key=lambda o: o[PROP_PREFIX + "part"])
 
 
+def _box_of(obj, pivot: np.ndarray, turn: np.ndarray) -> np.ndarray:
+    """(6,) the box a part object shows now, in the fit's frame."""
+    source_box = np.asarray(obj[PROP_PREFIX + "source_box"], dtype=np.float64)
+    centre = pivot + turn @ np.array(obj.location, dtype=np.float64)
+    half = np.where(source_box[3:] > 1e-9, source_box[3:], 0.0) * np.array(obj.scale, dtype=np.float64)
+    return np.concatenate([centre, half])
+
+
 def current_boxes(parent) -> tuple[np.ndarray, np.ndarray]:
     """(K, 6) boxes the part objects show now, in the fit's frame as the
     backend reports them, and (K,) whether a part carries a rotation (which
     the deformation model cannot express)."""
     pivot = np.array(parent.location, dtype=np.float64)
     turn = rotation_z(float(parent.rotation_euler[2]))
-    boxes, rotated = [], []
-    for obj in part_objects(parent):
-        source_box = np.asarray(obj[PROP_PREFIX + "source_box"], dtype=np.float64)
-        centre = pivot + turn @ np.array(obj.location, dtype=np.float64)
-        half = np.where(source_box[3:] > 1e-9, source_box[3:], 0.0) * np.array(obj.scale, dtype=np.float64)
-        boxes.append(np.concatenate([centre, half]))
-        rotated.append(any(abs(a) > 1e-6 for a in obj.rotation_euler))
-    return np.array(boxes), np.array(rotated)
+    parts = part_objects(parent)
+    boxes = np.array([_box_of(obj, pivot, turn) for obj in parts]).reshape(-1, 6)
+    rotated = np.array([any(abs(a) > 1e-6 for a in obj.rotation_euler) for obj in parts], dtype=bool)
+    return boxes, rotated
 
 
-def apply_boxes(parent, boxes: np.ndarray) -> None:
-    """Set the part objects' transforms to ``boxes`` (fit frame)."""
+def note_edits(parent) -> np.ndarray:
+    """(K,) which parts the user edited, kept on each part as ``rfit_edited``.
+
+    A part counts as edited once its transform differs from the last box the
+    add-on itself wrote (``rfit_applied_box``) or it carries a rotation; the
+    flag stays until Reset or Apply, whatever Keep Connected, Refit or Live
+    mode write afterwards."""
+    boxes, rotated = current_boxes(parent)
+    flags = []
+    for obj, box, turned in zip(part_objects(parent), boxes, rotated):
+        applied = np.asarray(obj[PROP_PREFIX + "applied_box"], dtype=np.float64)
+        moved = bool(np.any(np.abs(box - applied) > 1e-6 * max(1.0, float(np.abs(applied).max()))))
+        edited = bool(obj.get(PROP_PREFIX + "edited", False)) or moved or bool(turned)
+        if edited != bool(obj.get(PROP_PREFIX + "edited", False)):
+            obj[PROP_PREFIX + "edited"] = edited
+        flags.append(edited)
+    return np.array(flags, dtype=bool)
+
+
+def apply_boxes(parent, boxes: np.ndarray, only: np.ndarray | None = None, edited: bool | None = None) -> None:
+    """Set the part objects' transforms to ``boxes`` (fit frame), for the
+    parts in ``only`` (default all). ``rfit_applied_box`` records what was
+    written, read back, so ``note_edits`` sees later changes by the user; the
+    edited flag changes only when ``edited`` is given (Reset)."""
     pivot = np.array(parent.location, dtype=np.float64)
-    unturn = rotation_z(-float(parent.rotation_euler[2]))
-    for obj, box in zip(part_objects(parent), boxes):
+    turn = rotation_z(float(parent.rotation_euler[2]))
+    unturn = turn.T
+    for k, (obj, box) in enumerate(zip(part_objects(parent), boxes)):
+        if only is not None and not only[k]:
+            continue
         source_box = np.asarray(obj[PROP_PREFIX + "source_box"], dtype=np.float64)
-        obj.location = unturn @ (box[:3] - pivot)
-        obj.scale = _safe_ratio(box[3:], source_box[3:])
-        obj[PROP_PREFIX + "applied_box"] = [float(v) for v in box]
+        obj.location = unturn @ (np.asarray(box[:3], dtype=np.float64) - pivot)
+        obj.scale = _safe_ratio(np.asarray(box[3:], dtype=np.float64), source_box[3:])
+        obj[PROP_PREFIX + "applied_box"] = [float(v) for v in _box_of(obj, pivot, turn)]
+        if edited is not None:
+            obj[PROP_PREFIX + "edited"] = edited
 
 
 def remove_fit(parent) -> None:

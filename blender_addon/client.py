@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -46,6 +47,7 @@ class BackendClient:
         self.process: subprocess.Popen | None = None
         self.lock = threading.Lock()
         self.stderr_tail: list[str] = []
+        self._stderr_reader: threading.Thread | None = None
         self.start()
 
     def start(self) -> None:
@@ -66,7 +68,8 @@ class BackendClient:
         except OSError as error:
             raise BackendUnavailable(f"cannot start the backend with {self.python}: {error}") from error
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True)
+        self._stderr_reader.start()
 
     def _read(self, process: subprocess.Popen) -> None:
         try:
@@ -125,7 +128,7 @@ class BackendClient:
                 message = self.inbox.get(timeout=0.05)
             except queue.Empty:
                 if not self.alive and self.inbox.empty():
-                    raise BackendUnavailable(f"the backend exited: {self.last_error()}")
+                    raise BackendUnavailable(f"the backend exited: {self.last_error()}") from None
                 continue
             if message.id == request_id and message.type in ("result", "error"):
                 for other in pending:
@@ -147,7 +150,19 @@ class BackendClient:
         return answer
 
     def last_error(self) -> str:
-        return self.stderr_tail[-1] if self.stderr_tail else "no output"
+        """What went wrong, in a line the user can act on (see ``explain``)."""
+        if not self.alive and self._stderr_reader is not None:
+            self._stderr_reader.join(0.5)  # the process is gone: its last words are on their way
+        return explain(self.stderr_tail, self.python)
+
+    def kill(self) -> None:
+        """Stop the worker at once (it stopped answering)."""
+        if self.process is not None and self.alive:
+            self.process.kill()
+            try:
+                self.process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
 
     def shutdown(self, timeout: float = 10.0) -> None:
         if not self.alive:
@@ -161,3 +176,22 @@ class BackendClient:
                 self.process.wait(5.0)
             except subprocess.TimeoutExpired:
                 pass
+
+
+_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
+
+
+def explain(lines: list[str], python: str | None) -> str:
+    """The useful part of a backend's traceback: a missing package and what to
+    do about it, or else the traceback's last line."""
+    for line in reversed(lines):
+        missing = _MISSING_MODULE.search(line)
+        if missing:
+            package = missing.group(1).split(".")[0]
+            return (
+                f"the backend Python {python} has no '{package}' package: install the backend into that "
+                f"environment (the README's set-up: pip install -e . in the repository) or choose another "
+                f"Backend Python in the add-on's preferences"
+            )
+    text = [line for line in lines if line.strip()]
+    return text[-1] if text else "no output"

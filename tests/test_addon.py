@@ -1,5 +1,6 @@
 """The add-on, installed from the built zip into Blender (the bpy wheel), driven headless."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -36,22 +37,23 @@ def test_zip_bundles_backend_but_never_training(tmp_path):
 BPY_42 = ROOT / ".venv-bpy42" / "bin" / "python"
 
 
-def blender_python(wheel: str) -> str:
+def blender_python(wheel: str, require) -> str:
     """The interpreter with that bpy wheel: this environment (5.0.1), or the
     4.2 LTS environment .ci/run makes (python3 -m venv .venv-bpy42 && pip install 'bpy==4.2.*')."""
     if wheel == "5.0":
-        pytest.importorskip("bpy", reason="the add-on tests need the bpy wheel: pip install -e '.[bpy]'")
+        require(importlib.util.find_spec("bpy") is not None, "the bpy wheel", "pip install -e '.[bpy]'")
         return sys.executable
-    if not BPY_42.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide the bpy 4.2 LTS wheel in {BPY_42.parent.parent}")
-        pytest.skip("needs the bpy 4.2 LTS wheel in .venv-bpy42 (see .ci/run)")
+    require(
+        BPY_42.exists(),
+        f"the bpy 4.2 LTS wheel in {BPY_42.parent.parent}",
+        "python3 -m venv .venv-bpy42 && .venv-bpy42/bin/pip install 'bpy==4.2.*' (as .ci/run does)",
+    )
     return str(BPY_42)
 
 
 @pytest.mark.parametrize("wheel", ["5.0", "4.2"])
-def test_addon_headless(tmp_path, wheel):
-    python = blender_python(wheel)
+def test_addon_headless(tmp_path, wheel, require):
+    python = blender_python(wheel, require)
     library = tmp_path / "library"
     for category in ("chair", "table", "storage"):
         for i in range(3):

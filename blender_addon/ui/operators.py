@@ -1,103 +1,135 @@
-"""Operators: a synchronous ``execute`` (scripts, tests) and a modal
-``invoke`` that polls the worker on a timer so Blender's UI never waits."""
-
-import functools
-import json
+"""Operators: thin shells over ``api``. Each builds its job with ``api`` once;
+``execute`` (scripts, tests, the redo panel) runs it and waits, ``invoke``
+(the UI) sends it and polls on a timer, so Blender's UI never waits."""
 
 import bpy
-from bpy.props import BoolProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from .. import api, targets
+from .. import api, build, quality
+
+POLL_SECONDS = 0.04  # how often a modal operator looks at the worker's messages (Esc is seen sooner)
 
 
 def settings(context):
     return context.scene.rfit
 
 
-def index_path(context) -> str:
-    s = settings(context)
-    if s.index_directory:
-        return bpy.path.abspath(s.index_directory)
-    return api.default_index(bpy.path.abspath(s.library_directory)) if s.library_directory else ""
+def redraw(context) -> None:
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
 
 
-def checkpoint(context) -> str:
-    prefs = api.preferences(context)
-    return bpy.path.abspath(prefs.checkpoint) if prefs is not None and prefs.checkpoint else ""
-
-
-def reports_errors(execute):
-    """Turn an ``api.RfitError`` raised by an operator's ``execute`` into a
-    report in the UI and a cancelled operator (nothing in the scene changed)."""
-
-    @functools.wraps(execute)
-    def wrapper(self, context):
-        try:
-            return execute(self, context)
-        except api.RfitError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
-
-    return wrapper
-
-
-class BackendModal:
-    """Modal plumbing: submit a request, poll on a timer, finish or fail."""
+class BackendOperator:
+    """A backend request as an operator: ``job`` builds it through ``api``,
+    ``done`` reports the outcome and returns the status line."""
 
     _timer = None
-    _request = None
+    _job = None
 
-    def start(self, context, kind, arrays=None, **fields):
-        s = settings(context)
+    def job(self, context) -> "api.Job":
+        raise NotImplementedError
+
+    def done(self, context, outcome) -> str:
+        return ""
+
+    def _record(self, job) -> None:
+        """Show in the redo panel what was used (properties named like ``job.used``'s keys)."""
+        for key, value in job.used.items():
+            if key in self.properties.bl_rna.properties.keys():
+                setattr(self, key, value)
+
+    def execute(self, context):
         try:
-            client = api.client(context)
-            self._request = client.submit(kind, arrays, **fields)
+            job = self.job(context)
+            self._record(job)
+            outcome = api.run(context, job)
         except api.RfitError as error:
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
-        s.busy, s.progress, s.status = True, 0.0, "working…"
-        self._timer = context.window_manager.event_timer_add(0.1, window=context.window)
+        settings(context).status = self.done(context, outcome)
+        return {"FINISHED"}
+
+    def invoke(self, context, event):
+        try:
+            self._job = self.job(context)
+            self._record(self._job)
+            api.start(context, self._job)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        s = settings(context)
+        s.cancel_requested, s.status = False, f"{self._job.label}…"
+        self._timer = context.window_manager.event_timer_add(POLL_SECONDS, window=context.window)
         context.window_manager.modal_handler_add(self)
+        redraw(context)
         return {"RUNNING_MODAL"}
 
-    def stop(self, context, status=""):
+    def stop(self, context, status: str) -> None:
         s = settings(context)
-        s.busy, s.status = False, status
+        s.cancel_requested, s.status = False, status
         if self._timer is not None:
             context.window_manager.event_timer_remove(self._timer)
             self._timer = None
-        for area in context.screen.areas if context.screen else []:
-            area.tag_redraw()
+        redraw(context)
 
     def modal(self, context, event):
-        if event.type == "ESC":
-            api.client(context).submit("cancel", target=self._request)
+        s = settings(context)
+        if (event.type == "ESC" and event.value == "PRESS") or s.cancel_requested:
+            api.cancel(self._job)
+            self.stop(context, "cancelled")
+            self.report({"INFO"}, f"{self._job.label}: cancelled, nothing changed")
+            return {"CANCELLED"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        for message in api.client(context).poll():
-            if message.id not in (self._request, -1):
-                continue
-            if message.type == "progress":
-                total = max(1, message["total"])
-                settings(context).progress = message["done"] / total
-                settings(context).status = message.get("text", "")[-60:]
-            elif message.type == "error":
-                self.stop(context, "cancelled" if message.get("cancelled") else "failed")
-                self.report({"ERROR"}, message["message"])
-                return {"CANCELLED"}
-            elif message.type == "result":
-                try:
-                    status = self.finish(context, message)
-                except api.RfitError as error:
-                    self.stop(context, "failed")
-                    self.report({"ERROR"}, str(error))
-                    return {"CANCELLED"}
-                self.stop(context, status)
-                return {"FINISHED"}
-        return {"RUNNING_MODAL"}
+        api.pump()
+        late = api.overdue(self._job)
+        if late:
+            api.restart(context, late)
+        if not self._job.over:
+            text = self._job.text or ("starting the backend" if api.backend_state()[1] == "SORTTIME" else "waiting")
+            if text != s.status:
+                s.status = text
+                redraw(context)
+            return {"RUNNING_MODAL"}
+        try:
+            status = self.done(context, api.finish(context, self._job))
+        except api.RfitError as error:
+            self.stop(context, "cancelled" if str(error) == "cancelled" else "failed")
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.stop(context, status)
+        return {"FINISHED"}
 
 
-class RFIT_OT_index_library(BackendModal, bpy.types.Operator):
+class RFIT_OT_cancel(bpy.types.Operator):
+    """Stop the backend's current work; nothing in the scene changes"""
+
+    bl_idname = "rfit.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        settings(context).cancel_requested = True
+        return {"FINISHED"}
+
+
+class RFIT_OT_check_backend(BackendOperator, bpy.types.Operator):
+    """Start the backend if needed and show what it runs on"""
+
+    bl_idname = "rfit.check_backend"
+    bl_label = "Check Backend"
+
+    def job(self, context):
+        return api.hello_job(context)
+
+    def done(self, context, info):
+        text = f"backend {info['backend']} on {info.get('gpu', info['device'])}, torch {info['torch']}"
+        self.report({"INFO"}, text)
+        return text
+
+
+class RFIT_OT_index_library(BackendOperator, bpy.types.Operator):
     """Index a folder of models: split each into parts, find joints and symmetry"""
 
     bl_idname = "rfit.index_library"
@@ -106,114 +138,59 @@ class RFIT_OT_index_library(BackendModal, bpy.types.Operator):
     directory: StringProperty(name="Library", subtype="DIR_PATH")
     index: StringProperty(name="Index", subtype="DIR_PATH")
 
-    def paths(self, context):
-        directory = bpy.path.abspath(self.directory or settings(context).library_directory)
-        return directory, (
-            bpy.path.abspath(self.index)
-            if self.index
-            else (index_path(context) if not self.directory else api.default_index(directory))
-        )
+    def job(self, context):
+        return api.index_job(context, self.directory, self.index)
 
-    @reports_errors
-    def execute(self, context):
-        directory, index = self.paths(context)
-        summary = api.index_library(context, directory, index)
-        settings(context).library_directory, settings(context).index_directory = directory, index
+    def done(self, context, summary):
         self.report({"INFO"}, summary["summary"])
-        return {"FINISHED"}
-
-    def invoke(self, context, event):
-        directory, index = self.paths(context)
-        if not directory:
-            self.report({"ERROR"}, "choose a library folder first")
-            return {"CANCELLED"}
-        self._paths = (directory, index)
-        return self.start(context, "index_library", library=directory, index=index)
-
-    def finish(self, context, message):
-        settings(context).library_directory, settings(context).index_directory = self._paths
-        self.report({"INFO"}, message["summary"])
-        return message["summary"]
+        return summary["summary"]
 
 
-class RFIT_OT_retrieve_and_fit(BackendModal, bpy.types.Operator):
-    """Retrieve models from the library for the active object (or the reference image) and fit them part by part"""
+FIT_SETTINGS = ("target", "object_name", "image_path", "top_k", "refine", "yaw_search")
+
+
+class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
+    """Retrieve models from your library for the target and fit them part by part"""
 
     bl_idname = "rfit.retrieve_and_fit"
     bl_label = "Retrieve and Fit"
     bl_options = {"REGISTER", "UNDO"}
 
-    image_path: StringProperty(name="Image", subtype="FILE_PATH")
-    top_k: IntProperty(name="Candidates", default=0, min=0, description="0: the panel's setting")
-    refine: BoolProperty(name="Refine", default=True)
-    yaw_search: IntProperty(name="Yaw search", default=0, min=0, description="0: the panel's setting")
+    # Unset properties take the panel's settings; after a run they show what was used (redo panel).
+    target: EnumProperty(
+        name="Target",
+        items=(
+            ("PANEL", "As in the panel", "The panel's choice (an image file when Image is given)"),
+            ("OBJECT", "Object", "A scan: a mesh or point cloud object"),
+            ("IMAGE", "Image", "A reference image file"),
+        ),
+        default="PANEL",
+        options={"SKIP_SAVE"},
+    )
+    object_name: StringProperty(name="Object", description="Default: the active object", options={"SKIP_SAVE"})
+    image_path: StringProperty(name="Image", subtype="FILE_PATH", options={"SKIP_SAVE"})
+    top_k: IntProperty(name="Candidates", min=1, max=50, default=5, options={"SKIP_SAVE"})
+    refine: BoolProperty(name="Refine", default=True, options={"SKIP_SAVE"})
+    yaw_search: IntProperty(name="Turns", min=1, max=16, default=1, options={"SKIP_SAVE"})
 
-    def fit_options(self, context):
-        s = settings(context)
-        return {
-            "top_k": self.top_k or s.top_k,
-            "refine": self.refine and s.refine,
-            "yaw_search": self.yaw_search or s.yaw_search,
-        }
+    def job(self, context):
+        given = {name: getattr(self, name) for name in FIT_SETTINGS if self.properties.is_property_set(name)}
+        name = given.pop("object_name", "")
+        obj = context.scene.objects.get(name) if name else None
+        if name and obj is None:
+            raise api.RfitError(f"there is no object '{name}' in the scene")
+        return api.fit_job(context, obj=obj, **given)
 
-    @reports_errors
-    def execute(self, context):
-        image = bpy.path.abspath(self.image_path) if self.image_path else ""
-        parent = api.retrieve_and_fit(
-            context,
-            index_path(context),
-            obj=None if image else context.active_object,
-            image_path=image,
-            checkpoint=checkpoint(context),
-            **self.fit_options(context),
-        )
-        self.after_fit(context, parent)
-        return {"FINISHED"}
-
-    def invoke(self, context, event):
-        image = (
-            bpy.path.abspath(self.image_path or settings(context).image_path)
-            if (self.image_path or settings(context).image_path)
-            else ""
-        )
-        index = index_path(context)
-        try:
-            if not index:
-                raise api.RfitError("choose and index a library first")
-            arrays, target, _ = api.fit_request(context, None if image else context.active_object, image)
-        except (api.RfitError, targets.TargetError) as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
-        options = self.fit_options(context)
-        self._info = {"index": index, "checkpoint": checkpoint(context), "target": target, "options": options}
-        return self.start(
-            context,
-            "fit",
-            arrays,
-            index=index,
-            checkpoint=checkpoint(context) or None,
-            options=options,
-            meshes_for=[0],
-            thumbnails=api.THUMBNAIL_SIZE,
-        )
-
-    def finish(self, context, message):
-        parent = api.build_answer(context, message, self._info)
-        self.after_fit(context, parent)
-        return f"fitted {parent['rfit_source']}"
-
-    def after_fit(self, context, parent):
-        s = settings(context)
-        s.candidates.clear()
-        for c in json.loads(parent["rfit_candidates"]):
-            item = s.candidates.add()
-            item.rank, item.source, item.thumbnail = c["rank"], c["source"], c.get("thumbnail", "")
-            item.chamfer = c["measured_chamfer_x100"] if c["measured_chamfer_x100"] is not None else -1.0
-        s.candidate_index = 0
+    def done(self, context, parent):
+        best = settings(context).candidates[0] if len(settings(context).candidates) else None
+        text = f"fitted {parent[build.PROP_PREFIX + 'source'].rsplit('/', 1)[-1]}"
+        if best is not None and best.chamfer >= 0:
+            text += f": {quality.describe(best.chamfer)}"
+        return text
 
 
-class RFIT_OT_use_candidate(bpy.types.Operator):
-    """Replace the fitted result by another retrieved candidate"""
+class RFIT_OT_use_candidate(BackendOperator, bpy.types.Operator):
+    """Replace the fitted result by this retrieved candidate"""
 
     bl_idname = "rfit.use_candidate"
     bl_label = "Use Candidate"
@@ -221,49 +198,54 @@ class RFIT_OT_use_candidate(bpy.types.Operator):
 
     rank: IntProperty(name="Rank", min=0)
 
-    @reports_errors
-    def execute(self, context):
-        api.use_candidate(context, self.rank)
-        settings(context).candidate_index = self.rank
-        return {"FINISHED"}
+    def job(self, context):
+        return api.candidate_job(context, self.rank)
+
+    def done(self, context, parent):
+        return f"using candidate {self.rank + 1}: {parent[build.PROP_PREFIX + 'source'].rsplit('/', 1)[-1]}"
 
 
-class RFIT_OT_enforce_connectivity(bpy.types.Operator):
+class RFIT_OT_enforce_connectivity(BackendOperator, bpy.types.Operator):
     """Move the parts you did not edit so every joint is attached again (rotated parts are left out)"""
 
     bl_idname = "rfit.enforce_connectivity"
     bl_label = "Keep Connected"
     bl_options = {"REGISTER", "UNDO"}
 
-    keep_symmetry: BoolProperty(name="Keep symmetry", default=True)
+    keep_symmetry: BoolProperty(
+        name="Symmetry", default=True, description="Mirror your edit to the symmetric part", options={"SKIP_SAVE"}
+    )
 
-    @reports_errors
-    def execute(self, context):
-        outcome = api.enforce_connectivity(context, keep_symmetry=self.keep_symmetry)
+    def job(self, context):
+        given = self.keep_symmetry if self.properties.is_property_set("keep_symmetry") else None
+        return api.keep_connected_job(context, keep_symmetry=given)
+
+    def done(self, context, outcome):
         if any(outcome["rotated"]):
             self.report({"WARNING"}, "rotated parts are outside the deformation model and were left as they are")
         if outcome["lock_residual"] > 1e-4:
             self.report({"WARNING"}, "your edits contradict each other's joints; edited parts were moved slightly")
-        return {"FINISHED"}
+        return f"joints re-attached around {sum(outcome['locked'])} edited part(s)"
 
 
-class RFIT_OT_refit(bpy.types.Operator):
+class RFIT_OT_refit(BackendOperator, bpy.types.Operator):
     """Optimise the fit against its target again, holding the parts you edited"""
 
     bl_idname = "rfit.refit"
-    bl_label = "Refit Keeping My Edits"
+    bl_label = "Refit"
     bl_options = {"REGISTER", "UNDO"}
 
-    keep_edited: BoolProperty(name="Keep edited parts", default=True)
+    keep_edited: BoolProperty(name="Keep my edits", default=True, description="Hold the parts you edited")
 
-    @reports_errors
-    def execute(self, context):
-        outcome = api.refit(context, keep_edited=self.keep_edited)
-        self.report(
-            {"INFO"},
-            f"refitted with {sum(outcome['locked'])} part(s) held; chamfer {outcome['chamfer_x100']:.3f} x1e-2",
-        )
-        return {"FINISHED"}
+    def job(self, context):
+        return api.refit_job(context, keep_edited=self.keep_edited)
+
+    def done(self, context, outcome):
+        before = outcome.get("chamfer_before_x100")
+        change = f"{before:.3f} -> " if before is not None else ""
+        text = f"refitted, {sum(outcome['locked'])} part(s) held; chamfer {change}{outcome['chamfer_x100']:.3f} x1e-2"
+        self.report({"INFO"}, text)
+        return text
 
 
 class RFIT_OT_reset_parts(bpy.types.Operator):
@@ -275,16 +257,14 @@ class RFIT_OT_reset_parts(bpy.types.Operator):
 
     all_parts: BoolProperty(name="All parts", default=False)
 
-    @reports_errors
     def execute(self, context):
         parts = None
         if self.all_parts:
             parent = api.fit_parent(context.active_object)
             if parent is None:
-                raise api.RfitError("select a fitted result first")
-            from ..build import part_objects
-
-            parts = part_objects(parent)
+                self.report({"ERROR"}, "select a fitted result first")
+                return {"CANCELLED"}
+            parts = build.part_objects(parent)
         count = api.reset_parts(context, parts)
         if count == 0:
             self.report({"WARNING"}, "select the part objects to reset")
@@ -299,27 +279,18 @@ class RFIT_OT_apply_fit(bpy.types.Operator):
     bl_label = "Apply"
     bl_options = {"REGISTER", "UNDO"}
 
-    @reports_errors
     def execute(self, context):
-        count = api.apply_fit(context)
+        try:
+            count = api.apply_fit(context)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
         self.report({"INFO"}, f"baked {count} parts")
         return {"FINISHED"}
 
 
-class RFIT_OT_check_backend(bpy.types.Operator):
-    """Start the backend if needed and show what it runs on"""
-
-    bl_idname = "rfit.check_backend"
-    bl_label = "Check Backend"
-
-    @reports_errors
-    def execute(self, context):
-        info = api.check_backend(context)
-        self.report({"INFO"}, f"backend {info['backend']} on {info.get('gpu', info['device'])}, torch {info['torch']}")
-        return {"FINISHED"}
-
-
 classes = (
+    RFIT_OT_cancel,
     RFIT_OT_check_backend,
     RFIT_OT_index_library,
     RFIT_OT_retrieve_and_fit,

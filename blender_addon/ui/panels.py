@@ -1,19 +1,47 @@
+"""The sidebar: a main panel (backend, library, progress) and sub-panels for
+the target, the candidates and editing, with short labels (tooltips say more)
+so they fit the default sidebar width."""
+
+import textwrap
+
 import bpy
 
-from .. import api
+from .. import api, build, quality
+
+
+def wrapped(layout, context, text: str, icon: str = "NONE") -> None:
+    """Labels holding ``text`` wrapped to the region's width (a label never wraps by itself)."""
+    region = context.region
+    chars = max(20, int((region.width if region is not None else 300) / (7 * context.preferences.view.ui_scale)))
+    column = layout.column(align=True)
+    for i, line in enumerate(textwrap.wrap(text, chars)):
+        column.label(text=line, icon=icon if i == 0 else "BLANK1" if icon != "NONE" else "NONE")
+
+
+def progress_bar(layout, fraction: float, text: str) -> None:
+    """A read-only bar (``layout.progress`` where Blender has it, else a read-only property)."""
+    if hasattr(layout, "progress"):
+        layout.progress(factor=fraction, type="BAR", text=text)
+    else:
+        layout.prop(bpy.context.scene.rfit, "progress", text=text, slider=True)
 
 
 class RFIT_UL_candidates(bpy.types.UIList):
+    """One row per candidate: picture, name, rating."""
+
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
-        row = layout.row()
         image = bpy.data.images.get(item.thumbnail) if item.thumbnail else None
         if image is not None:
             image.preview_ensure()
-            row.label(text="", icon_value=image.preview.icon_id)
-        row.label(text=f"{item.rank + 1}. {item.source.rsplit('/', 1)[-1]}")
+            layout.label(text=f"{item.rank + 1}. {name_of(item.source)}", icon_value=image.preview.icon_id)
+        else:
+            layout.label(text=f"{item.rank + 1}. {name_of(item.source)}")
         if item.chamfer >= 0:
-            row.label(text=f"{item.chamfer:.3f}")
-        row.operator("rfit.use_candidate", text="", icon="FILE_REFRESH").rank = item.rank
+            layout.label(text=item.rating)
+
+
+def name_of(source: str) -> str:
+    return source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
 class RFIT_PT_main(bpy.types.Panel):
@@ -26,54 +54,123 @@ class RFIT_PT_main(bpy.types.Panel):
     def draw(self, context):
         s = context.scene.rfit
         layout = self.layout
+        text, icon = api.backend_state()
         row = layout.row()
-        info = api.backend_info
-        if info:
-            row.label(
-                text=f"Backend: {info.get('gpu', info.get('device', '?'))}, torch {info.get('torch', '?')}",
-                icon="CHECKMARK",
-            )
+        if icon == "ERROR":
+            row.label(text="Backend failed" if text.startswith("Backend failed") else "Backend stopped", icon=icon)
         else:
-            row.label(text="Backend: not started", icon="QUESTION")
+            row.label(text=text, icon=icon)
         row.operator("rfit.check_backend", text="", icon="FILE_REFRESH")
-        box = layout.box()
-        box.label(text="Library", icon="ASSET_MANAGER")
-        box.prop(s, "library_directory", text="")
-        box.operator("rfit.index_library", icon="FILE_REFRESH")
-        box = layout.box()
-        box.label(text="Target", icon="OUTLINER_OB_POINTCLOUD")
-        obj = context.active_object
-        box.label(text=f"Active: {obj.name}" if obj is not None else "Select a scan, or pick an image")
-        box.prop(s, "image_path", text="")
-        col = box.column(align=True)
+        if icon == "ERROR":
+            wrapped(layout.box(), context, text.removeprefix("Backend failed: "))
+        col = layout.column(align=True)
+        col.prop(s, "library_directory", text="")
+        col.operator("rfit.index_library", text="Index Library", icon="FILE_REFRESH")
+        jobs = api.active_jobs()
+        if jobs:
+            row = layout.row(align=True)
+            progress_bar(row, jobs[-1].fraction, jobs[-1].text or f"{jobs[-1].label}…")
+            row.operator("rfit.cancel", text="", icon="CANCEL")
+        elif s.status:
+            wrapped(layout, context, s.status, icon="INFO")
+
+
+class RFIT_PT_target(bpy.types.Panel):
+    bl_label = "Target"
+    bl_idname = "RFIT_PT_target"
+    bl_parent_id = "RFIT_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Retrieve & Fit"
+
+    def draw(self, context):
+        s = context.scene.rfit
+        layout = self.layout
+        layout.row().prop(s, "target", expand=True)
+        if s.target == "IMAGE":
+            layout.prop(s, "image_path", text="")
+        else:
+            obj = context.active_object
+            if obj is None or api.fit_parent(obj) is not None:
+                layout.label(text="Select a scan", icon="ERROR")
+            else:
+                layout.label(text=obj.name, icon="OBJECT_DATA")
+        col = layout.column(align=True)
         col.prop(s, "top_k")
-        col.prop(s, "yaw_search", text="Turns")
-        box.prop(s, "refine")
-        box.operator("rfit.retrieve_and_fit", icon="MOD_MESHDEFORM")
-        if s.busy or s.status:
-            layout.prop(s, "progress", text=s.status or "working…", slider=True)
-        if len(s.candidates):
-            layout.label(text="Candidates (chamfer x1e-2)")
-            layout.template_list("RFIT_UL_candidates", "", s, "candidates", s, "candidate_index", rows=3)
-            active = s.candidates[s.candidate_index] if s.candidate_index < len(s.candidates) else None
-            image = bpy.data.images.get(active.thumbnail) if active is not None and active.thumbnail else None
-            if image is not None:
-                image.preview_ensure()
-                layout.template_icon(icon_value=image.preview.icon_id, scale=6.0)
-        parent = api.fit_parent(obj)
-        if parent is not None:
-            box = layout.box()
-            box.label(text="Edit the fit", icon="MODIFIER")
-            box.label(text="Move or scale parts (no rotations)")
-            row = box.row()
-            row.prop(s, "keep_symmetry")
-            row.prop(s, "live", text="Live")
-            box.operator("rfit.enforce_connectivity", icon="LINKED").keep_symmetry = s.keep_symmetry
-            box.operator("rfit.refit", icon="FILE_REFRESH")
-            row = box.row(align=True)
-            row.operator("rfit.reset_parts", text="Reset Part").all_parts = False
-            row.operator("rfit.reset_parts", text="Reset All").all_parts = True
-            box.operator("rfit.apply_fit", icon="CHECKMARK")
+        col.prop(s, "yaw_search")
+        layout.prop(s, "refine")
+        layout.operator("rfit.retrieve_and_fit", text="Retrieve and Fit", icon="MOD_MESHDEFORM")
 
 
-classes = (RFIT_UL_candidates, RFIT_PT_main)
+class RFIT_PT_candidates(bpy.types.Panel):
+    bl_label = "Candidates"
+    bl_idname = "RFIT_PT_candidates"
+    bl_parent_id = "RFIT_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Retrieve & Fit"
+
+    @classmethod
+    def poll(cls, context):
+        return len(context.scene.rfit.candidates) > 0
+
+    def draw(self, context):
+        s = context.scene.rfit
+        layout = self.layout
+        layout.template_list("RFIT_UL_candidates", "", s, "candidates", s, "candidate_index", rows=3)
+        if not s.candidate_index < len(s.candidates):
+            return
+        active = s.candidates[s.candidate_index]
+        image = bpy.data.images.get(active.thumbnail) if active.thumbnail else None
+        if image is not None:
+            image.preview_ensure()
+            layout.template_icon(icon_value=image.preview.icon_id, scale=5.0)
+        chamfer = active.chamfer if active.chamfer >= 0 else None
+        col = layout.column(align=True)
+        col.label(text=f"Match: {quality.describe(chamfer)}")
+        if chamfer is not None:
+            col.label(text=f"Chamfer {chamfer:.3f} x1e-2")
+        if quality.no_close_match([c.chamfer if c.chamfer >= 0 else None for c in s.candidates]):
+            wrapped(layout, context, "No close match in this library", icon="ERROR")
+        parent = api.fit_parent(context.active_object)
+        shown = parent is not None and parent.get(build.PROP_PREFIX + "rank") == active.rank
+        row = layout.row()
+        row.enabled = parent is not None and not shown
+        row.operator(
+            "rfit.use_candidate", text="Shown" if shown else "Use This One", icon="FILE_REFRESH"
+        ).rank = active.rank
+
+
+class RFIT_PT_edit(bpy.types.Panel):
+    bl_label = "Edit the Fit"
+    bl_idname = "RFIT_PT_edit"
+    bl_parent_id = "RFIT_PT_main"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Retrieve & Fit"
+
+    @classmethod
+    def poll(cls, context):
+        return api.fit_parent(context.active_object) is not None
+
+    def draw(self, context):
+        s = context.scene.rfit
+        layout = self.layout
+        parent = api.fit_parent(context.active_object)
+        parts = build.part_objects(parent)
+        edited = sum(1 for o in parts if o.get(build.PROP_PREFIX + "edited"))
+        layout.label(text=f"{edited} of {len(parts)} parts edited", icon="MODIFIER")
+        col = layout.column(align=True)
+        op = col.operator("rfit.enforce_connectivity", text="Keep Connected", icon="LINKED")
+        op.keep_symmetry = s.keep_symmetry
+        col.operator("rfit.refit", text="Refit", icon="FILE_REFRESH")
+        row = layout.row(align=True)
+        row.prop(s, "keep_symmetry", toggle=True)
+        row.prop(s, "live", toggle=True)
+        row = layout.row(align=True)
+        row.operator("rfit.reset_parts", text="Reset Part").all_parts = False
+        row.operator("rfit.reset_parts", text="Reset All").all_parts = True
+        layout.operator("rfit.apply_fit", text="Apply", icon="CHECKMARK")
+
+
+classes = (RFIT_UL_candidates, RFIT_PT_main, RFIT_PT_target, RFIT_PT_candidates, RFIT_PT_edit)

@@ -1,5 +1,5 @@
 import bpy
-from bpy.props import BoolProperty, CollectionProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 
 def _live_changed(self, context) -> None:
@@ -8,10 +8,23 @@ def _live_changed(self, context) -> None:
     live.enable(self.live)
 
 
+def _image_chosen(self, context) -> None:
+    if self.image_path:  # picking a file says what to fit; the choice stays visible and can be changed back
+        self.target = "IMAGE"
+
+
+def _progress(self) -> float:
+    from .. import api
+
+    jobs = api.active_jobs()
+    return jobs[-1].fraction if jobs else 0.0
+
+
 class RFIT_Candidate(bpy.types.PropertyGroup):
     rank: IntProperty()
     source: StringProperty()
     chamfer: FloatProperty(description="Chamfer distance to the target after deformation (x1e-2)")
+    rating: StringProperty(description="How close the fit is: close, fair or poor")
     thumbnail: StringProperty(description="Image datablock of the candidate's picture")
 
 
@@ -24,23 +37,37 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
         subtype="DIR_PATH",
         description="Where the library's index is kept (default: .rfit-index inside the library)",
     )
-    image_path: StringProperty(
-        name="Reference image", subtype="FILE_PATH", description="Fit to this image instead of the active object"
+    target: EnumProperty(
+        name="Fit",
+        description="What to fit",
+        items=(
+            ("OBJECT", "Selected object", "The active object: a scan as a mesh or point cloud"),
+            ("IMAGE", "Image file", "A reference image file (the fit is placed at the 3D cursor)"),
+        ),
+        default="OBJECT",
     )
-    top_k: IntProperty(name="Candidates", default=5, min=1, max=50)
+    image_path: StringProperty(
+        name="Image",
+        subtype="FILE_PATH",
+        description="The reference image to fit when the target is 'Image file'",
+        update=_image_chosen,
+    )
+    top_k: IntProperty(name="Candidates", default=5, min=1, max=50, description="How many library models to return")
     refine: BoolProperty(
         name="Refine",
         default=True,
         description="Optimise the deformation on the target after the network's prediction (point targets)",
     )
     yaw_search: IntProperty(
-        name="Yaw search",
+        name="Turns",
         default=1,
         min=1,
         max=16,
         description="Also try the target turned by this many angles about Z (for scans facing an unknown way)",
     )
-    keep_symmetry: BoolProperty(name="Keep symmetry", default=True)
+    keep_symmetry: BoolProperty(
+        name="Symmetry", default=True, description="Keep Connected mirrors your edit to the symmetric part"
+    )
     live: BoolProperty(
         name="Live",
         default=False,
@@ -48,8 +75,10 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
         update=_live_changed,
     )
     status: StringProperty(default="")
-    progress: FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
-    busy: BoolProperty(default=False)
+    progress: FloatProperty(
+        name="Progress", subtype="FACTOR", min=0.0, max=1.0, get=_progress, description="The backend's progress"
+    )
+    cancel_requested: BoolProperty(default=False, options={"SKIP_SAVE"})
     candidates: CollectionProperty(type=RFIT_Candidate)
     candidate_index: IntProperty(default=0)
 
@@ -58,11 +87,15 @@ classes = (RFIT_Candidate, RFIT_SceneSettings)
 
 
 def register() -> None:
+    from .. import live
+
     bpy.types.Scene.rfit = bpy.props.PointerProperty(type=RFIT_SceneSettings)
+    live.watch(True)
 
 
 def unregister() -> None:
     from .. import live
 
+    live.watch(False)
     live.enable(False)
     del bpy.types.Scene.rfit

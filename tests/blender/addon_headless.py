@@ -5,6 +5,7 @@ Every step asserts; the facts it checked are written to OUT.json.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -64,7 +65,6 @@ scan.location = (2.0, 1.0, 0.0)
 bpy.context.scene.collection.objects.link(scan)
 bpy.context.view_layer.objects.active = scan
 scan.select_set(True)
-bpy.ops.ed.undo_push(message="before fit")
 count_before = len(bpy.data.objects)
 
 result = bpy.ops.rfit.retrieve_and_fit(top_k=3, refine=False)
@@ -95,23 +95,52 @@ centre = np.array([np.array(o["rfit_fitted_box"])[:3] for o in parts]).mean(axis
 facts["fit_centre"] = centre.tolist()
 assert np.linalg.norm(centre[:2] - (points.mean(axis=0)[:2] + [2.0, 1.0])) < 0.5  # placed on the scan
 
-# -- swap to another candidate ----------------------------------------------------------------
+# -- one code path: execute() reads the panel's explicit target choice, as the UI does ---------
+api = sys.modules[package + ".api"]
+first_thumbnails = [c.thumbnail for c in settings.candidates]
+bpy.context.scene.cursor.location = (3.0, -2.0, 0.5)
+settings.image_path = image_path  # picking a file selects "Image file"
+assert settings.target == "IMAGE", settings.target
+result = bpy.ops.rfit.retrieve_and_fit(top_k=2)
+assert result == {"FINISHED"}
+image_fit = bpy.context.view_layer.objects.active
+facts["panel_image_fit_target"] = json.loads(image_fit["rfit_info"])["target"]
+assert facts["panel_image_fit_target"] == {"image": image_path}, facts  # not the selected scan
+# an image says nothing about where the object stands: upright, resting on the 3D cursor
+boxes = np.array([o["rfit_fitted_box"] for o in image_fit.children])
+world = np.array([list(o.matrix_world.translation) for o in image_fit.children])
+assert np.allclose(world, boxes[:, :3], atol=1e-4)
+facts["image_fit_base"] = [*((boxes[:, :2].min(0) + boxes[:, :2].max(0)) / 2), (boxes[:, 2] - boxes[:, 5]).min()]
+assert np.allclose(facts["image_fit_base"], (3.0, -2.0, 0.5), atol=0.15), facts["image_fit_base"]
+assert np.allclose(tuple(image_fit.rotation_euler), (0, 0, 0), atol=1e-6)
+# thumbnails are new datablocks per fit: no panel keeps showing the last fit's pictures
+facts["thumbnails"] = [first_thumbnails, [c.thumbnail for c in settings.candidates]]
+assert not set(facts["thumbnails"][0]) & set(facts["thumbnails"][1]), facts["thumbnails"]
+settings.target = "OBJECT"  # back to the scan: the image field stays filled but is not used
+bpy.context.view_layer.objects.active = scan
+result = bpy.ops.rfit.retrieve_and_fit(top_k=3, refine=False)
+assert result == {"FINISHED"}
+parent = bpy.context.view_layer.objects.active
+assert json.loads(parent["rfit_info"])["target"] == {"object": "scan"}
+progress_editable = True
+try:
+    settings.progress = 0.5
+except (AttributeError, TypeError):
+    progress_editable = False
+assert not progress_editable, "the progress bar must be read-only"
+
+# -- swap to another candidate and back ---------------------------------------------------------
 first_source = parent["rfit_source"]
+fits_before = sum(1 for o in bpy.data.objects if o.get("rfit_result"))
 result = bpy.ops.rfit.use_candidate(rank=1)
 assert result == {"FINISHED"}
 swapped = bpy.context.view_layer.objects.active
 facts["swapped"] = [first_source, swapped["rfit_source"]]
 assert swapped["rfit_rank"] == 1 and swapped["rfit_source"] == json.loads(swapped["rfit_candidates"])[1]["source"]
-assert sum(1 for o in bpy.data.objects if o.get("rfit_result")) == 1  # the old fit was replaced
-
-# -- scale one part by hand, then keep connected ------------------------------------------------
-parts = sorted(swapped.children, key=lambda o: o["rfit_part"])
-parts[0].scale = (parts[0].scale[0], parts[0].scale[1], parts[0].scale[2] * 1.3)
-bpy.context.view_layer.update()
-held_scale = tuple(parts[0].scale)
-result = bpy.ops.rfit.enforce_connectivity(keep_symmetry=False)
-assert result == {"FINISHED"}
-assert np.allclose(tuple(parts[0].scale), held_scale)  # the edited part did not move
+assert sum(1 for o in bpy.data.objects if o.get("rfit_result")) == fits_before  # the fit was replaced
+assert bpy.ops.rfit.use_candidate(rank=0) == {"FINISHED"}
+fit = bpy.context.view_layer.objects.active
+assert fit["rfit_source"] == first_source
 
 
 def joint_gaps(parent):
@@ -134,38 +163,72 @@ def joint_gaps(parent):
     return np.linalg.norm(ends[0] - ends[1], axis=1)
 
 
-facts["joint_gaps_after_keep_connected"] = float(joint_gaps(swapped).max(initial=0.0))
-assert facts["joint_gaps_after_keep_connected"] < 1e-4, facts
+def model_size(parent):
+    boxes = np.array([list(o.matrix_world.translation) + list(o["rfit_applied_box"][3:]) for o in parent.children])
+    return float(np.linalg.norm((boxes[:, :3] + boxes[:, 3:]).max(0) - (boxes[:, :3] - boxes[:, 3:]).min(0)))
 
-# -- live mode: moving a part re-attaches the others through the depsgraph handler ------------
+
+# -- scale one part by hand, keep connected: only that part counts as edited, and stays ------------
+parts = sorted(fit.children, key=lambda o: o["rfit_part"])
+assert len(parts) >= 3, f"the editing checks need a fit of 3 or more parts, got {len(parts)}"
+size = model_size(fit)
+parts[0].scale = (parts[0].scale[0], parts[0].scale[1], parts[0].scale[2] * 1.3)
+bpy.context.view_layer.update()
+held_scale = tuple(parts[0].scale)
+result = bpy.ops.rfit.enforce_connectivity(keep_symmetry=False)
+assert result == {"FINISHED"}
+assert np.allclose(tuple(parts[0].scale), held_scale)  # the edited part did not move
+facts["edited_after_keep_connected"] = [bool(o.get("rfit_edited")) for o in parts]
+assert facts["edited_after_keep_connected"] == [True] + [False] * (len(parts) - 1), facts
+facts["joint_gaps_after_keep_connected"] = float(joint_gaps(fit).max(initial=0.0))
+assert facts["joint_gaps_after_keep_connected"] < 0.01 * size, facts
+
+# -- refit after keep connected: the edit still counts (the flag survived the rewrite) -------------
+assert bpy.ops.rfit.refit(keep_edited=True) == {"FINISHED"}
+facts["refit_status"] = settings.status
+assert "1 part(s) held" in settings.status, settings.status
+assert np.allclose(tuple(parts[0].scale), held_scale, atol=1e-4), (tuple(parts[0].scale), held_scale)
+assert [bool(o.get("rfit_edited")) for o in parts] == facts["edited_after_keep_connected"]
+
+# -- Reset All clears every flag; live mode: dragging a part re-attaches the others, the dragged
+# part stays where it was put -----------------------------------------------------------------------
+bpy.context.view_layer.objects.active = fit
+assert bpy.ops.rfit.reset_parts(all_parts=True) == {"FINISHED"}
+assert not any(o.get("rfit_edited") for o in parts)
 settings.keep_symmetry = False
 settings.live = True
-boxes_before = [tuple(o.location) for o in parts]
-parts[1].location.z += 0.05
+before = [tuple(o.location) for o in parts]
+parts[1].location.z += 0.05 * size
+dragged = tuple(parts[1].location)
 bpy.context.view_layer.update()
-facts["live_moved_others"] = any(tuple(o.location) != b for o, b in zip(parts[2:], boxes_before[2:]))
+facts["live_moved_others"] = any(
+    not np.allclose(o.location, b, atol=1e-6) for k, (o, b) in enumerate(zip(parts, before)) if k != 1
+)
+facts["live_joint_gap"] = float(joint_gaps(fit).max(initial=0.0))
 settings.live = False
-assert facts["live_moved_others"] or len(parts) <= 2, facts
+assert np.allclose(tuple(parts[1].location), dragged, atol=1e-6)
+assert facts["live_moved_others"] and facts["live_joint_gap"] < 0.01 * size, facts
+assert bool(parts[1].get("rfit_edited")), "a dragged part counts as edited"
 
-# -- refit keeping the edit, reset, apply -----------------------------------------------------
-parts[0].scale = (parts[0].scale[0] * 1.1, parts[0].scale[1], parts[0].scale[2])
-held = tuple(parts[0].scale)
-assert bpy.ops.rfit.refit(keep_edited=True) == {"FINISHED"}
-assert np.allclose(tuple(parts[0].scale), held, atol=1e-4), (tuple(parts[0].scale), held)
+# -- Reset Part clears that part's flag, apply bakes ------------------------------------------------
+parts[0].scale[0] *= 1.2
 for obj in bpy.context.selected_objects:
     obj.select_set(False)
 parts[0].select_set(True)
 bpy.context.view_layer.objects.active = parts[0]
+bpy.context.view_layer.update()
+assert parts[0].get("rfit_edited"), "the depsgraph handler flags a transformed part"
 assert bpy.ops.rfit.reset_parts() == {"FINISHED"}
 fitted = np.array(parts[0]["rfit_fitted_box"])
 assert np.allclose(np.array(parts[0].matrix_world.translation), fitted[:3], atol=1e-4)
+assert not parts[0].get("rfit_edited") and parts[1].get("rfit_edited")
 assert bpy.ops.rfit.apply_fit() == {"FINISHED"}
 assert all(tuple(o.scale) == (1.0, 1.0, 1.0) and not any(k.startswith("rfit_") for k in o.keys()) for o in parts)
 corners = np.array([parts[0].matrix_world @ v.co for v in parts[0].data.vertices])
 facts["apply_kept_shape"] = bool(np.allclose((corners.max(0) - corners.min(0)) / 2, fitted[3:], atol=1e-3))
 assert facts["apply_kept_shape"]
 
-# -- an image target ------------------------------------------------------------------------
+# -- image targets from a script -------------------------------------------------------------------
 result = bpy.ops.rfit.retrieve_and_fit(image_path=image_path, top_k=2)
 assert result == {"FINISHED"}
 facts["image_fit"] = bpy.context.view_layer.objects.active["rfit_source"]
@@ -175,19 +238,46 @@ except RuntimeError as error:
     facts["bad_image_error"] = str(error)
 assert "cannot read" in facts["bad_image_error"], facts
 
-# -- undo removes a fit in one step ---------------------------------------------------------
-count = len(bpy.data.objects)
+# -- backend status is true: a changed preference restarts the worker; a failed start says why -----
+os.environ.pop("RFIT_BACKEND_PYTHON")
+prefs.backend_python = sys.executable
+first_pid = api._client.process.pid
+assert bpy.ops.rfit.check_backend() == {"FINISHED"}
+assert api.backend_state()[1] == "CHECKMARK", api.backend_state()
+broken = os.path.join(os.path.dirname(out_path), "python-without-packages")
+with open(broken, "w") as handle:  # the interpreter without its site-packages: no numpy, no torch
+    handle.write(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+os.chmod(broken, 0o755)
+prefs.backend_python = broken
 try:
-    bpy.ops.ed.undo()
-    facts["undo"] = len(bpy.data.objects) < count
-except RuntimeError as error:  # no undo stack without a window in some builds
-    facts["undo"] = f"unavailable: {error}"
+    bpy.ops.rfit.check_backend()
+except RuntimeError as error:
+    facts["broken_backend_error"] = str(error)
+facts["broken_backend_state"] = list(api.backend_state())
+assert "has no 'numpy' package" in facts.get("broken_backend_error", ""), facts
+assert "pip install" in facts["broken_backend_error"] and facts["broken_backend_state"][1] == "ERROR", facts
+prefs.backend_python = sys.executable  # fixed: a new worker, and the status says so
+assert bpy.ops.rfit.check_backend() == {"FINISHED"}
+assert api._client.process.pid != first_pid and api.backend_state()[1] == "CHECKMARK"
 
 # -- disable cleanly: the worker stops ------------------------------------------------------------
 client = sys.modules[package + ".api"]._client
 bpy.ops.preferences.addon_disable(module=package)
 facts["worker_stopped"] = client is None or not client.alive
 assert facts["worker_stopped"]
+assert not hasattr(bpy.types.Scene, "rfit")
+
+# -- enabling without numpy (Debian's Blender before python3-numpy) says what to install -------------
+import addon_utils  # noqa: E402
+
+errors = []
+saved_numpy, sys.modules["numpy"] = sys.modules["numpy"], None
+try:
+    addon_utils.enable(package, default_set=False, handle_error=lambda error: errors.append(str(error)))
+finally:
+    sys.modules["numpy"] = saved_numpy
+facts["no_numpy_error"] = errors
+assert errors and "sudo apt install python3-numpy" in errors[0], errors
 assert not hasattr(bpy.types.Scene, "rfit")
 with open(out_path, "w") as handle:
     json.dump(facts, handle, indent=1)

@@ -1,0 +1,44 @@
+"""How good a fit is, in words a user can act on (no bpy, no numpy).
+
+The backend's ``measured_chamfer_x100`` is a mean squared distance in the
+target's normalised frame (bounding-box diagonal 1) times 100, so
+``sqrt(chamfer_x100 / 100)`` is the typical distance between the fit and the
+target as a fraction of the target's size: that is what the rating shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Typical distance (fraction of the target's size) up to which a fit is rated ...
+CLOSE = 0.04  # ... "close": the shape is right, details may differ
+FAIR = 0.08  # ... "fair": right kind of object, visible differences; beyond: "poor"
+
+
+def typical_distance(chamfer_x100: float | None) -> float | None:
+    """The fit's typical distance to the target as a fraction of its size."""
+    if chamfer_x100 is None or chamfer_x100 < 0 or not math.isfinite(chamfer_x100):
+        return None
+    return math.sqrt(chamfer_x100 / 100.0)
+
+
+def rating(chamfer_x100: float | None) -> str:
+    """'close', 'fair', 'poor', or 'unmeasured' (image fits have no target points)."""
+    distance = typical_distance(chamfer_x100)
+    if distance is None:
+        return "unmeasured"
+    return "close" if distance <= CLOSE else "fair" if distance <= FAIR else "poor"
+
+
+def describe(chamfer_x100: float | None) -> str:
+    """One line: the rating and the scale it means, e.g. 'close (off by ~3% of its size)'."""
+    distance = typical_distance(chamfer_x100)
+    if distance is None:
+        return "not measured (image target)"
+    return f"{rating(chamfer_x100)} (off by ~{distance * 100:.0f}% of its size)"
+
+
+def no_close_match(chamfers: list[float | None]) -> bool:
+    """True when even the best measured candidate fits poorly."""
+    measured = [c for c in chamfers if typical_distance(c) is not None]
+    return bool(measured) and rating(min(measured)) == "poor"

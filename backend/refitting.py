@@ -10,7 +10,8 @@
    touching locked parts hold too: boxes ``x = x_start + N M w`` where N spans the
    joint-keeping deformations and M the null space of N's locked rows;
 3. minimises chamfer to the target plus the symmetry term (Adam on w), keeps the
-   best iterate, and returns the start itself when the best iterate does not measure
+   best iterate whose half-sizes are all above the source's floor (so nothing is
+   clamped afterwards, which would open joints), and returns the start itself when the best iterate does not measure
    better (so the chamfer after is never above the chamfer before).
 
 The result is a ``RefitResult`` (a ``FitResult``) with ``chamfer_before`` (the boxes
@@ -86,11 +87,13 @@ def optimise(
     def boxes_of(w: torch.Tensor) -> torch.Tensor:
         return (flat + directions @ w).reshape(shape)
 
-    def objective(boxes: torch.Tensor) -> torch.Tensor:
+    def objective(boxes: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The loss, and whether every half-size is at least the floor (only such boxes are kept)."""
         fit = chamfer_distance(deformed_points(chosen, boxes), target)
         shortfall = torch.relu(chosen.min_half.view(-1, 1, 1) - boxes[..., 3:]) * chosen.part_mask.unsqueeze(-1)
         symmetry = box_symmetry_loss(boxes, chosen.mirror, chosen.axis)
-        return (fit + options.symmetry_weight * symmetry + 10 * shortfall.square().sum((1, 2))).sum()
+        loss = (fit + options.symmetry_weight * symmetry + 10 * shortfall.square().sum((1, 2))).sum()
+        return loss, not bool((shortfall > 0).any())
 
     w = torch.zeros(directions.shape[1], dtype=start.dtype, device=start.device, requires_grad=True)
     best_w, best = w.detach().clone(), float("inf")
@@ -101,9 +104,9 @@ def optimise(
     reference, step = None, 0
     with torch.enable_grad():
         for step in range(1, options.refine_steps + 1):
-            loss = objective(boxes_of(w))
+            loss, valid = objective(boxes_of(w))
             value = float(loss.detach())
-            if value < best:  # the loss of the boxes before this step: keep the best seen
+            if valid and value < best:  # the loss of the boxes before this step: keep the best seen
                 best, best_w = value, w.detach().clone()
             optimiser.zero_grad()
             loss.backward()
@@ -119,8 +122,8 @@ def optimise(
             if now - started > options.refine_seconds:
                 break
     with torch.no_grad():
-        final = float(objective(boxes_of(w)))
-        if final < best:
+        final, valid = objective(boxes_of(w))
+        if valid and float(final) < best:
             best_w = w.detach().clone()
         return boxes_of(best_w), step
 
@@ -185,8 +188,7 @@ def refit_with_locks(
     refined, steps = optimise(
         chosen.first_points(OPTIMISE_POINTS), start_t, as_tensor(directions), target, options, progress
     )
-    # Free half-sizes stay above the floor; locked parts are put back bit for bit.
-    refined = torch.cat([refined[..., :3], torch.maximum(refined[..., 3:], chosen.min_half.view(-1, 1, 1))], dim=-1)
+    # Locked parts are put back bit for bit (only iterates with every half-size above the floor were kept).
     refined[0, : len(locked_rows)][torch.from_numpy(locked_rows).to(fitter.device)] = start_t[0][
         torch.from_numpy(locked_rows).to(fitter.device)
     ]

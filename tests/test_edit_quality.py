@@ -220,6 +220,7 @@ def test_refit_keeps_the_edit_and_the_joints_and_never_ends_worse(tmp_path):
     build_index(tmp_path / "library", tmp_path / "index")
     fitter = Fitter.open(DEFAULT_CHECKPOINT, tmp_path / "index")
     rng = np.random.default_rng(5)
+    before, after = [], []
     for row in range(len(fitter.index)):
         source = fitter.index.load_source(row)
         fit = fitted_boxes(source, rng)
@@ -245,3 +246,6 @@ def test_refit_keeps_the_edit_and_the_joints_and_never_ends_worse(tmp_path):
         assert result.candidates[0].measured_chamfer == result.chamfer_after
         gaps = joint_gaps(source.boxes, boxes, source.joint_pairs, source.joint_points, source.min_half_size)
         assert gaps.max() < GAP_BOUND * np.linalg.norm(2 * union_box(boxes)[3:]), (source.n_parts, gaps.max())
+        before.append(result.chamfer_before)
+        after.append(result.chamfer_after)
+    assert sum(after) < 0.95 * sum(before), (before, after)  # and it does improve the fits

@@ -1,0 +1,539 @@
+"""Out-of-distribution check: fit quality on furniture made by a second, independent generator.
+
+    .venv/bin/python bench/ood.py [--per-category 100] [--targets 4] [--modes full scan full_turned scan_turned]
+        [--mixed] [--fit-options '{"refine": true}'] [--no-pipeline] [--checkpoint backend/checkpoints/default.pt]
+        [--out bench/out/ood] [--json PATH] [--write docs/ood.md]
+
+What it does (see docs/ood.md):
+
+1. Builds an OOD library with ``training.data.ood`` (``--per-category`` models per category, seed 0), one index per
+   category and, with ``--mixed``, one over all of them; cached under ``--out`` (git-ignored ``bench/out/``) and
+   reused when the same size exists.
+2. Makes targets that are not in the library (``--targets`` per category, another seed): ``full`` clouds, ``scan``
+   (one view, ``training.data.views.partial_cloud``), and both turned about the vertical by a random angle per target
+   (``full_turned``, ``scan_turned``).
+3. Fits each with the product's default (``Fitter.fit_points`` with ``FitOptions()``, overridable by
+   ``--fit-options``) and, unless ``--no-pipeline``, the learning-free pipeline
+   (``backend.model.inference.fit_cloud`` with no model: per-axis placement of every source, coarse chamfer on 256
+   points, refinement of the top 5 from that placement, heading trusted).
+4. Measures every fit against a dense sample of the true surface: chamfer x10^-2 (squared distances, mean per
+   direction, summed) on coordinates divided by the true shape's box diagonal; the fitted shape is the source's
+   indexed surface samples carried by the fitted part boxes. Reference: the per-axis box oracle, the library model
+   that, scaled per axis to the true shape's box, is closest (learning-free, knows the answer). Ratios are of means
+   over targets (mean fit / mean oracle); plausibility is the 95th percentile of per-part scale factors and the
+   share of parts over 3x on some axis (``part_scale_factors``).
+
+Python interface (for other benches and tests)::
+
+    libraries = build_libraries(Path("bench/out/ood"), per_category=100)  # {"chair": index_dir, ..., ["mixed"]}
+    targets = make_targets(per_category=6)                                 # list[Target]
+    library = load_library(index_dir)                                      # LibraryArrays (file frame, metres)
+    oracle = per_axis_oracle(library, target.truth, target.bounds)         # (S,) chamfer x100 of every source
+    fit = product_fit(fitter, cloud)                                        # Fit(row, boxes (K, 6) world, yaw, pivot)
+    points = fitted_surface(library, fit)                                  # (N, 3) world
+    value = dense_chamfer(points, target.truth_for(mode), target.diagonal) # chamfer x100
+    results = evaluate(fitters, libraries_arrays, targets, methods, modes) # every number (JSON-able)
+    markdown = report(results)
+
+``methods`` maps a row name to ``Callable[[Fitter, np.ndarray], Fit]``; pass your own to measure a variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend.fitting import DEFAULT_CHECKPOINT, FitOptions, Fitter  # noqa: E402
+from backend.geometry.frames import rotation_z  # noqa: E402
+from backend.geometry.sampling import sample_surface  # noqa: E402
+from backend.library import build_index, load_index  # noqa: E402
+from backend.model.geometry import chamfer_distance, deform_points  # noqa: E402
+from training.data.ood import CATEGORIES, OODShape, generate, write_glb  # noqa: E402
+from training.data.views import partial_cloud, random_camera  # noqa: E402
+
+LIBRARY_SEED = 0
+TARGET_SEED = 1  # targets come from another seed: never in the library
+TRUTH_POINTS = 8192
+CLOUD_POINTS = 4096
+SHORTLIST = 8  # the oracle measures this many coarse-best sources exactly
+COARSE_SOURCE, COARSE_TRUTH = 512, 1024
+IMPLAUSIBLE = 3.0
+MODES = ("full", "scan", "full_turned", "scan_turned")
+
+
+# -- library and targets ---------------------------------------------------------------------------
+def build_libraries(out: Path, per_category: int, mixed: bool = False, jobs: int = 2) -> dict[str, Path]:
+    """Write (once) ``per_category`` OOD models per category under ``out`` and index them.
+
+    Returns:
+        category (and ``"mixed"``) -> index folder. The mixed index covers the same files as all categories.
+    """
+    root = out / f"library-{per_category}"
+    for category in CATEGORIES:
+        for i in range(per_category):
+            path = root / category / f"{category}_{i:03d}.glb"
+            if not path.exists():
+                write_glb(generate(category, LIBRARY_SEED, i), path)
+    indexes = {}
+    for category in CATEGORIES:
+        indexes[category] = out / f"index-{per_category}" / category
+        build_index(root / category, indexes[category], jobs=jobs)
+    if mixed:
+        indexes["mixed"] = out / f"index-{per_category}" / "mixed"
+        build_index(root, indexes["mixed"], jobs=jobs)
+    return indexes
+
+
+@dataclass
+class Target:
+    """A shape that is not in the library, with its clouds and the dense truth.
+
+    Attributes:
+        truth: (T, 3) dense samples of the true surface (unturned, metres).
+        bounds: (2, 3) the true shape's box; diagonal: its diagonal (the metric's unit for every mode).
+        yaw: radians the turned modes are turned by about the vertical through the box centre.
+        clouds: mode -> (N, 3) float32 input cloud.
+    """
+
+    category: str
+    index: int
+    family: str
+    truth: np.ndarray
+    bounds: np.ndarray
+    diagonal: float
+    yaw: float
+    clouds: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def turn(self, points: np.ndarray) -> np.ndarray:
+        """``points`` turned by ``yaw`` about the vertical through the true box's centre."""
+        pivot = self.bounds.mean(axis=0)
+        return (points - pivot) @ rotation_z(self.yaw).T + pivot
+
+    def truth_for(self, mode: str) -> np.ndarray:
+        return self.turn(self.truth) if mode.endswith("_turned") else self.truth
+
+
+def make_target(category: str, index: int, seed: int = TARGET_SEED) -> Target:
+    """Target ``index`` of ``category``: every mode's cloud, deterministic in (category, index, seed)."""
+    shape: OODShape = generate(category, seed, index)
+    rng = np.random.default_rng([seed, CATEGORIES.index(category), index, 7])
+    vertices, faces = shape.mesh_arrays()
+    truth = sample_surface(vertices, faces, TRUTH_POINTS, rng)[0]
+    bounds = np.stack([vertices.min(axis=0), vertices.max(axis=0)])
+    target = Target(
+        category,
+        index,
+        shape.family,
+        truth,
+        bounds,
+        float(np.linalg.norm(bounds[1] - bounds[0])),
+        rng.uniform(0, 2 * np.pi),
+    )
+    target.clouds["full"] = sample_surface(vertices, faces, CLOUD_POINTS, rng)[0].astype(np.float32)
+    target.clouds["scan"] = partial_cloud(shape, CLOUD_POINTS, rng, camera=random_camera(rng))
+    target.clouds["full_turned"] = target.turn(target.clouds["full"]).astype(np.float32)
+    target.clouds["scan_turned"] = target.turn(target.clouds["scan"]).astype(np.float32)
+    return target
+
+
+def make_targets(per_category: int, seed: int = TARGET_SEED) -> list[Target]:
+    return [make_target(c, i, seed) for c in CATEGORIES for i in range(per_category)]
+
+
+# -- library arrays in the files' frame ------------------------------------------------------------
+@dataclass
+class LibraryArrays:
+    """Every source of an index in its file's frame (Z up, metres), padded to K parts.
+
+    Attributes:
+        points: (S, N, 3) float64 indexed surface samples; labels: (S, N) long part of each.
+        boxes: (S, K, 6) part boxes (padded parts: unit half-size); n_parts: (S,).
+        bounds: (S, 2, 3) union of each source's part boxes.
+        paths: library-relative path of each source.
+    """
+
+    points: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    n_parts: torch.Tensor
+    bounds: torch.Tensor
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def load_library(index_dir: Path) -> LibraryArrays:
+    index = load_index(index_dir)
+    sources = [index.load_source(i) for i in range(len(index))]
+    n = min(len(s.points) for s in sources)
+    k = max(s.n_parts for s in sources)
+    boxes = np.zeros((len(sources), k, 6))
+    boxes[..., 3:] = 1.0
+    for i, s in enumerate(sources):
+        boxes[i, : s.n_parts] = s.boxes
+    return LibraryArrays(
+        points=torch.from_numpy(np.stack([s.points[:n] for s in sources]).astype(np.float64)),
+        labels=torch.from_numpy(np.stack([s.point_labels[:n] for s in sources]).astype(np.int64)),
+        boxes=torch.from_numpy(boxes),
+        n_parts=torch.tensor([s.n_parts for s in sources]),
+        bounds=torch.from_numpy(np.stack([s.bounds for s in sources])),
+        paths=[r.path for r in index.sources],
+    )
+
+
+# -- the metric and the oracle ---------------------------------------------------------------------
+def dense_chamfer(points: np.ndarray, truth: np.ndarray, diagonal: float) -> float:
+    """Chamfer x100 between a fitted shape's (N, 3) samples and the (T, 3) dense truth, in units of ``diagonal``.
+
+    Squared distances, mean per direction, summed: the same value as ``backend.model.geometry.chamfer_distance``
+    on the scaled sets, with k-d trees because T is large.
+    """
+    a, b = np.asarray(points, float) / diagonal, np.asarray(truth, float) / diagonal
+    to_truth = cKDTree(b).query(a)[0]
+    to_points = cKDTree(a).query(b)[0]
+    return float((np.square(to_truth).mean() + np.square(to_points).mean()) * 100)
+
+
+def scaled_per_axis(library: LibraryArrays, bounds: np.ndarray) -> torch.Tensor:
+    """(S, N, 3) every source's samples mapped per axis from its own box onto the box ``bounds`` (2, 3)."""
+    lo, hi = library.bounds[:, 0:1], library.bounds[:, 1:2]
+    target = torch.from_numpy(np.asarray(bounds, float))
+    return target[0] + (library.points - lo) / (hi - lo).clamp_min(1e-9) * (target[1] - target[0])
+
+
+def per_axis_oracle(library: LibraryArrays, truth: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, int]:
+    """The per-axis box oracle of one target: every source scaled per axis to the true box, measured.
+
+    All sources are ranked in one batched pass on ``COARSE_SOURCE`` / ``COARSE_TRUTH`` points; the ``SHORTLIST``
+    best are measured with ``dense_chamfer`` (the coarse value only ranks).
+
+    Returns:
+        (S,) chamfer x100 (coarse values, except the exact shortlisted ones) and the best source's row.
+    """
+    diagonal = float(np.linalg.norm(bounds[1] - bounds[0]))
+    scaled = scaled_per_axis(library, bounds)
+    coarse_truth = torch.from_numpy(truth[:COARSE_TRUTH] / diagonal).float()
+    coarse = (
+        chamfer_distance((scaled[:, :COARSE_SOURCE] / diagonal).float(), coarse_truth.expand(len(library), -1, -1))
+        .double()
+        .numpy()
+        * 100
+    )
+    values = coarse.copy()
+    for row in np.argsort(coarse)[:SHORTLIST]:  # a handful of sources, each measured against the dense truth
+        values[row] = dense_chamfer(scaled[row].numpy(), truth, diagonal)
+    shortlisted = np.argsort(coarse)[:SHORTLIST]
+    best = int(shortlisted[np.argmin(values[shortlisted])])
+    return values, best
+
+
+# -- fits ------------------------------------------------------------------------------------------
+@dataclass
+class Fit:
+    """One method's top-1 fit: source ``row`` with part boxes (K, 6) ``[centre, half]`` in the target's world frame,
+    each part turned by ``yaw`` about Z (a part's points are ``centre + R(yaw) ((v - c_src) * half / half_src)``)."""
+
+    row: int
+    boxes: np.ndarray
+    yaw: float = 0.0
+    seconds: float = 0.0
+
+
+def fitted_surface(library: LibraryArrays, fit: Fit) -> np.ndarray:
+    """(N, 3) the source's indexed samples carried by the fitted boxes, world frame."""
+    row, k = fit.row, int(library.n_parts[fit.row])
+    boxes = library.boxes[row : row + 1].clone()
+    fitted = boxes.clone()
+    fitted[0, :k] = torch.from_numpy(np.asarray(fit.boxes, float))
+    # Offsets from each part's fitted centre, then turned by the fit's yaw.
+    local = torch.cat([torch.zeros_like(fitted[..., :3]), fitted[..., 3:]], dim=-1)
+    offsets = deform_points(library.points[row : row + 1], library.labels[row : row + 1], boxes, local)[0]
+    centres = fitted[0, library.labels[row], :3]
+    return (centres + offsets @ torch.from_numpy(rotation_z(fit.yaw)).T).numpy()
+
+
+def part_scale_factors(library: LibraryArrays, fit: Fit, diagonal: float) -> np.ndarray:
+    """(K,) largest per-axis factor (>= 1, growing or shrinking) between each fitted part's size and its source
+    part's size, both relative to their shape's box diagonal (so scaling a whole shape uniformly gives 1)."""
+    row, k = fit.row, int(library.n_parts[fit.row])
+    source = library.boxes[row, :k, 3:].numpy()
+    source_diagonal = float(torch.linalg.norm(library.bounds[row, 1] - library.bounds[row, 0]))
+    ratio = (np.asarray(fit.boxes)[:, 3:] / diagonal).clip(1e-12) / (source / source_diagonal).clip(1e-12)
+    return np.maximum(ratio, 1 / ratio).max(axis=1)
+
+
+def product_fit(options: FitOptions) -> Callable[[Fitter, np.ndarray], Fit]:
+    """The product's fit (``Fitter.fit_points``) with ``options``; its best candidate."""
+
+    def run(fitter: Fitter, cloud: np.ndarray) -> Fit:
+        started = time.perf_counter()
+        best = fitter.fit_points(cloud, options).candidates[0]
+        return Fit(best.source_index, best.fitted_boxes, best.yaw, time.perf_counter() - started)
+
+    return run
+
+
+def pipeline_fit(fitter: Fitter, cloud: np.ndarray) -> Fit:
+    """The learning-free pipeline: ``backend.model.inference.fit_cloud`` with no model, the cloud's own heading,
+    the top 5 of the coarse ranking refined from their per-axis placement on plain chamfer."""
+    from backend.model.inference import fit_cloud
+
+    started = time.perf_counter()
+    points = torch.from_numpy(np.asarray(cloud, np.float32))
+    result = fit_cloud(None, fitter.sources, None, points, torch.zeros(1), top_k=1, pool=5, partial=False)
+    boxes = result.boxes[0].double()
+    k = fitter.index.sources[int(result.rows[0])].n_parts
+    centre, diagonal = result.centre[0].double(), float(result.diagonal[0])
+    world = torch.cat([boxes[:k, :3] * diagonal + centre, boxes[:k, 3:] * diagonal], dim=-1).numpy()
+    yaw = float(result.yaw[0])
+    pivot = result.pivot.double().numpy()
+    world[:, :3] = (world[:, :3] - pivot) @ rotation_z(yaw).T + pivot
+    return Fit(int(result.rows[0]), world, yaw, time.perf_counter() - started)
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def evaluate(
+    fitters: dict[str, Fitter],
+    libraries: dict[str, LibraryArrays],
+    targets: list[Target],
+    methods: dict[str, Callable[[Fitter, np.ndarray], Fit]],
+    modes=MODES,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Every number of the check: per target, library, mode and method.
+
+    ``fitters`` and ``libraries`` are keyed by library name (a category, or ``"mixed"``); a target is fitted in
+    its own category's library and in the mixed one when present.
+
+    Returns:
+        ``{"rows": [...], "summary": {...}}`` (JSON-able); a row holds target, category, family, library, mode,
+        method, chamfer (x100), oracle (x100), source, seconds, scale_p95, share_over_3x.
+    """
+    rows = []
+    for n, target in enumerate(targets):
+        for name in [target.category] + (["mixed"] if "mixed" in fitters else []):
+            library = libraries[name]
+            oracle_values, oracle_row = per_axis_oracle(library, target.truth, target.bounds)
+            oracle = float(oracle_values[oracle_row])
+            oracle_fit = _oracle_fit(library, oracle_row, target.bounds)
+            factors = part_scale_factors(library, oracle_fit, target.diagonal)
+            base = {"target": f"{target.category}_{target.index}", "category": target.category}
+            base.update({"family": target.family, "library": name, "oracle": oracle, "yaw": target.yaw})
+            rows.append(
+                {
+                    **base,
+                    "mode": "all",
+                    "method": "oracle",
+                    "chamfer": oracle,
+                    "source": oracle_row,
+                    "seconds": 0.0,
+                    **_plausibility(factors),
+                }
+            )
+            for mode in modes:
+                truth = target.truth_for(mode)
+                for method, run in methods.items():
+                    fit = run(fitters[name], target.clouds[mode])
+                    value = dense_chamfer(fitted_surface(library, fit), truth, target.diagonal)
+                    factors = part_scale_factors(library, fit, target.diagonal)
+                    rows.append(
+                        {
+                            **base,
+                            "mode": mode,
+                            "method": method,
+                            "chamfer": value,
+                            "source": fit.row,
+                            "seconds": fit.seconds,
+                            **_plausibility(factors),
+                        }
+                    )
+        log(f"target {n + 1}/{len(targets)} {target.category}_{target.index} ({target.family}) done")
+    return {"rows": rows, "summary": summarise(rows)}
+
+
+def _oracle_fit(library: LibraryArrays, row: int, bounds: np.ndarray) -> Fit:
+    """The oracle's boxes: source ``row``'s boxes mapped per axis onto ``bounds``."""
+    k = int(library.n_parts[row])
+    lo, hi = library.bounds[row, 0].numpy(), library.bounds[row, 1].numpy()
+    factor = (bounds[1] - bounds[0]) / np.maximum(hi - lo, 1e-9)
+    boxes = library.boxes[row, :k].numpy()
+    return Fit(row, np.concatenate([bounds[0] + (boxes[:, :3] - lo) * factor, boxes[:, 3:] * factor], axis=1))
+
+
+def _plausibility(factors: np.ndarray) -> dict:
+    return {
+        "parts": len(factors),
+        "scale_p95": float(np.quantile(factors, 0.95)),
+        "over_3x": int((factors > IMPLAUSIBLE).sum()),
+        "max_factor": float(factors.max()),
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Means per (library kind, category, mode, method): chamfer, oracle, ratio of means, turned / unturned."""
+    out: dict = {}
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        kind = "mixed" if row["library"] == "mixed" else "category"
+        for category in (row["category"], "all"):
+            groups.setdefault((kind, category, row["mode"], row["method"]), []).append(row)
+    for (kind, category, mode, method), members in sorted(groups.items()):
+        chamfer = float(np.mean([r["chamfer"] for r in members]))
+        oracle = float(np.mean([r["oracle"] for r in members]))
+        entry = {
+            "targets": len(members),
+            "chamfer": chamfer,
+            "oracle": oracle,
+            "ratio": chamfer / oracle,
+            "ratio_mean_per_target": float(np.mean([r["chamfer"] / r["oracle"] for r in members])),
+            "scale_p95_mean": float(np.mean([r["scale_p95"] for r in members])),
+            "share_over_3x": sum(r["over_3x"] for r in members) / max(1, sum(r["parts"] for r in members)),
+            "seconds_median": float(np.median([r["seconds"] for r in members])),
+        }
+        if mode.endswith("_turned"):
+            plain = groups.get((kind, category, mode[: -len("_turned")], method))
+            if plain:
+                entry["turned_over_unturned"] = chamfer / float(np.mean([r["chamfer"] for r in plain]))
+        out[f"{kind}/{category}/{mode}/{method}"] = entry
+    return out
+
+
+def report(results: dict) -> str:
+    """Markdown tables of ``results["summary"]``: ratio to the oracle per category and mode."""
+    summary = results["summary"]
+    lines = []
+    for kind in ("category", "mixed"):
+        keys = [k for k in summary if k.startswith(kind + "/") and "/all/" not in k and not k.endswith("/oracle")]
+        if not keys:
+            continue
+        methods = sorted({k.split("/")[3] for k in keys})
+        modes = [m for m in MODES if any(f"/{m}/" in k for k in keys)]
+        title = "per-category libraries" if kind == "category" else "mixed library (all categories)"
+        lines += [
+            f"### {title}",
+            "",
+            "chamfer x10^-2 (ratio to the per-axis box oracle); plausibility: p95 part "
+            "scale factor / share of parts over 3x",
+            "",
+        ]
+        lines.append("| category | method | oracle | " + " | ".join(modes) + " | p95 / >3x (full) |")
+        lines.append("|---" * (4 + len(modes)) + "|")
+        for category in (*CATEGORIES, "all"):
+            for method in methods:
+                cells = []
+                for mode in modes:
+                    e = summary.get(f"{kind}/{category}/{mode}/{method}")
+                    if e is None:
+                        cells.append("")
+                        continue
+                    turned = f", turned/unturned {e['turned_over_unturned']:.2f}" if "turned_over_unturned" in e else ""
+                    cells.append(f"{e['chamfer']:.3f} ({e['ratio']:.2f}x{turned})")
+                oracle = summary.get(f"{kind}/{category}/all/oracle")
+                full = summary.get(f"{kind}/{category}/{modes[0]}/{method}")
+                plaus = f"{full['scale_p95_mean']:.2f} / {100 * full['share_over_3x']:.1f}%" if full else ""
+                name = f"**{category}**" if category == "all" else category
+                lines.append(f"| {name} | {method} | {oracle['chamfer']:.3f} | " + " | ".join(cells) + f" | {plaus} |")
+        if f"{kind}/all/all/oracle" in summary:
+            o = summary[f"{kind}/all/all/oracle"]
+            lines.append(
+                f"| oracle plausibility | | | | | | | {o['scale_p95_mean']:.2f} / {100 * o['share_over_3x']:.1f}% |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--per-category", type=int, default=100, help="library models per category")
+    parser.add_argument("--targets", type=int, default=4, help="targets per category")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--mixed", action="store_true", help="also fit every target in the all-category library")
+    parser.add_argument("--fit-options", default="{}", help="JSON of FitOptions fields for the product row")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the learning-free pipeline row")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ood"))
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)"
+    )
+    parser.add_argument("--json", help="write every number here (default: OUT/results-<size>.json)")
+    parser.add_argument("--write", help="also write the report into this markdown file (docs/ood.md)")
+    args = parser.parse_args(argv)
+    try:
+        options = FitOptions(**json.loads(args.fit_options))
+    except (TypeError, ValueError) as error:
+        parser.error(f"--fit-options: {error}")
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    out = Path(args.out)
+    indexes = build_libraries(out, args.per_category, mixed=args.mixed)
+    fitters = {name: Fitter.open(args.checkpoint, path, device="cpu") for name, path in indexes.items()}
+    libraries = {name: load_library(path) for name, path in indexes.items()}
+    print(
+        f"library ready in {time.perf_counter() - started:.1f} s: "
+        + ", ".join(f"{n} {len(lib)}" for n, lib in libraries.items()),
+        file=sys.stderr,
+    )
+    methods = {"product": product_fit(options)}
+    if not args.no_pipeline:
+        methods["pipeline"] = pipeline_fit
+    targets = make_targets(args.targets)
+    results = evaluate(fitters, libraries, targets, methods, tuple(args.modes), log=lambda s: print(s, file=sys.stderr))
+    seconds = time.perf_counter() - started
+    results["config"] = {
+        "command": "python bench/ood.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "per_category": args.per_category,
+        "targets_per_category": args.targets,
+        "modes": args.modes,
+        "fit_options": options.__dict__,
+        "checkpoint": args.checkpoint,
+        "seconds": seconds,
+        "library_seed": LIBRARY_SEED,
+        "target_seed": TARGET_SEED,
+        "truth_points": TRUTH_POINTS,
+        "cloud_points": CLOUD_POINTS,
+    }
+    markdown = report(results)
+    print(markdown)
+    print(f"{seconds:.0f} s in all", file=sys.stderr)
+    json_path = Path(args.json) if args.json else out / f"results-{args.per_category}-{args.targets}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1))
+    if args.write:
+        _write_results(Path(args.write), markdown, results["config"])
+    return 0
+
+
+RESULTS_START, RESULTS_END = "<!-- ood-results -->", "<!-- /ood-results -->"
+
+
+def _write_results(path: Path, markdown: str, config: dict) -> None:
+    """Replace the results block of ``path`` (between the markers), keeping the rest of the document."""
+    block = (
+        f"{RESULTS_START}\nCommand: `{config['command']}` ({config['seconds']:.0f} s, "
+        f"{time.strftime('%Y-%m-%d')}, FitOptions {config['fit_options']})\n\n{markdown.strip()}\n{RESULTS_END}"
+    )
+    text = path.read_text() if path.exists() else "# Out-of-distribution check\n\n"
+    if RESULTS_START in text:
+        head, rest = text.split(RESULTS_START, 1)
+        text = head + block + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,8 +18,11 @@ with row 0 at the top.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +35,8 @@ MIN_FOREGROUND = 0.002  # fraction of the frame
 MAX_FOREGROUND = 0.95
 RESOLUTION = 32
 PAD = 1
+CACHE_VERSION = 1
+FOV = 35.0  # degrees: a typical product shot (a 50 mm lens on full frame is 27 degrees vertically)
 
 Progress = Callable[[int, int, str], None]
 
@@ -144,7 +149,7 @@ class ViewGrid:
     """Viewpoints (degrees) compared against an image: every elevation with every azimuth."""
 
     elevations: tuple[float, ...] = (10.0, 25.0, 40.0)
-    azimuths: tuple[float, ...] = tuple(float(a) for a in range(-180, 180, 30))
+    azimuths: tuple[float, ...] = tuple(float(a) for a in range(-180, 180, 15))
 
     def __len__(self) -> int:
         return len(self.elevations) * len(self.azimuths)
@@ -170,15 +175,14 @@ class ViewGrid:
 
 
 def view_axes(angles: torch.Tensor) -> torch.Tensor:
-    """(..., 2, 3) screen right and up axes of views ``angles`` (..., 2) = (azimuth, elevation) in degrees.
-
-    The same camera frame as ``backend.render.Camera.view``, orthographic.
-    """
+    """(..., 3, 3) screen right, screen up and viewing direction of views ``angles`` (..., 2) =
+    (azimuth, elevation) in degrees: the camera frame of ``backend.render.Camera.view``."""
     az, el = torch.deg2rad(angles[..., 0]), torch.deg2rad(angles[..., 1])
     zero = torch.zeros_like(az)
     right = torch.stack([torch.cos(az), torch.sin(az), zero], dim=-1)
     up = torch.stack([-torch.sin(az) * torch.sin(el), torch.cos(az) * torch.sin(el), torch.cos(el)], dim=-1)
-    return torch.stack([right, up], dim=-2)
+    forward = torch.stack([-torch.sin(az) * torch.cos(el), torch.cos(az) * torch.cos(el), -torch.sin(el)], dim=-1)
+    return torch.stack([right, up, forward], dim=-2)
 
 
 def box_aligned(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
@@ -213,15 +217,28 @@ def splat(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
     return closed[:, 0] > 0.5
 
 
-def project(points: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """(B, V, N, 2) screen coordinates of ``points`` (B, N, 3) seen from every view ``angles`` (V, 2)."""
-    axes = view_axes(angles.to(torch.float64)).to(points)  # (V, 2, 3)
-    return torch.einsum("bnc,vdc->bvnd", points, axes)
+def project(points: torch.Tensor, angles: torch.Tensor, fov: float = FOV) -> torch.Tensor:
+    """(B, V, N, 2) screen coordinates (x right, y up) of ``points`` (B, N, 3) seen from every view ``angles``
+    (V, 2), normalised frame (box diagonal 1, centred at 0).
+
+    A perspective camera of vertical field of view ``fov`` degrees framing the
+    bounding sphere as ``backend.render.Camera`` does (photos are not
+    orthographic: at 40 degrees the near legs of a chair look visibly longer);
+    ``fov=0`` projects orthographically. Only shape matters: ``box_aligned`` removes scale.
+    """
+    axes = view_axes(angles.to(torch.float64)).to(points)  # (V, 3, 3)
+    cam = torch.einsum("bnc,vdc->bvnd", points, axes)
+    if fov <= 0:
+        return cam[..., :2]
+    distance = 1.05 * 0.5 / np.sin(np.radians(fov) / 2)  # bounding sphere of radius 1/2 fills the view
+    return cam[..., :2] / (cam[..., 2:] + distance)
 
 
-def silhouettes(points: torch.Tensor, angles: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
+def silhouettes(
+    points: torch.Tensor, angles: torch.Tensor, resolution: int = RESOLUTION, fov: float = FOV
+) -> torch.Tensor:
     """(B, V, R, R) bool box-aligned silhouettes of ``points`` (B, N, 3) from views ``angles`` (V, 2)."""
-    xy = project(points, angles)
+    xy = project(points, angles, fov)
     b, v, n, _ = xy.shape
     return splat(xy.reshape(b * v, n, 2), resolution).view(b, v, resolution, resolution)
 
@@ -300,6 +317,39 @@ class SilhouetteBank:
             masks.append(silhouettes(points[start : start + chunk], angles, resolution))
         return cls(torch.cat(masks) if masks else torch.zeros(0, len(angles), resolution, resolution, dtype=bool), grid)
 
+    @classmethod
+    def cached(
+        cls,
+        points: torch.Tensor,
+        folder: str | os.PathLike,
+        grid: ViewGrid = ViewGrid(),
+        resolution: int = RESOLUTION,
+        max_points: int = 1024,
+        progress: Progress | None = None,
+    ) -> SilhouetteBank:
+        """``build`` once, kept in ``folder/silhouettes-<key>.npz`` (bit-packed, written atomically); the key
+        hashes the samples and every setting, so a changed library or grid rebuilds and drops the stale file."""
+        digest = hashlib.sha256(np.ascontiguousarray(points[:, :max_points].detach().cpu().numpy()).tobytes())
+        digest.update(repr((CACHE_VERSION, grid, resolution, max_points, PAD, FOV)).encode())
+        path = Path(folder) / f"silhouettes-{digest.hexdigest()[:16]}.npz"
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    shape = tuple(int(n) for n in data["shape"])
+                    bits = np.unpackbits(data["bits"], count=int(np.prod(shape)))
+                    return cls(torch.from_numpy(bits.reshape(shape).astype(bool)).to(points.device), grid)
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable: rebuilt below
+        bank = cls.build(points, grid, resolution, max_points, progress=progress)
+        for stale in Path(folder).glob("silhouettes-*.npz"):
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        masks = bank.masks.cpu().numpy()
+        with open(tmp, "wb") as handle:
+            np.savez(handle, shape=np.array(masks.shape), bits=np.packbits(masks.reshape(-1)))
+        os.replace(tmp, path)
+        return bank
+
     def __len__(self) -> int:
         return self.masks.shape[0]
 
@@ -321,7 +371,9 @@ class SilhouetteBank:
         goal = target.flatten().float().to(self.masks.device)
         flat = self.masks.flatten(-2)
         s, v = flat.shape[:2]
-        inter = torch.cat([(flat[i : i + chunk].float() @ goal) for i in range(0, s, chunk)]) if s else flat.new_zeros(0, v)
+        inter = (
+            torch.cat([(flat[i : i + chunk].float() @ goal) for i in range(0, s, chunk)]) if s else flat.new_zeros(0, v)
+        )
         table = inter / (self.areas + goal.sum() - inter).clamp_min(1.0)
         angles = self.grid.angles()
         best = table.topk(min(consensus, s), dim=0).values.mean(0)  # (V,)
@@ -395,3 +447,54 @@ def scale_boxes(boxes: torch.Tensor, part_mask: torch.Tensor, scales: torch.Tens
     middle, diagonal = (lo + hi) / 2, (hi - lo).norm(dim=-1).clamp_min(1e-9)
     out = torch.cat([(centre - middle[:, None]) / diagonal[:, None, None], half / diagonal[:, None, None]], dim=-1)
     return torch.where(real, out, boxes)
+
+
+# -- one image against a library ---------------------------------------------------------------
+
+
+@dataclass
+class ImageMatch:
+    """The best sources for one image, stretched to its proportions.
+
+    Attributes:
+        order: (P,) source rows, best first.
+        scores: (P,) silhouette IoU of each stretched candidate.
+        scales: (P, 3) per-axis stretch of each candidate (unit geometric mean).
+        boxes: (P, K, 6) the candidates' boxes stretched, normalised frame.
+        azimuth, elevation: the image's estimated view, degrees.
+        ranking: the library-wide ranking it came from.
+    """
+
+    order: torch.Tensor
+    scores: torch.Tensor
+    scales: torch.Tensor
+    boxes: torch.Tensor
+    azimuth: float
+    elevation: float
+    ranking: SilhouetteRanking
+
+
+def match_image(
+    image,
+    sources,
+    bank: SilhouetteBank,
+    top_k: int = 5,
+    prior: torch.Tensor | None = None,
+    pool: int = 5,
+    points: int = 512,
+) -> ImageMatch:
+    """Rank every source of ``sources`` (``SourceTensors``, the rows of ``bank``) against ``image``.
+
+    The foreground comes first (``foreground_mask``: a clear ``ValueError`` before
+    any work when there is none); the bank ranks every source, ``prior`` (S,) (a
+    learned distance) breaking near-ties; the best ``max(pool, top_k)`` are
+    stretched to the image's proportions and re-ranked by their stretched IoU.
+    """
+    target = mask_grid(foreground_mask(image), bank.resolution).to(bank.masks.device)
+    ranking = bank.rank(target)
+    order = ranking.order(prior)[: max(pool, top_k)]
+    chosen = sources.select(order)
+    scales, scores, _ = fit_proportions(chosen.points[:, :points], target, ranking.azimuth, ranking.elevation)
+    keep = torch.argsort(scores, descending=True)[:top_k]
+    boxes = scale_boxes(chosen.boxes[keep], chosen.part_mask[keep], scales[keep])
+    return ImageMatch(order[keep], scores[keep], scales[keep], boxes, ranking.azimuth, ranking.elevation, ranking)

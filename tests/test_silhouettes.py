@@ -1,0 +1,228 @@
+"""Image targets by silhouettes: the foreground of a user's picture, retrieval and view, proportions."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from backend.geometry.sampling import sample_surface
+from backend.model.sources import SourceTensors
+from backend.render import Camera, rasterize, shade
+from backend.silhouettes import (
+    SilhouetteBank,
+    ViewGrid,
+    fit_proportions,
+    foreground_mask,
+    mask_grid,
+    match_image,
+    scale_boxes,
+)
+from training.data.furniture import CATEGORIES, generate
+from training.data.views import mesh_arrays
+
+SEED = 7
+LIBRARY = 8  # shapes per category in the library
+HELD_OUT = range(100, 103)  # per category, never in the library
+
+
+def shape_tensors(shapes, count: int = 1024) -> SourceTensors:
+    """Sources of generated shapes without indexing them: samples, labels and part boxes, normalised frame."""
+    rng = np.random.default_rng(0)
+    k = max(len(s.parts) for s in shapes)
+    rows = {"points": [], "labels": [], "boxes": [], "part_mask": [], "centre": [], "scale": []}
+    for shape in shapes:
+        vertices, faces, face_part = mesh_arrays(shape)
+        points, face = sample_surface(vertices, faces, count, rng)
+        lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+        centre, scale = (lo + hi) / 2, np.linalg.norm(hi - lo)
+        boxes = np.tile([0, 0, 0, 1, 1, 1], (k, 1)).astype(np.float64)
+        for j, mesh in enumerate(shape.parts.values()):
+            a, b = mesh.bounds
+            boxes[j] = np.r_[((a + b) / 2 - centre) / scale, (b - a) / 2 / scale]
+        rows["points"].append((points - centre) / scale)
+        rows["labels"].append(face_part[face])
+        rows["boxes"].append(boxes)
+        rows["part_mask"].append(np.arange(k) < len(shape.parts))
+        rows["centre"].append(centre)
+        rows["scale"].append(scale)
+    s = len(shapes)
+    return SourceTensors(
+        points=torch.tensor(np.stack(rows["points"]), dtype=torch.float32),
+        labels=torch.tensor(np.stack(rows["labels"]), dtype=torch.long),
+        boxes=torch.tensor(np.stack(rows["boxes"]), dtype=torch.float32),
+        part_mask=torch.tensor(np.stack(rows["part_mask"])),
+        basis=torch.zeros(s, 6 * k, 1),
+        mirror=torch.full((s, k), -1),
+        axis=torch.full((s,), -1),
+        centre=torch.tensor(np.stack(rows["centre"]), dtype=torch.float32),
+        scale=torch.tensor(rows["scale"], dtype=torch.float32),
+        min_half=torch.zeros(s),
+    )
+
+
+def photo(shape, camera: Camera, size: int = 128, background=(1.0, 1.0, 1.0), stretch=(1.0, 1.0, 1.0)):
+    """A shaded perspective render by the mesh rasteriser (not the silhouettes' point splatting), and its truth."""
+    vertices, faces, part = mesh_arrays(shape)
+    vertices = vertices * np.asarray(stretch)
+    colours = np.array([[0.55, 0.36, 0.2], [0.2, 0.33, 0.55], [0.6, 0.57, 0.6]])[part % 3]
+    image = shade(vertices, faces, colours, camera, size=size, background=background, cull_back=True)
+    truth = rasterize(vertices, faces, camera, size).face >= 0
+    return image, truth
+
+
+def matches(mask: np.ndarray, truth: np.ndarray, missing: float = 0.01) -> bool:
+    """``mask`` covers the truth (pixel centres) and adds at most the anti-aliased rim one pixel around it."""
+    rim = ndimage.binary_dilation(truth, iterations=1)
+    return mask.shape == truth.shape and (truth & ~mask).sum() <= missing * truth.sum() and not (mask & ~rim).any()
+
+
+@pytest.fixture(scope="module")
+def library():
+    shapes = [generate(c, SEED, i) for c in CATEGORIES for i in range(LIBRARY)]
+    return shapes, shape_tensors(shapes)
+
+
+# -- the foreground of a reference image --------------------------------------------------------
+
+
+def test_foreground_on_white_colour_and_alpha_anywhere_in_the_frame():
+    chair = generate("chair", SEED, 100)
+    camera = Camera(azimuth=35, elevation=25, fov=40)
+    white, truth = photo(chair, camera)
+    assert matches(foreground_mask(white), truth)
+
+    teal, truth = photo(chair, camera, background=(0.2, 0.5, 0.55))
+    assert matches(foreground_mask(teal), truth)
+
+    # Small and off-centre in a wide frame, on a plain beige, as a 16-bit grey PNG and as floats.
+    canvas = np.full((300, 420, 3), (232, 220, 200), np.uint8)
+    small, truth_small = photo(chair, camera, size=96, background=np.array([232, 220, 200]) / 255)
+    canvas[190:286, 20:116] = small
+    where = np.zeros((300, 420), bool)
+    where[190:286, 20:116] = truth_small
+    assert matches(foreground_mask(canvas), where)
+    grey16 = (canvas.astype(np.float64).mean(axis=2) * 257).astype(np.uint16)
+    assert matches(foreground_mask(grey16), where, missing=0.05)
+    assert matches(foreground_mask(canvas / 255.0), where)
+
+    # Transparency wins over colour: the RGB under the alpha is noise.
+    rgba = np.dstack([np.random.default_rng(0).integers(0, 256, (128, 128, 3)), truth * 255]).astype(np.uint8)
+    assert np.array_equal(foreground_mask(rgba), truth)
+
+
+@pytest.mark.parametrize(
+    "image, problem",
+    [
+        (np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8), "not one plain colour"),
+        (np.full((64, 64, 3), 255, np.uint8), "no object"),
+        (np.zeros((64, 64, 4), np.uint8), "no object"),  # all transparent
+        (
+            np.dstack([np.zeros((64, 64, 3)), np.pad(np.ones((63, 63)), ((1, 0), (0, 1)))]).astype(np.uint8) * 255,
+            "fills",
+        ),
+    ],
+    ids=["noise", "blank", "transparent", "filled"],
+)
+def test_no_usable_foreground_is_one_clear_error(image, problem):
+    with pytest.raises(ValueError, match=f"the image needs a plain background or transparency: .*{problem}"):
+        foreground_mask(image)
+
+
+# -- retrieval and the view -----------------------------------------------------------------------
+
+
+def within_one_step(grid: ViewGrid, estimate: tuple[float, float], truth: tuple[float, float]) -> bool:
+    az_step = 360 / len(grid.azimuths)
+    el_step = max(np.diff(grid.elevations))
+    d_az = abs((estimate[0] - truth[0] + 180) % 360 - 180)
+    return d_az <= az_step and abs(estimate[1] - truth[1]) <= el_step
+
+
+def test_a_library_shape_in_a_photo_is_found_with_its_view(library):
+    """Each library shape, photographed in perspective from a view off the grid, ranks itself first."""
+    shapes, sources = library
+    bank = SilhouetteBank.build(sources.points)
+    rng = np.random.default_rng(3)
+    found = views = 0
+    rows = [c * LIBRARY + i for c in range(len(CATEGORIES)) for i in (0, 3, 6)]
+    for row in rows:
+        truth = (float(rng.uniform(-55, 55)), float(rng.uniform(15, 35)))
+        image, _ = photo(shapes[row], Camera(azimuth=truth[0], elevation=truth[1], fov=42))
+        ranking = bank.rank(mask_grid(foreground_mask(image)))
+        found += int(ranking.order()[0]) == row
+        views += within_one_step(bank.grid, (ranking.azimuth, ranking.elevation), truth)
+    assert found >= len(rows) - 1
+    assert views >= len(rows) - 2
+
+
+def test_held_out_shapes_retrieve_their_category(library):
+    """Shapes never in the library: the best silhouette is of the same kind of furniture."""
+    shapes, sources = library
+    bank = SilhouetteBank.build(sources.points)
+    rng = np.random.default_rng(4)
+    right = total = 0
+    for c, category in enumerate(CATEGORIES):
+        for i in HELD_OUT:
+            camera = Camera(azimuth=float(rng.uniform(-50, 50)), elevation=float(rng.uniform(15, 35)), fov=38)
+            image, _ = photo(generate(category, SEED, i), camera)
+            best = int(bank.rank(mask_grid(foreground_mask(image))).order()[0])
+            right += best // LIBRARY == c
+            total += 1
+    assert right >= total - 2
+
+
+# -- proportions ---------------------------------------------------------------------------------
+
+
+def test_proportions_recover_a_stretched_shape(library):
+    shapes, sources = library
+    stretch = np.array([1.3, 0.8, 1.0])
+    expected = stretch / np.cbrt(stretch.prod())
+    close = 0
+    for row, (az, el) in zip((1, LIBRARY + 1, 2 * LIBRARY + 1), ((-30, 25), (35, 20), (25, 30))):
+        image, _ = photo(shapes[row], Camera(azimuth=az, elevation=el, fov=35), stretch=stretch)
+        target = mask_grid(foreground_mask(image))
+        scales, score, _ = fit_proportions(sources.points[row : row + 1, :512], target, az, el)
+        _, plain, _ = fit_proportions(sources.points[row : row + 1, :512], target, az, el, torch.ones(1, 3).double())
+        close += bool(np.abs(scales[0].numpy() - expected).max() < 0.12)
+        assert float(score[0]) > float(plain[0]) + 0.03  # the stretch explains the image better
+    assert close >= 2
+
+
+def test_scale_boxes_stretch_about_the_centre_and_renormalise(library):
+    _, sources = library
+    boxes, mask = sources.boxes[:2], sources.part_mask[:2]
+    out = scale_boxes(boxes, mask, torch.tensor([[1.5, 1.0, 1.0], [1.0, 1.0, 0.5]]))
+    for b, m in zip(out, mask):
+        lo, hi = (b[m, :3] - b[m, 3:]).min(0).values, (b[m, :3] + b[m, 3:]).max(0).values
+        assert torch.allclose((lo + hi) / 2, torch.zeros(3), atol=1e-5)
+        assert float((hi - lo).norm()) == pytest.approx(1.0, abs=1e-5)
+    ratio = out[0, mask[0], 3:] / boxes[0, mask[0], 3:]
+    assert torch.allclose(ratio[:, 0] / ratio[:, 1], torch.tensor(1.5), atol=1e-4)
+    assert torch.equal(out[0, ~mask[0]], boxes[0, ~mask[0]])  # padding untouched
+
+
+# -- one image against a library, and the bank's cache ------------------------------------------------
+
+
+def test_match_image_fails_first_on_no_foreground_then_matches(library, tmp_path):
+    shapes, sources = library
+    bank = SilhouetteBank.cached(sources.points, tmp_path)
+    with pytest.raises(ValueError, match="plain background or transparency"):
+        match_image(np.full((64, 64, 3), 250, np.uint8), sources, bank)
+    image, _ = photo(shapes[LIBRARY + 2], Camera(azimuth=20, elevation=25, fov=40))
+    match = match_image(image, sources, bank, top_k=3)
+    assert len(match.order) == 3 and int(match.order[0]) == LIBRARY + 2
+    assert match.boxes.shape == (3, *sources.boxes.shape[1:])
+    assert torch.all(match.scores[:-1] >= match.scores[1:])
+
+
+def test_bank_cache_is_reused_and_rebuilt_when_the_library_changes(library, tmp_path):
+    _, sources = library
+    first = SilhouetteBank.cached(sources.points, tmp_path)
+    (written,) = tmp_path.glob("silhouettes-*.npz")
+    again = SilhouetteBank.cached(sources.points, tmp_path)
+    assert torch.equal(first.masks, again.masks)
+    changed = SilhouetteBank.cached(sources.points[1:], tmp_path)
+    assert len(changed) == len(sources) - 1 and not written.exists()
+    assert len(list(tmp_path.glob("silhouettes-*.npz"))) == 1

@@ -293,7 +293,7 @@ def pipeline_fit(fitter: Fitter, cloud: np.ndarray) -> Fit:
 
     started = time.perf_counter()
     points = torch.from_numpy(np.asarray(cloud, np.float32))
-    result = fit_cloud(None, fitter.sources, None, points, torch.zeros(1), top_k=1, pool=5, partial=False)
+    result = fit_cloud(None, fitter.sources, None, points, torch.zeros(1), top_k=1, pool=5)  # plain chamfer
     boxes = result.boxes[0].double()
     k = fitter.index.sources[int(result.rows[0])].n_parts
     centre, diagonal = result.centre[0].double(), float(result.diagonal[0])

@@ -126,6 +126,9 @@ def test_oracle_is_zero_for_a_library_model_scaled_per_axis(indexed):
     # The metric is in units of the target's diagonal: measuring in metres changes it (a 2 m shape here).
     per_axis = ood.scaled_per_axis(library, bounds)[row].numpy()
     assert abs(ood.dense_chamfer(per_axis, truth, 1.0) - values[row]) > 0.5 * values[row]
+    # Both directions count: half of the right shape is far from a good fit (an accuracy-only metric says 0).
+    half = per_axis[per_axis[:, 0] < centre[0]]
+    assert ood.dense_chamfer(half, truth, diagonal) > 20 * values[row]
 
 
 def test_fitted_surface_follows_boxes_and_yaw(indexed):

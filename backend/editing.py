@@ -3,21 +3,25 @@
 The problem ``keep_connected`` solves, on the change ``d = x - b`` of the stacked
 box parameters ``x = [c_0, s_0, c_1, ...]`` (6K) from the current boxes ``b``:
 
-    edited parts         d_e = 0                      exact (eliminated), whenever feasible
-    1. joints            c_a + u_a s_a = c_b + u_b s_b    both ends of every joint coincide
-    2. floor, symmetry   bottoms of grounded parts stay; mirror pairs change as mirror images
-    3. the change        |W d|^2 with W = MOVE_WEIGHT on centres, SIZE_WEIGHT on half-sizes
+    edited parts   d_e = 0                          exact (eliminated), whenever feasible
+    1. joints      c_a + u_a s_a = c_b + u_b s_b      both ends of every joint coincide
+    2. floor       c_z - s_z kept for unedited parts whose bottom is on the floor
+    3. symmetry    d_m = M d_k for mirror pairs (M flips the plane axis), with keep_symmetry
+    4. the change  |W d|^2, W = MOVE_WEIGHT on centres, SIZE_WEIGHT on half-sizes (moves are cheaper)
 
 solved in that order of priority (a prioritised least-squares problem: each level is
-solved in the null space of the levels above it, so a lower level can never undo a
-higher one), each level with a Tikhonov damping ``DAMPING`` in the whitened
-coordinates ``W d / diagonal``. The damping is the regulariser toward the current
-boxes: where two constraints are nearly the same equation with slightly different
-right-hand sides (joint points of mirrored parts that are not exactly mirrored), the
-solve leaves the small disagreement rather than resizing a part without bound.
-Symmetry is a constraint on the *change* of each mirror pair (``d_m = M d_k``; M
-flips the plane axis), never a copy of one box onto the other, so a pair that was
-not exactly symmetric before stays as it was.
+solved in the exact null space of the levels above it, so a lower level never undoes a
+higher one; what is left free after level 3 takes the least change). Every level is a
+Tikhonov-regularised least-squares solve toward the current boxes, in the whitened
+coordinates ``W d / diagonal`` (``damped_solve``): well-posed directions are met
+exactly; in ill-posed ones (two joints that are nearly the same equation with slightly
+different right-hand sides, as joint points of mirrored parts that are not exactly
+mirrored) the damping is chosen by the discrepancy principle, so a disagreement under
+``JOINT_TOLERANCE`` of the model's diagonal is left as it is instead of buying a large
+resize, and no solve amplifies a disagreement by more than about ``1 / sqrt(damping)``.
+Floor and symmetry are damped more (they give way rather than make a part change by
+several times what they ask). Symmetry constrains the *change* of each mirror pair,
+never copies one box onto the other, so a pair that was not exactly symmetric stays so.
 
 If the edits together make a joint impossible (two edited parts whose joint no
 longer meets, or a part held between edited parts), the edited parts give way as
@@ -48,9 +52,10 @@ API for the add-on (through the worker's ``keep_connected`` request)::
     result.message        # one line for the user ("" when feasible)
     result.gaps           # (J,) joint gaps after the solve (box units)
 
-Without ``reference`` the change of an edited part with an unedited mirror partner
-is estimated as the difference to the partner's mirror image (the plane from the
-unedited pairs); pass ``reference`` to use the true change.
+Without ``reference`` the change of an edited part with an unedited mirror partner is
+estimated as its difference to the partner's mirror image (plane from the unedited
+pairs): the partner then aims at the edited part's mirror image, so pass ``reference``
+(the add-on has it) to use the edit's true change.
 Joint constraints are invariant to translation and per-axis scale, so boxes may
 be in the file's frame or the fit's.
 """

@@ -140,3 +140,21 @@ def test_near_duplicate_joints_do_not_blow_up(chair):
     change = np.abs(result.boxes - source.boxes).max()
     assert change < 0.02  # the edit itself changes a half-size by 0.008
     assert result.gaps.max() < 1e-3
+
+
+def test_with_the_boxes_before_the_edit_the_mirror_gets_the_edits_change(chair):
+    """A pair that was not exactly symmetric stays as it was; only the edit's change is mirrored."""
+    source, part = chair
+    leg, other = part["leg0"], part["leg1"]
+    before = source.boxes.copy()
+    before[other, 3] *= 1.3  # the fit left the pair slightly different
+    before[other, 2] += 0.001
+    edited = before.copy()
+    edited[leg, 0] -= 0.04  # moved outwards along the plane's axis
+    locked = np.zeros(source.n_parts, bool)
+    locked[leg] = True
+    kw = dict(mirror=source.part_mirror, symmetry_axis=source.symmetry_axis, keep_symmetry=True)
+    result = solve(source, edited, locked, reference=before, **kw)
+    np.testing.assert_allclose(result.boxes[other, 0] - before[other, 0], 0.04, atol=2e-3)  # mirrored move
+    np.testing.assert_allclose(result.boxes[other, 3], before[other, 3], atol=2e-3)  # its own size kept
+    assert result.gaps.max() < 2e-3

@@ -8,13 +8,15 @@ is an object whose location and scale are the fit, as the add-on builds it.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import trimesh
 
 from backend.geometry.frames import Z_UP_TO_Y_UP, rotation_z
-from backend.library.index import LibraryIndex
+from backend.library.index import LibraryIndex, LibraryIndexError
 from backend.library.loading import load_model
 from backend.library.partnet import load_partnet
 from backend.library.scanning import PARTNET
@@ -23,9 +25,48 @@ from backend.library.source import Source
 # Blender (Z up) -> glTF (Y up), as Blender's glTF exporter.
 
 
+PART_CACHE_SIZE = 32  # sources whose part meshes and colours are kept in memory
+_part_cache: OrderedDict[tuple, tuple[list[trimesh.Trimesh], list[np.ndarray | None]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _cached_parts(index: LibraryIndex, row: int):
+    """``(meshes, colours)`` of source ``row``, parsed once per file version (bounded LRU).
+
+    Keyed by the file's path, size and modification time and the source's arrays, so an
+    edited file or a re-indexed source is read again. The meshes are shared: never modify them.
+    """
+    path = index.source_file(row)
+    stat = path.stat()
+    record = index.sources[row]
+    if record.kind != PARTNET and (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+        raise LibraryIndexError(f"{path} changed since it was indexed; {index.repair_hint()}")
+    key = (str(path), stat.st_size, stat.st_mtime_ns, str(index.folder.resolve()), index.sources[row].arrays)
+    with _cache_lock:
+        if key in _part_cache:
+            _part_cache.move_to_end(key)
+            return _part_cache[key]
+    value = (_read_part_meshes(index, row), _read_part_colours(index, row))
+    with _cache_lock:
+        _part_cache[key] = value
+        while len(_part_cache) > PART_CACHE_SIZE:
+            _part_cache.popitem(last=False)
+    return value
+
+
 def part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
     """The original pieces of source ``row`` grouped into its parts, in the
-    file's world frame (Z up, metres), one mesh per part."""
+    file's world frame (Z up, metres), one mesh per part (cached: do not modify)."""
+    return _cached_parts(index, row)[0]
+
+
+def part_colours(index: LibraryIndex, row: int) -> list[np.ndarray | None]:
+    """RGBA base colour of each part of source ``row`` (that of its largest
+    piece with a material), or None where the file has no colours."""
+    return _cached_parts(index, row)[1]
+
+
+def _read_part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
     record = index.sources[row]
     path = index.source_file(row)
     options = index.options
@@ -49,9 +90,7 @@ def part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
     return meshes
 
 
-def part_colours(index: LibraryIndex, row: int) -> list[np.ndarray | None]:
-    """RGBA base colour of each part of source ``row`` (that of its largest
-    piece with a material), or None where the file has no colours."""
+def _read_part_colours(index: LibraryIndex, row: int) -> list[np.ndarray | None]:
     from backend.library.materials import node_colours
 
     source = index.load_source(row)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 from typing import BinaryIO
 
@@ -37,6 +38,10 @@ PROTOCOL_VERSION = 1
 MAGIC = b"RFIT"
 MAX_HEADER_BYTES = 16 << 20
 MAX_ARRAY_BYTES = 1 << 31
+MAX_FRAME_BYTES = 1 << 32
+MAX_ARRAYS = 4096
+MAX_DEPTH = 32  # nesting of a header's JSON
+MAX_ID = (1 << 53) - 1  # exact in a JSON number
 
 REQUESTS = ("hello", "index_library", "fit", "refit", "keep_connected", "part_meshes", "cancel", "shutdown")
 RESPONSES = ("progress", "result", "error")
@@ -53,9 +58,29 @@ REQUIRED = {
     "shutdown": (),
 }
 
+# Bounds of the fit options, for the worker and the command line alike.
+FIT_OPTION_BOUNDS = {
+    "top_k": (1, 100),
+    "yaw_search": (1, 36),
+    "rerank_pool": (1, 1000),
+    "refine_steps": (0, 100_000),
+    "refine_seconds": (0.0, 600.0),
+    "symmetry_weight": (0.0, 1000.0),
+}
+
 
 class ProtocolError(RuntimeError):
     """A malformed or unexpected message; the stream cannot be trusted after it."""
+
+
+class FrameError(ProtocolError):
+    """A frame read whole whose content is invalid: the stream is still in step, so the
+    request gets an error answer and the next one is served. ``request_id`` is the
+    frame's id where it could be read, else -1."""
+
+    def __init__(self, message: str, request_id: int = -1):
+        super().__init__(message)
+        self.request_id = request_id
 
 
 class Message:
@@ -129,12 +154,97 @@ def _read_exactly(stream: BinaryIO, count: int) -> bytes:
     return b"".join(chunks)
 
 
+def npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of a .npy image, read without allocating its data.
+
+    Raises:
+        ValueError: not a .npy, or an object, structured or sub-array dtype (never unpickled).
+    """
+    start = stream.tell()
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, SyntaxError, TypeError) as error:
+        raise ValueError(f"not a plain .npy array ({error})") from error
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "biufcU":
+        raise ValueError(f"not a plain .npy array (dtype {dtype})")
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise ValueError(f"not a plain .npy array (shape {shape})")
+    return tuple(shape), dtype, stream.tell() - start
+
+
+def load_npy(data: bytes, name: str = "array") -> np.ndarray:
+    """An array from the bytes of a .npy image whose header is checked first: the
+    declared shape must match the bytes there are, so nothing large is allocated."""
+    try:
+        shape, dtype, offset = npy_header(io.BytesIO(data))
+    except ValueError as error:
+        raise ValueError(f"array {name!r} is {error}") from error
+    count = 1
+    for n in shape:
+        count *= n
+    if offset + count * dtype.itemsize != len(data):
+        raise ValueError(
+            f"array {name!r} declares shape {shape} of {dtype}, which does not match its {len(data)} bytes"
+        )
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of decoded JSON, counting no further than ``limit`` (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -1 <= value <= MAX_ID
+
+
+def _listing(header: dict) -> list[tuple[str, int]]:
+    """``(name, nbytes)`` of the payloads a header announces, checked against the limits."""
+    listing = header.pop("arrays", [])
+    if not isinstance(listing, list) or len(listing) > MAX_ARRAYS:
+        raise ValueError(f"'arrays' must be a list of at most {MAX_ARRAYS} entries")
+    out, names, total = [], set(), 0
+    for entry in listing:
+        if not isinstance(entry, dict):
+            raise ValueError("each 'arrays' entry must be an object with 'name' and 'nbytes'")
+        name, nbytes = entry.get("name"), entry.get("nbytes")
+        if not isinstance(name, str) or not 0 < len(name) <= 200 or name in names:
+            raise ValueError(f"array name {name!r} must be a new string of 1 to 200 characters")
+        if not is_id(nbytes) or not 0 < nbytes <= MAX_ARRAY_BYTES:
+            raise ValueError(f"array {name!r} has an invalid size {nbytes!r}")
+        total += nbytes
+        if total > MAX_FRAME_BYTES:
+            raise ValueError(f"the arrays add up to more than {MAX_FRAME_BYTES} bytes")
+        names.add(name)
+        out.append((name, nbytes))
+    return out
+
+
 def read_message(stream: BinaryIO) -> Message | None:
     """The next message, or ``None`` at a clean end of stream.
 
+    The header is checked (JSON object of bounded depth, integer ``id``, known
+    ``type``, this ``protocol``, payload sizes within the limits) before any
+    payload is read, and every payload's ``.npy`` header before its array is
+    made; nothing is ever unpickled.
+
     Raises:
-        ProtocolError: bad magic, oversized or malformed header, wrong
-            version, or an array that is not a plain .npy.
+        FrameError: an invalid frame that was read whole (the stream is still in step).
+        ProtocolError: bad magic or an oversized header (the stream cannot be trusted).
         EOFError: the stream ended inside a message.
     """
     start = stream.read(len(MAGIC))
@@ -147,23 +257,132 @@ def read_message(stream: BinaryIO) -> Message | None:
     (length,) = struct.unpack("<I", _read_exactly(stream, 4))
     if length > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {length} bytes is larger than allowed")
+    raw = _read_exactly(stream, length)
     try:
-        header = json.loads(_read_exactly(stream, length).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError(f"header is not JSON: {error}") from error
-    if not isinstance(header, dict) or not {"protocol", "id", "type"} <= set(header):
-        raise ProtocolError("header lacks protocol, id or type")
-    if header["protocol"] != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"protocol version {header['protocol']}, expected {PROTOCOL_VERSION}: the add-on and its backend do not match"
-        )
-    arrays = {}
-    for entry in header.pop("arrays", []):
-        nbytes = int(entry["nbytes"])
-        if not 0 < nbytes <= MAX_ARRAY_BYTES:
-            raise ProtocolError(f"array {entry.get('name')!r} has an invalid size {nbytes}")
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise FrameError(f"header is not JSON: {str(error)[:200]}") from None
+    if not isinstance(header, dict):
+        raise FrameError("header is not a JSON object")
+    request_id = header.get("id") if is_id(header.get("id")) else -1
+    if _depth(header, MAX_DEPTH) > MAX_DEPTH:
+        raise FrameError(f"header is nested deeper than {MAX_DEPTH} levels", request_id)
+    try:
+        listing = _listing(header)
+    except ValueError as error:
+        raise FrameError(str(error), request_id) from None
+    arrays, problems = {}, []
+    for name, nbytes in listing:  # every payload is read, so the stream stays in step
+        data = _read_exactly(stream, nbytes)
         try:
-            arrays[str(entry["name"])] = np.load(io.BytesIO(_read_exactly(stream, nbytes)), allow_pickle=False)
+            arrays[name] = load_npy(data, name)
         except ValueError as error:
-            raise ProtocolError(f"array {entry.get('name')!r} is not a plain .npy: {error}") from error
+            problems.append(str(error))
+    if not {"protocol", "id", "type"} <= set(header):
+        raise FrameError("header lacks protocol, id or type", request_id)
+    if header["protocol"] != PROTOCOL_VERSION:
+        raise FrameError(
+            f"protocol version {header['protocol']!r}, expected {PROTOCOL_VERSION}: "
+            "the add-on and its backend do not match",
+            request_id,
+        )
+    if not is_id(header["id"]):
+        raise FrameError(f"'id' must be an integer from -1 to {MAX_ID}, got {header['id']!r}")
+    if header["type"] not in REQUESTS + RESPONSES:
+        raise FrameError(f"unknown message type {str(header['type'])[:100]!r}", request_id)
+    if problems:
+        raise FrameError("; ".join(problems), request_id)
     return Message(header, arrays)
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value, low: float, high: float) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and low <= value <= high
+    )
+
+
+def _bools(value) -> bool:
+    return isinstance(value, list) and len(value) <= 4096 and all(isinstance(v, bool) for v in value)
+
+
+# Field checks per request: (test, what the field must be). Unknown fields are ignored.
+_STRING = (lambda v: isinstance(v, str) and 0 < len(v) <= 4096, "a path (a non-empty string)")
+_OPTIONAL_STRING = (lambda v: v is None or (isinstance(v, str) and len(v) <= 4096), "a string or null")
+_SOURCE_INDEX = (lambda v: _is_int(v, 0, MAX_ID), "a source number from 0")
+_LOCKED = (_bools, "a list of true/false, one per part")
+_OPTIONS = (lambda v: isinstance(v, dict), "an object")
+FIELDS = {
+    "index_library": {
+        "library": _STRING,
+        "index": _STRING,
+        "options": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+        "jobs": (lambda v: _is_int(v, 1, 64), "an integer from 1 to 64"),
+        "rebuild": (lambda v: isinstance(v, bool), "true or false"),
+        "relocate": (lambda v: isinstance(v, bool), "true or false"),
+    },
+    "fit": {
+        "index": _STRING,
+        "checkpoint": _OPTIONAL_STRING,
+        "options": _OPTIONS,
+        "meshes_for": (
+            lambda v: isinstance(v, list) and len(v) <= 100 and all(_is_int(r, 0, 99) for r in v),
+            "a list of candidate ranks (0 to 99)",
+        ),
+        "thumbnails": (lambda v: v in (None, False, 0) or _is_int(v, 16, 512), "a size from 16 to 512, or 0"),
+    },
+    "refit": {
+        "index": _STRING,
+        "checkpoint": _OPTIONAL_STRING,
+        "source_index": _SOURCE_INDEX,
+        "locked": _LOCKED,
+        "yaw": (lambda v: _is_number(v, -1e3, 1e3), "a finite angle in radians"),
+        "options": _OPTIONS,
+    },
+    "keep_connected": {
+        "index": _STRING,
+        "source_index": _SOURCE_INDEX,
+        "locked": _LOCKED,
+        "excluded": (lambda v: v is None or _bools(v), "a list of true/false or null"),
+        "keep_symmetry": (lambda v: isinstance(v, bool), "true or false"),
+    },
+    "part_meshes": {"index": _STRING, "source_index": _SOURCE_INDEX},
+    "cancel": {"target": (lambda v: _is_int(v, 0, MAX_ID), "the id of a request")},
+}
+
+
+def validate_request(message: Message) -> None:
+    """Check a request's fields against the schema (types and ranges) before it is queued.
+
+    Raises:
+        FrameError: with the request's id and the first problem found.
+    """
+    kind = message.type
+    if kind not in REQUESTS:
+        raise FrameError(f"{kind!r} is not a request type (expected one of {', '.join(REQUESTS)})", message.id)
+    if message.id < 0:
+        raise FrameError(f"a request id must be 0 or more, got {message.id}", message.id)
+    missing = [f for f in REQUIRED[kind] if f not in message.header]
+    if missing:
+        raise FrameError(f"{kind} request needs {', '.join(missing)}", message.id)
+    for name, (test, rule) in FIELDS.get(kind, {}).items():
+        if name in message.header and not test(message.header[name]):
+            raise FrameError(
+                f"{kind} request: '{name}' must be {rule}, got {str(message.header[name])[:80]}", message.id
+            )
+    options = message.header.get("options")
+    if kind in ("fit", "refit") and isinstance(options, dict):
+        for name, value in options.items():
+            if name == "refine":
+                ok, rule = isinstance(value, bool), "true or false"
+            elif name in FIT_OPTION_BOUNDS:
+                low, high = FIT_OPTION_BOUNDS[name]
+                ok = _is_int(value, low, high) if isinstance(low, int) else _is_number(value, low, high)
+                rule = f"{'an integer' if isinstance(low, int) else 'a number'} from {low} to {high}"
+            else:
+                ok, rule = False, f"one of refine, {', '.join(FIT_OPTION_BOUNDS)} (unknown option)"
+            if not ok:
+                raise FrameError(f"{kind} option '{name}' must be {rule}, got {str(value)[:80]}", message.id)

@@ -1,10 +1,14 @@
 """The backend worker: ``python -m backend serve``, driven over stdin/stdout.
 
-One reader thread takes requests off stdin (answering ``cancel`` at once);
-the main thread runs them one at a time and streams ``progress`` while it
-works. Stray prints from libraries cannot corrupt the protocol: the
-process's own stdout is moved to stderr, and frames go to a private copy of
-the original stdout.
+One reader thread takes requests off stdin, checks each against the
+protocol's schema (a bad one is answered with an error and the next one is
+read; a broken stream ends the worker cleanly) and answers ``cancel`` at
+once; the main thread runs requests one at a time and streams ``progress``
+while it works, and a cancelled request stops at its next progress call.
+Stray prints from libraries cannot corrupt the protocol: the process's own
+stdout is moved to stderr, and frames go to a private copy of the original
+stdout. What the worker reads it keeps: fitters per (checkpoint, index) and
+the part meshes of recently used sources (``backend.export``'s cache).
 """
 
 from __future__ import annotations
@@ -14,13 +18,25 @@ import queue
 import sys
 import threading
 import traceback
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
 from backend import __version__
-from backend.protocol import PROTOCOL_VERSION, Message, ProtocolError, read_message, response, write_message
+from backend.protocol import (
+    PROTOCOL_VERSION,
+    FrameError,
+    Message,
+    ProtocolError,
+    read_message,
+    response,
+    validate_request,
+    write_message,
+)
+
+MAX_FITTERS = 4
 
 
 class Cancelled(Exception):
@@ -34,66 +50,86 @@ class Worker:
         self.lock = threading.Lock()
         self.jobs: queue.Queue[Message | None] = queue.Queue()
         self.cancelled: set[int] = set()
-        self.fitters: dict[tuple[str, str], object] = {}
+        self.fitters: OrderedDict[tuple[str, str], tuple[object, object]] = OrderedDict()
+        self.closed = False  # the reader of our frames went away
 
     # -- output ----------------------------------------------------------------------
     def send(self, message: Message) -> None:
+        """Write a frame; once the other side has gone, every send is a no-op."""
         with self.lock:
-            write_message(self.outbox, message)
+            if self.closed:
+                return
+            try:
+                write_message(self.outbox, message)
+            except (OSError, ValueError):  # a broken pipe, or a closed file
+                self.closed = True
+
+    def error(self, request_id: int, text: str, **fields) -> None:
+        self.send(response("error", request_id, message=text, **fields))
 
     def progress(self, request_id: int, done: int, total: int, text: str = "") -> None:
-        if request_id in self.cancelled:
+        """Stream progress; raises ``Cancelled`` if the request was cancelled (CONTRACTS item 1)."""
+        if request_id in self.cancelled or self.closed:
             raise Cancelled()
-        self.send(response("progress", request_id, done=done, total=total, text=text))
+        self.send(response("progress", request_id, done=int(done), total=int(total), text=str(text)))
 
     # -- input -----------------------------------------------------------------------
     def read_requests(self) -> None:
+        """Reader thread: queue valid requests, answer bad ones, end on a broken stream."""
         try:
             while True:
-                message = read_message(self.inbox)
-                if message is None:
-                    break
+                try:
+                    message = read_message(self.inbox)
+                    if message is None:
+                        return
+                    validate_request(message)
+                except FrameError as error:
+                    self.error(error.request_id, f"bad request: {error}")
+                    continue
                 if message.type == "cancel":
-                    self.cancelled.add(int(message["target"]))
-                    self.send(response("result", message.id, cancelled=int(message["target"])))
+                    self.cancelled.add(message["target"])
+                    if len(self.cancelled) > 10_000:  # ids of requests that had finished
+                        self.cancelled.clear()
+                    self.send(response("result", message.id, cancelled=message["target"]))
                     continue
                 self.jobs.put(message)
                 if message.type == "shutdown":
                     return
-        except (ProtocolError, EOFError, KeyError, ValueError) as error:
-            self.send(response("error", -1, message=f"protocol error: {error}", fatal=True))
-        self.jobs.put(None)
+        except (ProtocolError, EOFError, OSError, ValueError) as error:
+            self.error(-1, f"protocol error: {error}", fatal=True)
+        except BaseException as error:  # the reader must never die silently: the main loop would wait forever
+            self.error(-1, f"protocol error: {type(error).__name__}: {error}", fatal=True)
+        finally:
+            self.jobs.put(None)
 
     # -- requests ----------------------------------------------------------------------
     def run(self) -> int:
         threading.Thread(target=self.read_requests, name="rfit-reader", daemon=True).start()
-        while True:
+        while not self.closed:
             message = self.jobs.get()
             if message is None or message.type == "shutdown":
                 if message is not None:
                     self.send(response("result", message.id, shutdown=True))
                 return 0
-            handler = getattr(self, f"handle_{message.type}", None)
-            try:
-                if handler is None:
-                    raise ValueError(f"unknown request type {message.type!r}")
-                if message.id in self.cancelled:
-                    raise Cancelled()
-                fields, arrays = handler(message)
-                self.send(response("result", message.id, arrays, **fields))
-            except Cancelled:
-                self.send(response("error", message.id, message="cancelled", cancelled=True))
-            except Exception as error:  # every failure becomes a readable answer
-                self.send(
-                    response(
-                        "error",
-                        message.id,
-                        message=f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error),
-                        detail=traceback.format_exc(),
-                    )
-                )
-            finally:
-                self.cancelled.discard(message.id)
+            self.answer(message)
+        return 0
+
+    def answer(self, message: Message) -> None:
+        handler = getattr(self, f"handle_{message.type}", None)
+        try:
+            if handler is None:
+                raise ValueError(f"unknown request type {message.type!r}")
+            if message.id in self.cancelled:
+                raise Cancelled()
+            fields, arrays = handler(message)
+            self.send(response("result", message.id, arrays, **fields))
+        except Cancelled:
+            self.error(message.id, "cancelled", cancelled=True)
+        except Exception as error:  # every failure becomes a readable answer
+            text = str(error) if isinstance(error, ValueError | RuntimeError) else f"{type(error).__name__}: {error}"
+            self.error(message.id, text, detail=traceback.format_exc())
+        finally:
+            self.cancelled.discard(message.id)
 
     def handle_hello(self, message: Message):
         import torch
@@ -113,13 +149,19 @@ class Worker:
     def handle_index_library(self, message: Message):
         from backend.library import IndexOptions, build_index
 
-        options = IndexOptions(**message.get("options", {})) if message.get("options") else None
+        given = message.get("options") or {}
+        unknown = sorted(set(given) - set(IndexOptions.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown index options {unknown}; known: {sorted(IndexOptions.__dataclass_fields__)}")
+        options = IndexOptions(**given) if given else None
         report = build_index(
             message["library"],
             message["index"],
             options=options,
-            jobs=int(message.get("jobs", 1)),
+            jobs=message.get("jobs", 1),
             progress=lambda done, total, path: self.progress(message.id, done, total, path),
+            rebuild=message.get("rebuild", False),
+            relocate=message.get("relocate", False),
         )
         return {
             "summary": report.summary(),
@@ -132,28 +174,53 @@ class Worker:
     def fitter(self, checkpoint: str, index: str):
         from backend.fitting import Fitter
 
+        if not os.path.isfile(checkpoint):
+            raise ValueError(f"checkpoint not found: {checkpoint}")
         key = (str(Path(checkpoint).resolve()), str(Path(index).resolve()))
         manifest = Path(index) / "manifest.json"
-        stamp = manifest.stat().st_mtime_ns if manifest.exists() else None
+        stamp = (manifest.stat().st_mtime_ns, os.stat(checkpoint).st_mtime_ns) if manifest.exists() else None
         cached = self.fitters.get(key)
-        if cached is None or cached[1] != stamp:  # the index changed: reload
+        if cached is None or cached[1] != stamp:  # the index or the checkpoint changed: reload
             self.fitters[key] = (Fitter.open(checkpoint, index), stamp)
+        self.fitters.move_to_end(key)
+        while len(self.fitters) > MAX_FITTERS:
+            self.fitters.popitem(last=False)
         return self.fitters[key][0]
 
-    def handle_fit(self, message: Message):
-        from backend.fitting import DEFAULT_CHECKPOINT, FitOptions
+    @staticmethod
+    def fit_options(message: Message):
+        from backend.fitting import FitOptions
 
-        fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
-        options = FitOptions(
-            **{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__}
-        )
-        self.progress(message.id, 0, 1, "fitting")
+        return FitOptions(**message.get("options", {}))  # names and ranges checked by validate_request
+
+    @staticmethod
+    def source_index(index, message: Message) -> int:
+        row = message["source_index"]
+        if row >= len(index):
+            raise ValueError(f"source_index {row} is out of range: the index has {len(index)} sources")
+        return row
+
+    def handle_fit(self, message: Message):
+        from backend.fitting import DEFAULT_CHECKPOINT
+        from backend.inputs import check_points, image_array
+
+        options = self.fit_options(message)
         if "points" in message.arrays:
-            result = fitter.fit_points(message.arrays["points"], options)
+            points = check_points(message.arrays["points"], "the target points")
         elif "image" in message.arrays:
-            result = fitter.fit_image(message.arrays["image"], options)
+            image = image_array(message.arrays["image"], "the target image")
         else:
             raise ValueError("a fit needs a 'points' (N x 3) or an 'image' (H x W x 3) array")
+        fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
+
+        def progress(done: int, total: int, text: str) -> None:
+            self.progress(message.id, done, total, text)
+
+        progress(0, 1, "fitting")
+        if "points" in message.arrays:
+            result = fitter.fit_points(points, options, progress=progress)
+        else:
+            result = fitter.fit_image(image, options, progress=progress)
         arrays = {}
         for rank in message.get("meshes_for", [0]):  # part geometry of the candidates the add-on will build
             if rank < len(result.candidates):
@@ -162,10 +229,9 @@ class Worker:
             from backend.export import render_thumbnail
 
             for candidate in result.candidates:
-                arrays[f"thumbnail{candidate.rank}"] = render_thumbnail(
-                    fitter.index, candidate, int(message["thumbnails"])
-                )
-        self.progress(message.id, 1, 1, "done")
+                progress(candidate.rank, len(result.candidates), "drawing thumbnails")
+                arrays[f"thumbnail{candidate.rank}"] = render_thumbnail(fitter.index, candidate, message["thumbnails"])
+        progress(1, 1, "done")
         return result.to_json(), arrays
 
     @staticmethod
@@ -185,26 +251,36 @@ class Worker:
         from backend.library import load_index
 
         index = load_index(message["index"])
-        return {"source": index.sources[int(message["source_index"])].path}, self.mesh_arrays(
-            index, int(message["source_index"])
-        )
+        row = self.source_index(index, message)
+        return {"source": index.sources[row].path}, self.mesh_arrays(index, row)
+
+    @staticmethod
+    def boxes_array(message: Message, name: str = "boxes") -> np.ndarray:
+        boxes = message.arrays[name]
+        if boxes.dtype.kind not in "fiu" or boxes.ndim != 2 or boxes.shape[1] != 6:
+            raise ValueError(f"'{name}' must be a K x 6 array of numbers, got {boxes.dtype} {boxes.shape}")
+        if not np.all(np.isfinite(boxes)):
+            raise ValueError(f"'{name}' has NaN or infinite values")
+        return boxes.astype(np.float64)
 
     def handle_refit(self, message: Message):
-        from backend.fitting import DEFAULT_CHECKPOINT, FitOptions
+        from backend.fitting import DEFAULT_CHECKPOINT
+        from backend.inputs import check_points
 
-        fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
-        options = FitOptions(
-            **{k: v for k, v in message.get("options", {}).items() if k in FitOptions.__dataclass_fields__}
-        )
+        options = self.fit_options(message)
         if "points" not in message.arrays or "boxes" not in message.arrays:
             raise ValueError("a refit needs the target 'points' and the current 'boxes' arrays")
+        points = check_points(message.arrays["points"], "the target points")
+        boxes = self.boxes_array(message)
+        fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
         result = fitter.refit(
-            message.arrays["points"],
-            int(message["source_index"]),
-            message.arrays["boxes"],
+            points,
+            self.source_index(fitter.index, message),
+            boxes,
             np.asarray(message["locked"], bool),
             float(message.get("yaw", 0.0)),
             options,
+            progress=lambda done, total, text: self.progress(message.id, done, total, text),
         )
         return result.to_json(), None
 
@@ -213,15 +289,21 @@ class Worker:
         from backend.library import load_index
 
         index = load_index(message["index"])
-        source = index.load_source(int(message["source_index"]))
+        row = self.source_index(index, message)
         if "boxes" not in message.arrays:
             raise ValueError("keep_connected needs the current 'boxes' array")
+        boxes = self.boxes_array(message)
+        source = index.load_source(row)
+        if len(boxes) != source.n_parts or len(message["locked"]) != source.n_parts:
+            raise ValueError(
+                f"source {row} has {source.n_parts} parts: boxes must be {source.n_parts} x 6 and locked as long"
+            )
         excluded = message.get("excluded")
         result = keep_connected(
             source.boxes,
             source.joint_pairs,
             source.joint_points,
-            message.arrays["boxes"],
+            boxes,
             np.asarray(message["locked"], bool),
             excluded=None if excluded is None else np.asarray(excluded, bool),
             mirror=source.part_mirror,
@@ -238,11 +320,16 @@ class Worker:
 
 def serve(inbox: BinaryIO | None = None, outbox: BinaryIO | None = None) -> int:
     """Run the worker on the process's stdin/stdout (or the given streams)."""
-    if outbox is None:
-        # Keep a private handle on the real stdout for frames, and send
-        # anything else printed (by us or a library, in Python or C) to stderr.
-        outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-        sys.stdout.flush()
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-        sys.stdout = sys.stderr
-    return Worker(inbox or sys.stdin.buffer, outbox).run()
+    if inbox is not None or outbox is not None:
+        return Worker(inbox or sys.stdin.buffer, outbox or sys.stdout.buffer).run()
+    # Keep a private handle on the real stdout for frames, and send
+    # anything else printed (by us or a library, in Python or C) to stderr.
+    outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    code = Worker(sys.stdin.buffer, outbox).run()
+    # Leave at once: a normal interpreter shutdown would wait on the reader thread's
+    # lock on stdin (and abort) when the reader is still blocked reading it.
+    sys.stderr.flush()
+    os._exit(code)

@@ -153,13 +153,13 @@ def test_index_of_another_library_and_bad_manifests(library, tmp_path):
     out = tmp_path / "index"
     build_index(library, out)
     other = tmp_path / "other"
-    other.mkdir()
+    write_scene(chair_parts(), other / "c.glb")
     with pytest.raises(LibraryIndexError, match="choose another"):
         build_index(other, out)
     with pytest.raises(LibraryIndexError, match="no library index"):
         load_index(tmp_path / "nowhere")
     (out / "manifest.json").write_text("{broken")
-    with pytest.raises(LibraryIndexError, match="not a readable"):
+    with pytest.raises(LibraryIndexError, match="not a readable.*--rebuild"):
         load_index(out)
     with pytest.raises(NotADirectoryError):
         build_index(tmp_path / "missing", tmp_path / "i2")

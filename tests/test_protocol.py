@@ -92,7 +92,11 @@ def worker(tmp_path_factory):
 def test_hello_index_fit(worker):
     client, folder = worker
     hello = client.call("hello")
-    assert hello["protocol"] == 1 and hello["device"] in ("cpu", "cuda") and hello["torch"]
+    assert (
+        hello["protocol"] == 1
+        and hello["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        and hello["torch"]
+    )
     progress = []
     answer = client.wait(
         client.submit("index_library", library=str(folder / "library"), index=str(folder / "worker-index")),
@@ -156,7 +160,13 @@ def test_cancel_an_indexing_run(worker, tmp_path):
     client.submit("cancel", target=job)
     answer = client.wait(job)
     assert answer.type == "error" and answer.get("cancelled")
-    assert not (tmp_path / "index" / "manifest.json").exists()  # nothing half-written
+    from backend.library import load_index
+
+    if (tmp_path / "index" / "manifest.json").exists():  # nothing half-written: what was committed loads
+        index = load_index(tmp_path / "index")
+        assert len(index) < 40
+        for i in range(len(index)):
+            index.load_source(i)
 
 
 def test_a_dead_worker_is_restarted(worker):
@@ -199,7 +209,7 @@ def test_edit_requests(worker):
         keep_symmetry=True,
     )
     np.testing.assert_allclose(kept.arrays["boxes"][0], edited[0], atol=1e-9)
-    assert kept["max_gap"] < 1e-6
+    assert kept["max_gap"] < 1e-3  # with keep_symmetry, as tests/test_editing.py allows
     refit = client.call(
         "refit",
         {"boxes": kept.arrays["boxes"], "points": np.load(DEMO / "targets" / "chair_full.npy")},

@@ -91,6 +91,14 @@ class ConfinedResolver(trimesh.resolvers.FilePathResolver):
             raise UnreadableModel(f"asset '{name}' lies outside the library folder")
         return path
 
+    def get(self, name: str) -> bytes:
+        path = self.absolute(name)
+        if not path.exists():
+            raise UnreadableModel(f"asset '{name}' is missing")
+        if not path.is_file():  # a FIFO or device would block the reader forever
+            raise UnreadableModel(f"asset '{name}' is not a regular file")
+        return path.read_bytes()
+
     def namespaced(self, namespace: str) -> ConfinedResolver:
         return ConfinedResolver(os.path.join(self.parent, namespace, "_"), self.root)
 
@@ -114,6 +122,8 @@ def read_scene_nodes(path: Path, root: Path) -> list[tuple[str, np.ndarray, np.n
         scene = trimesh.load_scene(str(path), file_type=extension[1:], process=False, **kwargs)
     except UnreadableModel:
         raise
+    except IndexError as error:
+        raise UnreadableModel(f"{extension[1:].upper()} file has a face naming a vertex it does not have") from error
     except Exception as error:  # trimesh raises many types on malformed input
         raise UnreadableModel(f"cannot parse {extension[1:].upper()} file: {error}") from error
     nodes = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
@@ -61,6 +62,19 @@ def inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why a symbolic link cannot be read (a loop, a missing target), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return "symbolic link loop"
+    except OSError as error:
+        return "symbolic link loop" if error.errno == errno.ELOOP else "broken symbolic link (its target is missing)"
+    return None
+
+
 def _stat_entry(rel: str, kind: str, where: Path) -> LibraryEntry:
     if kind == FILE:
         st = where.stat()
@@ -109,7 +123,10 @@ def scan_library(root: str | os.PathLike) -> tuple[list[LibraryEntry], list[tupl
                 continue
             path = here / name
             rel = (rel_here / name).as_posix()
-            if not inside(path, root):
+            problem = _link_problem(path)
+            if problem:
+                skipped.append((rel, problem))
+            elif not inside(path, root):
                 skipped.append((rel, "symbolic link points outside the library folder"))
             elif not path.is_file():
                 skipped.append((rel, "not a regular file"))

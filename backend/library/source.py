@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from backend.geometry.connectivity import (
 )
 from backend.geometry.sampling import sample_surface, triangle_areas
 from backend.geometry.symmetry import detect_symmetry
-from backend.library.loading import LoadedModel, UnreadableModel
+from backend.library.loading import UP_AXES, LoadedModel, UnreadableModel
 from backend.library.segmentation import group_pieces
 
 
@@ -50,6 +52,13 @@ class IndexOptions:
     up_axis: str = "auto"
     max_faces: int = 2_000_000
 
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}, got {getattr(self, name)!r}" for name, rule, ok in _option_rules(self) if not ok
+        ]
+        if problems:
+            raise ValueError("invalid index options: " + "; ".join(problems))
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -61,6 +70,36 @@ class IndexOptions:
     def fingerprint(self) -> str:
         """Short hash: a source built with other options must be rebuilt."""
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return (
+        isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) and np.isfinite(value)
+    )
+
+
+# (option, rule as a user reads it, the test); the CLI checks its flags against the same bounds.
+OPTION_BOUNDS = {
+    "max_parts": (1, 64),
+    "min_part_fraction": (0.0, 0.5),
+    "contact_tolerance": (1e-4, 0.2),
+    "n_samples": (256, 65536),
+    "contact_samples": (1024, 1 << 20),
+    "max_faces": (1, 50_000_000),
+}
+
+
+def _option_rules(options: IndexOptions):
+    for name, (lo, hi) in OPTION_BOUNDS.items():
+        value = getattr(options, name)
+        integral = isinstance(IndexOptions.__dataclass_fields__[name].default, int)
+        ok = (_is_int(value) if integral else _is_real(value)) and lo <= value <= hi
+        yield name, f"{'an integer' if integral else 'a number'} from {lo} to {hi}", ok
+    yield "up_axis", f"one of {UP_AXES}", options.up_axis in UP_AXES
 
 
 @dataclass
@@ -127,15 +166,46 @@ class Source:
 
     @classmethod
     def load(cls, path: Path) -> Source:
-        with np.load(path, allow_pickle=False) as data:
-            values = {f.name: data[f.name] for f in fields(cls)}
-        for key in ("node_names", "piece_names"):
-            values[key] = [str(v) for v in values[key]]
-        for key in ("min_half_size", "symmetry_offset"):
-            values[key] = float(values[key])
-        values["symmetry_axis"] = int(values["symmetry_axis"])
-        values["piece_kind"] = str(values["piece_kind"])
-        return cls(**values)
+        """Read and validate a source file.
+
+        Raises:
+            ValueError: the file is damaged or not a source (every failure of
+                the zip, zlib and .npy readers is turned into this).
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                values = {f.name: data[f.name] for f in fields(cls)}
+            for key in ("node_names", "piece_names"):
+                values[key] = [str(v) for v in values[key]]
+            for key in ("min_half_size", "symmetry_offset"):
+                values[key] = float(values[key])
+            values["symmetry_axis"] = int(values["symmetry_axis"])
+            values["piece_kind"] = str(values["piece_kind"])
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile, zlib.error) as error:
+            raise ValueError(f"{type(error).__name__}: {error}") from error
+        source = cls(**values)
+        source.validate()
+        return source
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` unless the arrays have the shapes and values of a source."""
+        k = len(self.boxes)
+        checks = [
+            (self.boxes.ndim == 2 and self.boxes.shape[1] == 6 and k >= 1, "boxes must be K x 6"),
+            (bool(np.all(np.isfinite(self.boxes))), "boxes must be finite"),
+            (self.points.ndim == 2 and self.points.shape[1] == 3, "points must be N x 3"),
+            (self.point_labels.shape == self.points.shape[:1], "one label per point"),
+            (self.null_basis.ndim == 2 and self.null_basis.shape[0] == 6 * k, "null basis must have 6K rows"),
+            (self.joint_pairs.ndim == 2 and self.joint_pairs.shape[1] == 2, "joint pairs must be J x 2"),
+            (self.part_mirror.shape == (k,), "one mirror entry per part"),
+            (len(self.piece_names) == len(self.piece_part), "one part per piece"),
+        ]
+        for ok, rule in checks:
+            if not ok:
+                raise ValueError(f"not a valid source: {rule}")
+        labels = [self.point_labels, self.piece_part, self.face_part, self.joint_pairs]
+        if any(len(a) and (a.min() < 0 or a.max() >= k) for a in labels):
+            raise ValueError("not a valid source: a part number is out of range")
 
 
 def _merged_mesh(model: LoadedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -212,26 +212,30 @@ def is_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -1 <= value <= MAX_ID
 
 
-def _listing(header: dict) -> list[tuple[str, int]]:
-    """``(name, nbytes)`` of the payloads a header announces, checked against the limits."""
+def _listing(header: dict) -> tuple[list[tuple[str, int]], str | None]:
+    """``(name, nbytes)`` of the payloads a header announces, and a problem with their names.
+
+    Raises:
+        ValueError: the sizes cannot be known, or exceed the limits (the payloads cannot be skipped).
+    """
     listing = header.pop("arrays", [])
     if not isinstance(listing, list) or len(listing) > MAX_ARRAYS:
         raise ValueError(f"'arrays' must be a list of at most {MAX_ARRAYS} entries")
-    out, names, total = [], set(), 0
+    out, names, total, problem = [], set(), 0, None
     for entry in listing:
         if not isinstance(entry, dict):
             raise ValueError("each 'arrays' entry must be an object with 'name' and 'nbytes'")
         name, nbytes = entry.get("name"), entry.get("nbytes")
-        if not isinstance(name, str) or not 0 < len(name) <= 200 or name in names:
-            raise ValueError(f"array name {name!r} must be a new string of 1 to 200 characters")
         if not is_id(nbytes) or not 0 < nbytes <= MAX_ARRAY_BYTES:
             raise ValueError(f"array {name!r} has an invalid size {nbytes!r}")
         total += nbytes
         if total > MAX_FRAME_BYTES:
             raise ValueError(f"the arrays add up to more than {MAX_FRAME_BYTES} bytes")
-        names.add(name)
-        out.append((name, nbytes))
-    return out
+        if not isinstance(name, str) or not 0 < len(name) <= 200 or name in names:
+            problem = problem or f"array name {str(name)[:80]!r} must be a new string of 1 to 200 characters"
+        names.add(str(name))
+        out.append((str(name), nbytes))
+    return out, problem
 
 
 def read_message(stream: BinaryIO) -> Message | None:
@@ -268,10 +272,10 @@ def read_message(stream: BinaryIO) -> Message | None:
     if _depth(header, MAX_DEPTH) > MAX_DEPTH:
         raise FrameError(f"header is nested deeper than {MAX_DEPTH} levels", request_id)
     try:
-        listing = _listing(header)
+        listing, problem = _listing(header)
     except ValueError as error:
         raise FrameError(str(error), request_id) from None
-    arrays, problems = {}, []
+    arrays, problems = {}, [problem] if problem else []
     for name, nbytes in listing:  # every payload is read, so the stream stays in step
         data = _read_exactly(stream, nbytes)
         try:

@@ -41,7 +41,8 @@ API for the add-on (through the worker's ``keep_connected`` request)::
                             keep_symmetry=True, # mirror partners follow the edits
                             reference=applied,  # (K, 6) optional: boxes before the edits (what
                                                 #  the add-on last set); gives each edit's change
-                            min_half_size=source.min_half_size)
+                            min_half_size=source.min_half_size,
+                            yaw=candidate_yaw)  # the fit's heading (parent's Z rotation)
     result.boxes          # (K, 6) new boxes; edited parts bit-exact when result.feasible
     result.edited         # (K,) the parts held (as given in ``locked``): keep their flag set
     result.followed       # (K,) parts moved as mirror images of an edit (keep_symmetry)
@@ -57,7 +58,7 @@ estimated as its difference to the partner's mirror image (plane from the unedit
 pairs): the partner then aims at the edited part's mirror image, so pass ``reference``
 (the add-on has it) to use the edit's true change.
 Joint constraints are invariant to translation and per-axis scale, so boxes may
-be in the file's frame or the fit's.
+be in the file's frame or the fit's (pass the fit's ``yaw``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ import numpy as np
 
 from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_constraint_matrix, joint_gaps
+from backend.geometry.frames import rotation_z
 
 PARAMS = 6
 # Cost of a change per unit of the model's diagonal: resizing a part the user did
@@ -258,6 +260,7 @@ def keep_connected(
     keep_symmetry: bool = False,
     min_half_size: float = 1e-6,
     reference: np.ndarray | None = None,
+    yaw: float = 0.0,
 ) -> EditResult:
     """Re-attach every joint, changing the unedited parts as little as possible.
 
@@ -273,10 +276,21 @@ def keep_connected(
         keep_symmetry: mirror partners of edited parts change as the edits' mirror images.
         min_half_size: half-sizes never go below this (box units).
         reference: (K, 6) optional boxes before the edits, in the frame of ``boxes``.
+        yaw: the fit's heading (``Candidate.yaw``, the parent's Z rotation): box centres
+            are in the fit's frame, turned by ``yaw`` about Z, half-sizes along the parts'
+            own axes (as ``Candidate.fitted_boxes`` and the add-on give them).
 
     Returns:
         An ``EditResult``; see the module docstring.
     """
+    if yaw:  # solve in the source's orientation (joints do not depend on the pivot), turn back
+        turn = rotation_z(float(yaw))
+        result = keep_connected(
+            source_boxes, joint_pairs, joint_points, _turned(boxes, turn.T), locked, excluded, mirror,
+            symmetry_axis, keep_symmetry, min_half_size, None if reference is None else _turned(reference, turn.T),
+        )  # fmt: skip
+        result.boxes = _turned(result.boxes, turn)
+        return result
     boxes = np.asarray(boxes, dtype=np.float64)
     n_parts = len(boxes)
     edited = np.asarray(locked, dtype=bool).copy()
@@ -375,6 +389,13 @@ def keep_connected(
     result.feasible = False
     result.message = conflict_message(result.conflicts, int(edited.sum()))
     return result
+
+
+def _turned(boxes: np.ndarray, turn: np.ndarray) -> np.ndarray:
+    """(K, 6) boxes with their centres rotated by ``turn`` (3, 3) about the origin."""
+    out = np.array(boxes, dtype=np.float64, copy=True)
+    out[:, :3] = out[:, :3] @ turn.T
+    return out
 
 
 def _conflicts(pairs, bad, edited, solve, excluded, source_boxes, joint_points, min_half_size, gaps):

@@ -214,7 +214,8 @@ def test_match_image_fails_first_on_no_foreground_then_matches(library, tmp_path
     match = match_image(image, sources, bank, top_k=3)
     assert len(match.order) == 3 and int(match.order[0]) == LIBRARY + 2
     assert match.boxes.shape == (3, *sources.boxes.shape[1:])
-    assert torch.all(match.scores[:-1] >= match.scores[1:])
+    ranked = match.ranking.scores[match.order]
+    assert torch.all(ranked[:-1] >= ranked[1:]) and torch.all(match.scores >= ranked - 0.02)  # stretching helps
 
 
 def test_bank_cache_is_reused_and_rebuilt_when_the_library_changes(library, tmp_path):

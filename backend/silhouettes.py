@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,18 @@ def popcount(bits: torch.Tensor) -> torch.Tensor:
     return _POPCOUNT.to(bits.device)[bits.long()].sum(-1, dtype=torch.int32)
 
 
+BANK_KIND = "rfit silhouette bank"
+
+
+def _is_bank_file(path: Path) -> bool:
+    """Whether ``path`` is a bank this module wrote under that very name (a renamed copy is the user's)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return str(data["kind"]) == BANK_KIND and str(data["name"]) == path.name
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+
+
 class SilhouetteBank:
     """Box-aligned silhouettes of S sources from every view of a grid, bit-packed: ``bits`` (S, V, R*R/8) uint8.
 
@@ -370,14 +383,15 @@ class SilhouetteBank:
                     bits = torch.from_numpy(data["bits"]).to(points.device)
                 if bits.shape == (len(points), len(grid), resolution * resolution // 8):
                     return cls(bits, grid, resolution)
-            except (OSError, ValueError, KeyError):
+            except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
                 pass  # unreadable: rebuilt below
         bank = cls.build(points, grid, resolution, max_points, progress=progress)
         for stale in Path(folder).glob("silhouettes-*.npz"):
-            stale.unlink(missing_ok=True)
+            if _is_bank_file(stale):  # the project deletes only files it wrote
+                stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, bits=bank.bits.cpu().numpy())
+            np.savez(handle, bits=bank.bits.cpu().numpy(), kind=BANK_KIND, name=path.name)
         os.replace(tmp, path)
         return bank
 
@@ -535,17 +549,18 @@ def match_image(
     top_k: int = 5,
     prior: torch.Tensor | None = None,
     points: int = 512,
+    mask: np.ndarray | None = None,
 ) -> ImageMatch:
     """Rank every source of ``sources`` (``SourceTensors``, the rows of ``bank``) against ``image``.
 
-    The foreground comes first (``foreground_mask``: a clear ``ValueError`` before
-    any work when there is none); the bank ranks every source, ``prior`` (S,) (a
+    The foreground comes first (``foreground_mask``, unless the caller passes its
+    ``mask``: a clear ``ValueError`` before any work when there is none); the bank ranks every source, ``prior`` (S,) (a
     learned distance) breaking near-ties; the best ``top_k`` are stretched to the
     image's proportions. They keep the bank's order: re-ranking by the stretched
     IoU lets a stretched wrong shape overtake the right one (measured: 3.0x
     instead of 2.7x the per-axis box oracle's chamfer on generated furniture).
     """
-    target = mask_grid(foreground_mask(image), bank.resolution).to(bank.bits.device)
+    target = mask_grid(foreground_mask(image) if mask is None else mask, bank.resolution).to(bank.bits.device)
     ranking = bank.rank(target)
     order = ranking.order(prior)[:top_k]
     chosen = sources.select(order)

@@ -222,8 +222,10 @@ def test_bank_cache_is_reused_and_rebuilt_when_the_library_changes(library, tmp_
     _, sources = library
     first = SilhouetteBank.cached(sources.points, tmp_path)
     (written,) = tmp_path.glob("silhouettes-*.npz")
+    users = tmp_path / "silhouettes-mine.npz"
+    np.savez(users, bits=np.zeros(3, np.uint8))  # not the project's: never deleted
     again = SilhouetteBank.cached(sources.points, tmp_path)
     assert torch.equal(first.masks, again.masks)
     changed = SilhouetteBank.cached(sources.points[1:], tmp_path)
-    assert len(changed) == len(sources) - 1 and not written.exists()
-    assert len(list(tmp_path.glob("silhouettes-*.npz"))) == 1
+    assert len(changed) == len(sources) - 1 and not written.exists() and users.exists()
+    assert len(list(tmp_path.glob("silhouettes-*.npz"))) == 2

@@ -28,18 +28,14 @@ from backend.geometry.frames import rotation_z
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
-from backend.model.geometry import chamfer_distance, normalisation
 from backend.model.inference import (
-    MEASURE_POINTS,
-    REFINE_POINTS,
     candidate_headings,
     embedding_distance,
     fit_cloud,
     network_boxes,
     plausibility,
-    refine_boxes,
 )
-from backend.model.networks import JointModel, deformed_points
+from backend.model.networks import JointModel
 from backend.model.sources import SourceTensors, stack_sources
 
 MIN_POINTS = 64
@@ -75,7 +71,7 @@ class FitOptions:
     """Knobs of one fit.
 
     Point targets: every source is placed per axis on the target's box at every candidate
-    heading and ranked by a coarse chamfer; the ``pool`` best get two starts (that placement
+    heading and ranked by a coarse chamfer; the ``rerank_pool`` best get two starts (that placement
     and the network's prediction), are refined and measured, and keep their better start
     (``backend.model.inference.fit_cloud``). Image targets: retrieval in the learned space and
     the network's deformation.
@@ -88,25 +84,27 @@ class FitOptions:
             ``"fixed"``: only the ``yaw_search`` turns.
         yaw_search: try the target turned by this many even angles about Z
             (1: the target's own facing).
-        pool: for point targets, this many of the best-placed sources are refined and measured.
+        rerank_pool: for point targets, this many of the best-placed sources are refined and measured.
         refine_steps: most optimisation steps (it stops earlier on convergence).
         refine_seconds: safety cap on the optimisation's wall time (not a quality knob).
         symmetry_weight: weight of the symmetry term during refinement.
         size_weight: weight of the part-size plausibility term during refinement
             (``backend.model.inference.size_penalty``).
-        partial: detect single-view scans and fit them with the partial-aware objective.
+        viewpoint: for a single-view scan, the direction (x, y, z) from the object towards the
+            scanner in the cloud's frame: only the source surface facing it is pulled toward the
+            scan (``backend.model.inference.partial_chamfer``); None: a cloud from all around.
     """
 
     top_k: int = 5
     refine: bool = True
     headings: str = "auto"
     yaw_search: int = 1
-    pool: int = 8
-    refine_steps: int = 200
+    rerank_pool: int = 5
+    refine_steps: int = 150
     refine_seconds: float = 30.0
     symmetry_weight: float = 1.0
     size_weight: float = 0.01
-    partial: bool = True
+    viewpoint: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -302,6 +300,10 @@ class Fitter:
         started = time.perf_counter()
         if options.headings not in ("auto", "fixed"):
             raise FitError(f"headings must be 'auto' or 'fixed', got {options.headings!r}")
+        if options.viewpoint is not None:
+            view = np.asarray(options.viewpoint, dtype=np.float64)
+            if view.shape != (3,) or not np.all(np.isfinite(view)) or np.linalg.norm(view) < 1e-9:
+                raise FitError(f"viewpoint must be three finite numbers, not all zero, got {options.viewpoint!r}")
         cloud, notes = clean_points(points, self.model.config.n_points)
         target = torch.from_numpy(cloud).float().to(self.device)
         turns = max(1, options.yaw_search)
@@ -316,17 +318,15 @@ class Fitter:
             target,
             yaws.to(self.device),
             top_k=options.top_k,
-            pool=max(options.pool, options.top_k),
+            pool=max(options.rerank_pool, options.top_k),
             refine=options.refine,
             steps=options.refine_steps,
             symmetry_weight=options.symmetry_weight,
             size_weight=options.size_weight,
-            partial=options.partial,
+            viewpoint=None if options.viewpoint is None else torch.tensor(options.viewpoint, dtype=torch.float32),
             max_seconds=options.refine_seconds,
             progress=progress,
         )
-        if fit.viewpoint is not None:
-            notes.append("the cloud looks like a single-view scan: fitted with the partial-scan objective")
         with torch.no_grad():
             turned = (target - fit.centre[0]) / fit.diagonal[0]  # retrieval distance: reported, not used
             distance = embedding_distance(self.model, turned.unsqueeze(0), "points", self.codes["embedding"])[0]

@@ -64,7 +64,7 @@ def chair_target():
 
 def test_fit_points_ranks_by_measured_chamfer_and_keeps_joints(setup):
     fitter = Fitter.open(setup / "model.pt", setup / "index")
-    result = fitter.fit_points(chair_target(), FitOptions(top_k=4))
+    result = fitter.fit_points(chair_target(), FitOptions(top_k=4, refine_steps=40))
     assert result.modality == "points" and len(result.candidates) == 4
     measured = [c.measured_chamfer for c in result.candidates]
     assert measured == sorted(measured)
@@ -204,6 +204,7 @@ def test_fit_command(setup, tmp_path):
             str(setup / "model.pt"),
             "--top-k",
             "3",
+            "--no-refine",
             "--out",
             str(tmp_path / "r.json"),
             "--export",

@@ -34,7 +34,8 @@ from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
 
 RANK_POINTS = 256
-REFINE_POINTS = 512
+REFINE_POINTS = 256  # source samples per candidate during refinement (the target keeps 512)
+REFINE_TARGET_POINTS = 512
 MEASURE_POINTS = 1024
 # Two sizes of a part differ "implausibly" beyond this factor on some axis (reported, and the
 # dead zone of the size penalty starts well below it).
@@ -81,6 +82,7 @@ def coarse_chamfer(
     boxes: torch.Tensor,
     targets: torch.Tensor,
     weights: torch.Tensor | None = None,
+    viewpoint: torch.Tensor | None = None,
     n_points: int = RANK_POINTS,
     batch: int = 512,
     progress: Callable[[int, int, str], None] | None = None,
@@ -94,6 +96,7 @@ def coarse_chamfer(
         sources: P sources (one per pair); boxes: (P, K, 6) their boxes.
         targets: (P, M, 3) the target of each pair (an expanded view costs nothing).
         weights: optional (P,) factors (a common unit when targets differ in normalisation).
+        viewpoint: (3,) towards the scanner of a single-view scan (``partial_chamfer``), or None.
         batch: pairs per batch (memory: batch x n_points^2 floats).
         progress: called ``progress(done, total, text)`` after each batch.
 
@@ -107,7 +110,7 @@ def coarse_chamfer(
         chosen = SourceTensors(*(getattr(sources, f)[rows] for f in SourceTensors.__dataclass_fields__)).first_points(
             n_points
         )
-        out.append(chamfer_distance(deformed_points(chosen, boxes[rows]), targets[rows, :n_points]))
+        out.append(partial_chamfer(chosen, boxes[rows], targets[rows, :n_points], viewpoint))
         if progress is not None:
             progress(rows.stop, total, f"ranking {rows.stop} of {total} placements")
     distance = torch.cat(out)
@@ -202,40 +205,6 @@ def visible_from(
     nearest = torch.full((points.shape[0], grid * grid), float("inf"), dtype=points.dtype, device=points.device)
     nearest = nearest.scatter_reduce(1, cell, depth, reduce="amin")
     return depth <= torch.gather(nearest, 1, cell) + tolerance
-
-
-def view_directions(azimuths: int = 16, elevations: tuple[float, ...] = (0.0, 25.0, 50.0)) -> torch.Tensor:
-    """(V, 3) unit directions from a shape towards candidate viewpoints (azimuth ring per elevation, degrees)."""
-    rows = []
-    for elevation in elevations:
-        e = math.radians(elevation)
-        for a in range(azimuths):
-            t = 2 * math.pi * a / azimuths
-            rows.append([math.sin(t) * math.cos(e), -math.cos(t) * math.cos(e), math.sin(e)])
-    return torch.tensor(rows)
-
-
-def scan_viewpoint(target: torch.Tensor, threshold: float = 0.8) -> torch.Tensor | None:
-    """The viewpoint of a single-view scan, or None for a cloud seen from all around.
-
-    A scan holds only what its viewpoint saw, so almost all its points are visible from there;
-    a full cloud hides about half of itself from any single viewpoint. The z-buffer grid is sized
-    to the cloud (about four points per cell), so sparse clouds do not look visible from
-    everywhere.
-
-    Args:
-        target: (N, 3) normalised cloud.
-        threshold: share of points visible from the best viewpoint above which it is a scan.
-
-    Returns:
-        (3,) unit direction from the shape towards the viewer, or None.
-    """
-    directions = view_directions().to(target)
-    grid = max(8, int(math.sqrt(len(target) / 4)))
-    seen = visible_from(target.expand(len(directions), -1, -1), directions, grid=grid, tolerance=0.04)
-    share = seen.float().mean(dim=1)
-    best = int(share.argmax())
-    return directions[best] if float(share[best]) >= threshold else None
 
 
 def size_penalty(boxes: torch.Tensor, reference: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
@@ -333,7 +302,7 @@ def refine_boxes(
         boxes: (P, K, 6) starts; targets: (P, M, 3).
         reference: (P, K, 6) boxes whose part sizes are plausible (default: the starts).
         locked: optional (P, K) bool, parts that keep their boxes exactly.
-        viewpoint: (3,) of a single-view scan (``scan_viewpoint``), or None.
+        viewpoint: (3,) or (P, 3) direction towards the scanner of a single-view scan, or None.
         progress: called ``progress(step, steps, text)`` every 10 steps.
 
     Returns:
@@ -458,15 +427,14 @@ def fit_cloud(
     steps: int = 200,
     symmetry_weight: float = 1.0,
     size_weight: float = 0.0,
-    partial: bool = True,
+    viewpoint: torch.Tensor | None = None,
     max_seconds: float = float("inf"),
     shortlist: int = SHORTLIST_THRESHOLD,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> CloudFit:
     """Fit a point cloud: every source at every heading, several starts, refinement.
 
-    1. The cloud is turned by each ``-yaw`` and normalised; a single-view scan's viewpoint is
-       estimated (``scan_viewpoint``, when ``partial``).
+    1. The cloud is turned by each ``-yaw`` and normalised.
     2. Every source (the ``shortlist`` nearest in the retrieval space when the library is larger)
        is placed per axis on the target's box at every heading and ranked by ``coarse_chamfer``
        in a common unit (the unturned cloud's diagonal); each source keeps its best heading.
@@ -479,6 +447,8 @@ def fit_cloud(
         sources: the library; codes: its ``Fitter.encode_sources`` codes (None with no model).
         cloud: (N, 3) target points, any units, Z up; its first points are a uniform subset.
         yaws: (H,) headings to try (``candidate_headings``, or ``zeros(1)`` to trust the cloud's).
+        viewpoint: for a single-view scan, (3,) direction from the object towards the scanner
+            (cloud's frame): ranking, refinement and measurement use ``partial_chamfer``.
 
     Returns:
         ``CloudFit`` with ``min(top_k, pool, S)`` candidates.
@@ -492,7 +462,8 @@ def fit_cloud(
     diagonal = (turned.max(dim=1).values - turned.min(dim=1).values).norm(dim=-1)
     targets = (turned - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
     common = (diagonal / unit).square()  # chamfer in a heading's frame -> the unturned cloud's frame
-    viewpoint = scan_viewpoint((cloud - pivot) / unit) if partial else None
+    if viewpoint is not None:
+        viewpoint = torch.nn.functional.normalize(viewpoint.to(cloud), dim=0)
     views = None if viewpoint is None else _rotate_directions(viewpoint, yaws)
     extents = target_extent(targets)
 
@@ -507,7 +478,10 @@ def fit_cloud(
         report = None
         if progress is not None:
             report = lambda d, t, _, h=h: progress(h * t + d, len(yaws) * t, f"ranking {d} of {t} sources")  # noqa: E731
-        scores.append(coarse_chamfer(candidates, placed, targets[h].expand(len(rows), -1, -1), progress=report))
+        view = None if views is None else views[h]
+        scores.append(
+            coarse_chamfer(candidates, placed, targets[h].expand(len(rows), -1, -1), None, view, progress=report)
+        )
     scores = torch.stack(scores) * common.unsqueeze(1)  # (H, S')
     best_score, best_heading = scores.min(dim=0)
     keep = torch.argsort(best_score)[: min(pool, len(rows))]
@@ -524,31 +498,44 @@ def fit_cloud(
                 model, chosen, codes["global"][pooled_rows], codes["parts"][pooled_rows], target_code[heading]
             )
         )
-    n_starts = len(starts)
+    n_starts, n_pool = len(starts), len(keep)
     every = SourceTensors(*(torch.cat([getattr(chosen, f)] * n_starts) for f in SourceTensors.__dataclass_fields__))
-    start_boxes = torch.cat(starts)
+    boxes = torch.cat(starts)
     pair_heading = heading.repeat(n_starts)
     pair_target = targets[pair_heading]
     pair_view = None if views is None else views[pair_heading]
-    boxes = start_boxes
-    if refine:
-        boxes = refine_boxes(
-            every.first_points(REFINE_POINTS),
+
+    def refined(rows: torch.Tensor, start_boxes: torch.Tensor, budget: int) -> torch.Tensor:
+        return refine_boxes(
+            every.select(rows).first_points(REFINE_POINTS),
             start_boxes,
-            pair_target[:, :REFINE_POINTS],
-            steps=steps,
+            pair_target[rows, :REFINE_TARGET_POINTS],
+            steps=budget,
             symmetry_weight=symmetry_weight,
             size_weight=size_weight,
-            reference=placement.repeat(n_starts, 1, 1),
-            viewpoint=pair_view,
+            reference=placement[rows % n_pool],
+            viewpoint=None if pair_view is None else pair_view[rows],
             max_seconds=max_seconds,
             progress=progress,
         )
-    measured = measured_chamfer(every, boxes, pair_target, pair_view) * common[pair_heading]
-    measured = measured.view(n_starts, -1)
+
+    def measure(b: torch.Tensor) -> torch.Tensor:
+        return (measured_chamfer(every, b, pair_target, pair_view) * common[pair_heading]).view(n_starts, n_pool)
+
+    if refine and n_starts > 1:
+        # Successive halving: every start gets a first share of the steps, then each source's
+        # better start alone goes on with the rest.
+        rows = torch.arange(n_starts * n_pool, device=cloud.device)
+        boxes = refined(rows, boxes, max(1, steps // 4))
+        leader = measure(boxes).argmin(dim=0) * n_pool + torch.arange(n_pool, device=cloud.device)
+        boxes = boxes.clone()
+        boxes[leader] = refined(leader, boxes[leader], steps - steps // 4)
+    elif refine:
+        boxes = refined(torch.arange(n_pool, device=cloud.device), boxes, steps)
+    measured = measure(boxes)
     winner = measured.argmin(dim=0)
-    pick = winner * len(keep) + torch.arange(len(keep), device=cloud.device)
-    order = torch.argsort(measured.min(dim=0).values)[: min(top_k, len(keep))]
+    pick = winner * n_pool + torch.arange(n_pool, device=cloud.device)
+    order = torch.argsort(measured.min(dim=0).values)[: min(top_k, n_pool)]
     chosen_pairs = pick[order]
     return CloudFit(
         rows=pooled_rows[order],

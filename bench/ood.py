@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from backend.fitting import DEFAULT_CHECKPOINT, FitOptions, Fitter  # noqa: E402
 from backend.geometry.frames import rotation_z  # noqa: E402
 from backend.geometry.sampling import sample_surface, seed_from_bytes  # noqa: E402
 from backend.library import LibraryIndex, build_index, load_index  # noqa: E402
+from backend.model.checkpoint import checkpoint_id  # noqa: E402
 from backend.model.geometry import chamfer_distance, deform_points  # noqa: E402
 from training.data.ood import CATEGORIES, OODShape, generate, write_glb  # noqa: E402
 from training.data.views import partial_cloud, random_camera  # noqa: E402
@@ -469,7 +471,9 @@ def report(results: dict) -> str:
         if f"{kind}/all/all/oracle" in summary:
             o = summary[f"{kind}/all/all/oracle"]
             lines.append(
-                f"| oracle plausibility | | | | | | | {o['scale_p95_mean']:.2f} / {100 * o['share_over_3x']:.1f}% |"
+                "| oracle plausibility | | |"
+                + " |" * len(modes)
+                + f" {o['scale_p95_mean']:.2f} / {100 * o['share_over_3x']:.1f}% |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -520,6 +524,8 @@ def main(argv=None) -> int:
         "modes": args.modes,
         "fit_options": options.__dict__,
         "checkpoint": args.checkpoint,
+        "checkpoint_id": checkpoint_id(args.checkpoint),
+        "code": _code_version(),
         "seconds": seconds,
         "library_seed": LIBRARY_SEED,
         "target_seed": TARGET_SEED,
@@ -537,6 +543,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def _code_version() -> str:
+    """The commit measured, and whether backend/ or training/ had uncommitted changes (another session's work)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "backend", "training")
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes in backend/ or training/" if dirty else "")
+
+
 RESULTS_START, RESULTS_END = "<!-- ood-results -->", "<!-- /ood-results -->"
 
 
@@ -544,7 +560,8 @@ def _write_results(path: Path, markdown: str, config: dict) -> None:
     """Replace the results block of ``path`` (between the markers), keeping the rest of the document."""
     block = (
         f"{RESULTS_START}\nCommand: `{config['command']}` ({config['seconds']:.0f} s, "
-        f"{time.strftime('%Y-%m-%d')}, FitOptions {config['fit_options']})\n\n{markdown.strip()}\n{RESULTS_END}"
+        f"{time.strftime('%Y-%m-%d')}, code {config['code']}, checkpoint {config['checkpoint_id']}, "
+        f"FitOptions {config['fit_options']})\n\n{markdown.strip()}\n{RESULTS_END}"
     )
     text = path.read_text() if path.exists() else "# Out-of-distribution check\n\n"
     if RESULTS_START in text:

@@ -532,7 +532,8 @@ def keep_connected_job(context, parent=None, keep_symmetry: bool | None = None, 
 def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int = 300) -> Job:
     """Rerun the deformation optimisation against the fit's target with the
     edited parts held (``keep_edited``). The finished job returns the parts
-    held and the chamfer (x1e-2) after, and before where the backend reports it."""
+    held and the chamfer (x1e-2) after, and before and at the solve's start
+    where the backend reports them."""
     parent = _parent(context, parent)
     info = json.loads(parent[build.PROP_PREFIX + "info"])
     target = info.get("target", {})
@@ -558,7 +559,8 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
         return {
             "locked": [bool(x) for x in locked],
             "chamfer_x100": best["measured_chamfer_x100"],
-            "chamfer_before_x100": answer.get("chamfer_start_x100", answer.get("chamfer_before_x100")),
+            "chamfer_before_x100": answer.get("chamfer_before_x100"),  # the boxes as the user left them
+            "chamfer_start_x100": answer.get("chamfer_start_x100"),  # joints re-attached: where the solve starts
         }
 
     fields = {

@@ -46,6 +46,7 @@ class BackendClient:
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.process: subprocess.Popen | None = None
         self.lock = threading.Lock()
+        self.outbox: queue.Queue | None = None
         self.stderr_tail: list[str] = []
         self._stderr_reader: threading.Thread | None = None
         self.start()
@@ -68,6 +69,8 @@ class BackendClient:
         except OSError as error:
             raise BackendUnavailable(f"cannot start the backend with {self.python}: {error}") from error
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self.outbox = queue.Queue()
+        threading.Thread(target=self._write, args=(self.process, self.outbox), daemon=True).start()
         self._stderr_reader = threading.Thread(target=self._drain_stderr, args=(self.process,), daemon=True)
         self._stderr_reader.start()
 
@@ -83,6 +86,20 @@ class BackendClient:
                 Message({"id": -1, "type": "error", "message": f"backend stream broken: {error}", "fatal": True})
             )
 
+    def _write(self, process: subprocess.Popen, outbox: queue.Queue) -> None:
+        """Send requests in order. A pipe write blocks while the worker is busy or
+        still starting, so it happens here and never on Blender's thread."""
+        while True:
+            request_id, message = outbox.get()
+            try:
+                write_message(process.stdin, message)
+            except (BrokenPipeError, OSError, ValueError) as error:
+                self.inbox.put(
+                    Message({"id": request_id, "type": "error", "message": f"the backend stopped: {error}"})
+                )
+                if process.poll() is not None:
+                    return
+
     def _drain_stderr(self, process: subprocess.Popen) -> None:
         for line in process.stderr:
             self.stderr_tail = (self.stderr_tail + [line.decode("utf-8", "replace").rstrip()])[-40:]
@@ -92,15 +109,13 @@ class BackendClient:
         return self.process is not None and self.process.poll() is None
 
     def submit(self, kind: str, arrays=None, **fields) -> int:
-        """Send a request; returns its id. Restarts a dead worker first."""
+        """Queue a request for the writer thread (never blocks); returns its id.
+        Restarts a dead worker first."""
         if not self.alive:
             self.start()
-        request_id = next(self.ids)
         with self.lock:
-            try:
-                write_message(self.process.stdin, request(kind, request_id, arrays, **fields))
-            except (BrokenPipeError, OSError) as error:
-                raise BackendUnavailable(f"the backend stopped: {self.last_error()}") from error
+            request_id = next(self.ids)
+            self.outbox.put((request_id, request(kind, request_id, arrays, **fields)))
         return request_id
 
     def poll(self) -> list[Message]:

@@ -1,8 +1,9 @@
 """The add-on in a real Blender window: Debian's Blender 3.4 under Xvfb.
 
-Installs the legacy zip, opens the sidebar tab, runs "Retrieve and Fit"
-through its modal (UI) path, takes a screenshot (kept as a test artifact in
-``test-artifacts/``) and undoes the fit in one step.
+Installs the legacy zip, opens the sidebar tab and, through the modal (UI)
+paths, starts the worker, indexes, fits, cancels a fit with Esc, swaps a
+candidate, scales a leg, keeps it connected, refits and undoes it all
+(tests/blender/gui_modal.py). Screenshots are kept in ``test-artifacts/``.
 """
 
 import json
@@ -113,16 +114,48 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=420,
     )
     facts = json.loads((out / "facts.json").read_text()) if (out / "facts.json").exists() else {}
-    if (out / "panel.png").exists():
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(out / "panel.png", ARTIFACTS / "blender-3.4-panel.png")
+    ARTIFACTS.mkdir(exist_ok=True)
+    for picture in out.glob("*.png"):
+        shutil.copy(picture, ARTIFACTS / f"blender-3.4-{picture.name}")
     assert done.returncode == 0 and facts.get("ok"), (
         json.dumps(facts, indent=1) + done.stdout[-3000:] + done.stderr[-2000:]
     )
-    assert facts["invoke"] == ["RUNNING_MODAL"]  # the modal path, not execute()
-    assert facts["parts"] >= 2 and facts["candidates"] >= 2
-    assert facts["keep_connected_moved"] and facts["undo_restored_parts"]  # keep connected is one undo step
-    assert facts["after_undo"] == 0 and facts["scan_after_undo"]  # one undo step removes the whole fit
+    report = json.dumps(facts, indent=1)
+    # Never frozen. The add-on's own calls on Blender's thread (invoke, modal, panel drawing) stay
+    # short in every phase; and where the machine is quiet enough to measure it (a heartbeat timer
+    # that ticks with nothing to do stalls under 0.1 s), the heartbeat never stops for 0.25 s.
+    quiet = facts["gaps"]["idle"] < 0.1 and facts["gaps"]["idle redraw"] < 0.1
+    for phase in ("worker start", "fit", "swap", "keep connected", "refit", "esc"):
+        assert facts["addon_time"][phase][0] < 0.25, (phase, report)
+        assert not quiet or facts["gaps"][phase] < 0.25, (phase, report)
+    assert len(facts["fit_progress_texts"]) >= 3, report  # real stages from the worker, not one "fitting"
+    assert not quiet or facts["esc_seconds"] < 0.5, report
+    assert facts["esc_scene_unchanged"] and facts["esc_fit_unchanged"], report
+    # the redo panel shows what was used, not "Candidates 0"
+    assert facts["redo_panel"] == {
+        "target": "OBJECT",
+        "object_name": "scan",
+        "top_k": 5,
+        "yaw_search": 1,
+        "operator": "RFIT_OT_retrieve_and_fit",
+    }, report
+    assert facts["parts"] >= 3 and facts["candidates"] >= 2
+    # scale a leg, Keep Connected: the leg stays, the model stays within the edit's extent
+    size = facts["model_size"]
+    assert facts["keep_connected_leg_change"] < 1e-4 * size, report
+    # the model's box moves no more than the leg's own faces did (issue 16's "within the edit's extent")
+    assert facts["keep_connected_extent_change"] <= facts["edit_change"] + 0.01 * size, report
+    leg_flags = facts["edited_flags_after_keep_connected"]
+    assert sum(leg_flags) == 1 and facts["edited_flags_after_refit"] == leg_flags, report
+    # Refit holds the leg and does not raise the chamfer
+    assert facts["refit_leg_change"] < 1e-4 * size and "1 part(s) held" in facts["refit_status"], report
+    chamfer = facts["refit_chamfer"]
+    assert chamfer["chamfer_after_x100"] <= chamfer["chamfer_start_x100"] + 1e-9, report
+    assert chamfer["chamfer_after_x100"] <= chamfer["chamfer_before_x100"] + 1e-3, report
+    # undo takes back one step at a time, and ONE undo removes a fit
+    assert all(facts["undo_steps"].values()), report
+    assert facts["undos_to_remove_fit"] == 1, report
+    assert facts["after_undo"] == 0 and facts["scan_after_undo"], report

@@ -1,8 +1,13 @@
-"""Run inside a real Blender window (Xvfb): install the add-on, open its panel,
-run "Retrieve and Fit" through the modal (UI) path, screenshot, quit.
+"""Run inside a real Blender window (Xvfb), as a user would: install the add-on,
+open its sidebar tab, then through the UI (modal) paths: Check Backend (worker
+start), Index, Retrieve and Fit, Esc during a fit, swap a candidate and back,
+scale a leg, Keep Connected, Refit, and undo all of it step by step. A
+heartbeat timer measures how long the UI ever stops (the longest gap between
+its ticks per phase); screenshots of each panel state are saved.
 
-blender --factory-startup --python gui_modal.py -- ZIP LIBRARY CHECKPOINT POINTS.npy OUT_DIR
-Writes OUT_DIR/facts.json and OUT_DIR/panel.png; exits non-zero on failure.
+blender --factory-startup --enable-event-simulate START.blend --python gui_modal.py -- ZIP LIBRARY CHECKPOINT
+    POINTS.npy OUT_DIR
+Writes OUT_DIR/facts.json and OUT_DIR/*.png; exits non-zero on failure (the facts say where).
 """
 
 import json
@@ -12,11 +17,27 @@ import time
 import traceback
 
 import bpy
+import numpy as np
 
 args = sys.argv[sys.argv.index("--") + 1 :]
 zip_path, library, checkpoint, points_path, out_dir = args
-facts = {"blender": bpy.app.version_string, "steps": []}
+facts = {"blender": bpy.app.version_string, "steps": [], "gaps": {}, "addon_time": {}, "screenshots": []}
+TIME_LIMIT = 300.0
 started = time.monotonic()
+beat = {"phase": "", "last": 0.0}
+
+
+def heartbeat():
+    """Ticks every 20 ms; the longest gap per phase is how long the UI stood still."""
+    now = time.monotonic()
+    if beat["phase"] and beat["last"]:
+        facts["gaps"][beat["phase"]] = max(facts["gaps"].get(beat["phase"], 0.0), now - beat["last"])
+        if now - beat["last"] > 0.25:
+            facts.setdefault("long_gaps", []).append(
+                [beat["phase"], round(beat["last"] - started, 2), round(now - beat["last"], 2)]
+            )
+    beat["last"] = now
+    return 0.02
 
 
 def finish(ok: bool) -> None:
@@ -35,140 +56,331 @@ def view3d():
     raise RuntimeError("no 3D viewport")
 
 
+def override(**extra):
+    window, area, region = view3d()
+    return bpy.context.temp_override(window=window, area=area, region=region, **extra)
+
+
+def invoke(operator, phase: str = "", **props):
+    beat["phase"] = phase  # the heartbeat counts the invoke itself (reading the target, starting the worker)
+    with override():
+        result = operator("INVOKE_DEFAULT", **props)
+    assert result == {"RUNNING_MODAL"}, (operator, result)  # the modal path, not execute()
+
+
+def api():
+    return sys.modules["rfit.api"]
+
+
+def fits():
+    return [o for o in bpy.data.objects if o.get("rfit_result")]
+
+
+def the_fit():
+    found = fits()
+    assert len(found) == 1, [o.name for o in found]
+    return found[0]
+
+
+def parts_of(parent):
+    return sorted(parent.children, key=lambda o: o["rfit_part"])
+
+
+def boxes_of(parent) -> np.ndarray:
+    """(K, 6) world boxes the part objects show (centre, half size)."""
+    bpy.context.view_layer.update()  # objects built a moment ago have no world matrix before this
+    return np.array(
+        [
+            list(o.matrix_world.translation) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)]
+            for o in parts_of(parent)
+        ]
+    )
+
+
+def extent(boxes: np.ndarray) -> np.ndarray:
+    return np.stack([(boxes[:, :3] - boxes[:, 3:]).min(0), (boxes[:, :3] + boxes[:, 3:]).max(0)])
+
+
+def select(objects, active) -> None:
+    for obj in bpy.context.selected_objects:
+        obj.select_set(False)
+    for obj in objects:
+        obj.select_set(True)
+    bpy.context.view_layer.objects.active = active
+
+
+def wait_for_backend(phase: str, timeout: float = 120.0, record=None):
+    """Yield (let Blender run) until no job is left; the heartbeat measures the phase."""
+    beat["phase"] = phase
+    deadline = time.monotonic() + timeout
+    while api().active_jobs() or api()._state["hello"] is not None:
+        if record is not None:
+            record()
+        assert time.monotonic() < deadline, f"{phase}: no answer in {timeout} s ({bpy.context.scene.rfit.status})"
+        yield 0.05
+    beat["phase"] = ""
+    facts["steps"].append(f"{phase}: {bpy.context.scene.rfit.status}")
+
+
+def screenshot(name: str):
+    """Frame the fit (if any) and capture the window."""
+    with override():
+        if bpy.context.selected_objects:
+            bpy.ops.view3d.view_selected()
+    yield 0.8  # let the panels and previews redraw
+    path = os.path.join(out_dir, f"{name}.png")
+    with override():
+        bpy.ops.screen.screenshot(filepath=path)
+    facts["screenshots"].append(name)
+
+
+def time_the_addon() -> None:
+    """Time every call Blender makes into the add-on on its own thread (operators' invoke and
+    modal, panel drawing): the longest per phase is how long the add-on itself held the UI."""
+    operators, panels = sys.modules["rfit.ui.operators"], sys.modules["rfit.ui.panels"]
+    methods = [
+        (cls, name) for cls in operators.classes for name in ("invoke", "modal", "execute") if hasattr(cls, name)
+    ]
+    methods += [(cls, "draw") for cls in panels.classes if hasattr(cls, "draw")]
+    methods += [(cls, "draw_item") for cls in panels.classes if hasattr(cls, "draw_item")]
+    for cls, name in methods:
+        setattr(cls, name, timed(getattr(cls, name), f"{cls.__name__}.{name}"))
+
+
+def timed(original, label):
+    """``original`` wrapped with a timer, with its own argument list (Blender passes as many
+    arguments as the function declares)."""
+
+    def record(t0):
+        spent = time.monotonic() - t0
+        slowest = facts["addon_time"].setdefault(beat["phase"] or "-", [0.0, ""])
+        if spent > slowest[0]:
+            slowest[:] = [spent, label]
+
+    count = original.__code__.co_argcount
+    if count == 2:
+
+        def wrapper(self, context):
+            t0 = time.monotonic()
+            try:
+                return original(self, context)
+            finally:
+                record(t0)
+    elif count == 3:
+
+        def wrapper(self, context, event):
+            t0 = time.monotonic()
+            try:
+                return original(self, context, event)
+            finally:
+                record(t0)
+    else:
+
+        def wrapper(self, context, layout, data, item, icon, active_data, active_propname, index):
+            t0 = time.monotonic()
+            try:
+                return original(self, context, layout, data, item, icon, active_data, active_propname, index)
+            finally:
+                record(t0)
+
+    return wrapper
+
+
 def setup() -> None:
     bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
     bpy.ops.preferences.addon_enable(module="rfit")
     bpy.context.preferences.addons["rfit"].preferences.checkpoint = checkpoint
-    # a clean scene with the scan as the active object
-    for obj in list(bpy.data.objects):
+    for obj in list(bpy.data.objects):  # a clean scene with the scan as the active object
         bpy.data.objects.remove(obj)
-    import numpy as np
-
     points = np.load(points_path).astype(float)
     mesh = bpy.data.meshes.new("scan")
     mesh.from_pydata(points.tolist(), [], [])
     scan = bpy.data.objects.new("scan", mesh)
     bpy.context.scene.collection.objects.link(scan)
-    bpy.context.view_layer.objects.active = scan
-    scan.select_set(True)
-    assert bpy.ops.rfit.index_library(directory=library) == {"FINISHED"}
-    window, area, region = view3d()
-    area.spaces.active.show_region_ui = True
-    bpy.context.scene.rfit.refine = False
+    select([scan], scan)
+    settings = bpy.context.scene.rfit
+    settings.library_directory = library
+    settings.refine = False
+    view3d()[1].spaces.active.show_region_ui = True
     bpy.ops.ed.undo_push(message="scan ready")
-    facts["steps"].append("set up")
+    time_the_addon()
 
 
-state = {"phase": "setup"}
+def script():
+    setup()
+    yield 0.5
+    # Show the add-on's tab: Ctrl+wheel over the sidebar steps through its tabs, as a user can.
+    window, area, _ = view3d()
+    ui = next(r for r in area.regions if r.type == "UI")
+    x, y = ui.x + ui.width // 2, ui.y + ui.height // 2
+    window.event_simulate(type="MOUSEMOVE", value="NOTHING", x=x, y=y)
+    for _ in range(3):
+        window.event_simulate(type="WHEELDOWNMOUSE", value="PRESS", x=x, y=y, ctrl=True)
+    yield 0.5
+    facts["sidebar_width"] = ui.width
+    yield from screenshot("addon_not_started")
+    settings = bpy.context.scene.rfit
+
+    beat["phase"] = "idle"
+    yield 2.0
+    beat["phase"] = "idle redraw"
+    for _ in range(20):
+        for area in bpy.context.screen.areas:
+            area.tag_redraw()
+        yield 0.1
+    beat["phase"] = ""
+    # -- worker start and indexing, never freezing the UI ------------------------------------------
+    invoke(bpy.ops.rfit.check_backend, "worker start")
+    yield from wait_for_backend("worker start")
+    facts["backend_state"] = api().backend_state()
+    assert facts["backend_state"][1] == "CHECKMARK", facts["backend_state"]
+    invoke(bpy.ops.rfit.index_library, "index")
+    yield from wait_for_backend("index")
+    assert os.path.exists(os.path.join(settings.index_directory, "manifest.json")), settings.status
+
+    # -- fit: progress text from the worker's stages ---------------------------------------------------
+    invoke(bpy.ops.rfit.retrieve_and_fit, "fit")
+    job = api().active_jobs()[-1]
+    yield from wait_for_backend("fit")
+    facts["fit_progress_texts"] = list(job.texts)
+    assert not job.error, job.error
+    parent = the_fit()
+    facts["result"], facts["parts"] = parent["rfit_source"], len(parent.children)
+    facts["candidates"] = len(settings.candidates)
+    last = bpy.context.window_manager.operators[-1]
+    facts["redo_panel"] = {k: getattr(last.properties, k) for k in ("target", "object_name", "top_k", "yaw_search")}
+    facts["redo_panel"]["operator"] = last.bl_idname
+    select([parent, *parent.children], parent)
+    yield from screenshot("addon_fitted")
+    fitted_boxes = boxes_of(parent)
+
+    # -- Esc during a fit: stops at once, nothing in the scene changes ----------------------------------
+    names_before = sorted(o.name for o in bpy.data.objects)
+    select([bpy.data.objects["scan"]], bpy.data.objects["scan"])
+    invoke(bpy.ops.rfit.retrieve_and_fit, refine=True, yaw_search=4)  # a longer fit, to press Esc during
+    yield 0.3
+    yield from screenshot("addon_progress")
+    assert api().active_jobs(), "the fit ended before Esc could be pressed"
+    job = api().active_jobs()[-1]
+    pressed = time.monotonic()
+    beat["phase"] = "esc"
+    view3d()[0].event_simulate(type="ESC", value="PRESS", x=x, y=y)
+    while api().active_jobs() and time.monotonic() - pressed < 5:
+        yield 0.01
+    facts["esc_seconds"] = time.monotonic() - pressed
+    beat["phase"] = ""
+    facts["esc_job"] = {"error": job.error, "texts": job.texts, "status": settings.status}
+    yield 0.5
+    facts["esc_scene_unchanged"] = sorted(o.name for o in bpy.data.objects) == names_before
+    parent = the_fit()
+    facts["esc_fit_unchanged"] = bool(np.allclose(boxes_of(parent), fitted_boxes))
+    select([parent], parent)
+
+    # -- swap to candidate 2 and back ------------------------------------------------------------------
+    invoke(bpy.ops.rfit.use_candidate, "swap", rank=1)
+    yield from wait_for_backend("swap")
+    assert the_fit()["rfit_rank"] == 1, settings.status
+    invoke(bpy.ops.rfit.use_candidate, "swap", rank=0)
+    yield from wait_for_backend("swap")
+    parent = the_fit()
+    facts["swapped_back"] = [
+        parent["rfit_source"],
+        parent["rfit_rank"],
+        float(np.abs(boxes_of(parent) - fitted_boxes).max()),
+    ]
+    assert parent["rfit_source"] == facts["result"] and np.allclose(boxes_of(parent), fitted_boxes, atol=1e-5)
+
+    # -- scale a leg by 1.3 in Z with Blender's own transform -------------------------------------------
+    boxes = boxes_of(parent)
+    size = float(np.linalg.norm(np.diff(extent(boxes), axis=0)))
+    bottoms = boxes[:, 2] - boxes[:, 5]
+    on_floor = np.flatnonzero(bottoms < bottoms.min() + 0.02 * size)
+    leg = int(on_floor[np.argmin(boxes[on_floor, 3] * boxes[on_floor, 4])])
+    leg_object = parts_of(parent)[leg]
+    facts["leg"] = leg_object.name
+    select([leg_object], leg_object)
+    with override(active_object=leg_object, object=leg_object):
+        # "EXEC_DEFAULT", True: pushes an undo step like the user's own transform does
+        bpy.ops.transform.resize("EXEC_DEFAULT", True, value=(1.0, 1.0, 1.3), orient_type="GLOBAL")
+    yield 0.3
+    edited = boxes_of(parent)
+    assert abs(edited[leg, 5] / boxes[leg, 5] - 1.3) < 1e-3, (edited[leg], boxes[leg])
+    edit_change = float(np.abs(extent(edited[leg : leg + 1]) - extent(boxes[leg : leg + 1])).max())
+
+    # -- Keep Connected (symmetry on, the panel's default) keeps the leg and the model's extent ----------
+    invoke(bpy.ops.rfit.enforce_connectivity, "keep connected")
+    yield from wait_for_backend("keep connected")
+    connected = boxes_of(parent)
+    facts["keep_connected_leg_change"] = float(np.abs(connected[leg] - edited[leg]).max())
+    facts["edit_change"] = edit_change  # how far the leg's faces moved
+    facts["keep_connected_extent_change"] = float(np.abs(extent(connected) - extent(boxes)).max())
+    facts["keep_connected_others_moved"] = float(np.abs(np.delete(connected - edited, leg, axis=0)).max())
+    facts["edited_flags_after_keep_connected"] = [bool(o.get("rfit_edited")) for o in parts_of(parent)]
+    facts["model_size"] = size
+    yield from screenshot("addon_edited")
+
+    # -- Refit holds the leg and does not raise the chamfer ----------------------------------------------
+    select([parent], parent)
+    invoke(bpy.ops.rfit.refit, "refit")
+    job = api().active_jobs()[-1]
+    yield from wait_for_backend("refit")
+    assert not job.error, job.error
+    refitted = boxes_of(parent)
+    facts["refit_leg_change"] = float(np.abs(refitted[leg] - edited[leg]).max())
+    header = job.answer.header
+    facts["refit_chamfer"] = {
+        key: header.get(key) for key in ("chamfer_before_x100", "chamfer_start_x100", "chamfer_after_x100")
+    }
+    facts["refit_chamfer"]["measured_x100"] = header["candidates"][0]["measured_chamfer_x100"]
+    facts["refit_status"] = settings.status
+    facts["edited_flags_after_refit"] = [bool(o.get("rfit_edited")) for o in parts_of(parent)]
+    yield from screenshot("addon_refitted")
+
+    # -- undo, one step at a time: refit, keep connected, resize, the two swaps, then the fit ------------
+    def undo():
+        with override():
+            bpy.ops.ed.undo()
+
+    undone = {}
+    facts["undo_probe"] = []
+    for name, expected in (("refit", connected), ("keep connected", edited), ("resize", fitted_boxes)):
+        undo()
+        yield 0.2
+        now = boxes_of(the_fit())
+        undone[name] = bool(now.shape == expected.shape and np.allclose(now, expected, atol=1e-5))
+        facts["undo_probe"].append([name, len(now), the_fit()["rfit_rank"]])
+    for name in ("swap back", "swap"):
+        undo()
+        yield 0.2
+        undone[name] = the_fit()["rfit_rank"] == (1 if name == "swap back" else 0)
+    facts["undo_steps"] = undone
+    undos = 0
+    while fits() and undos < 5:
+        undo()
+        undos += 1
+        yield 0.2
+        assert not [o.name for o in bpy.data.objects if "rfit_part" in o and not fits()], "a half-removed fit"
+    facts["undos_to_remove_fit"] = undos
+    facts["after_undo"] = sum(1 for o in bpy.data.objects if o.get("rfit_result") or "rfit_part" in o)
+    facts["scan_after_undo"] = "scan" in bpy.data.objects
+    bpy.ops.preferences.addon_disable(module="rfit")
+    finish(True)
+
+
+steps = script()
 
 
 def tick():
     try:
-        if time.monotonic() - started > 240:
-            facts["error"] = f"timed out in phase {state['phase']}"
-            finish(False)
-        if state["phase"] == "setup":
-            setup()
-            state["phase"] = "open_tab" if bpy.app.use_event_simulate else "invoke"
-            return 0.5
-        if state["phase"] == "open_tab":
-            # Show the add-on's sidebar tab: Ctrl+wheel over the sidebar steps
-            # through its tabs (Item, Tool, View, Retrieve & Fit), as a user would.
-            window, area, _ = view3d()
-            ui = next(r for r in area.regions if r.type == "UI")
-            x, y = ui.x + ui.width // 2, ui.y + ui.height // 2
-            window.event_simulate(type="MOUSEMOVE", value="NOTHING", x=x, y=y)
-            for _ in range(3):
-                window.event_simulate(type="WHEELDOWNMOUSE", value="PRESS", x=x, y=y, ctrl=True)
-            state["phase"] = "invoke"
-            return 0.5
-        if state["phase"] == "invoke":
-            window, area, region = view3d()
-            with bpy.context.temp_override(window=window, area=area, region=region):
-                result = bpy.ops.rfit.retrieve_and_fit("INVOKE_DEFAULT")
-            facts["invoke"] = sorted(result)
-            assert result == {"RUNNING_MODAL"}, result
-            state["phase"] = "waiting"
-            return 0.5
-        if state["phase"] == "waiting":
-            fits = [o for o in bpy.data.objects if o.get("rfit_result")]
-            if not fits:
-                facts["status"] = bpy.context.scene.rfit.status
-                return 0.5
-            parent = fits[0]
-            for obj in bpy.context.selected_objects:
-                obj.select_set(False)
-            for obj in [parent, *parent.children]:
-                obj.select_set(True)
-            facts["result"] = parent["rfit_source"]
-            facts["parts"] = len(parent.children)
-            facts["status"] = bpy.context.scene.rfit.status
-            facts["candidates"] = len(bpy.context.scene.rfit.candidates)
-            state["phase"] = "screenshot"
-            return 1.0  # let the panel redraw with the candidates
-        if state["phase"] == "screenshot":
-            window, area, region = view3d()
-            path = os.path.join(out_dir, "panel.png")
-            with bpy.context.temp_override(window=window, area=area, region=region):
-                bpy.ops.view3d.view_selected()
-            state["phase"] = "capture"
-            state["path"] = path
-            return 1.0
-        if state["phase"] == "capture":
-            window, area, region = view3d()
-            path = state["path"]
-            with bpy.context.temp_override(window=window, area=area, region=region):
-                bpy.ops.screen.screenshot(filepath=path)
-            facts["screenshot"] = os.path.exists(path)
-            # Edit a part, keep connected, undo: the other parts come back.
-            parent = next(o for o in bpy.data.objects if o.get("rfit_result"))
-            parts = sorted(parent.children, key=lambda o: o["rfit_part"])
-            parts[0].scale[2] *= 1.3
-            bpy.ops.ed.undo_push(message="scale a part")
-            before = [tuple(o.location) for o in parts[1:]]
-            with bpy.context.temp_override(
-                window=window, area=area, region=region, active_object=parts[0], object=parts[0]
-            ):
-                assert bpy.ops.rfit.enforce_connectivity(keep_symmetry=False) == {"FINISHED"}
-            parts = sorted(
-                next(o for o in bpy.data.objects if o.get("rfit_result")).children, key=lambda o: o["rfit_part"]
-            )
-            facts["keep_connected_moved"] = any(tuple(o.location) != b for o, b in zip(parts[1:], before))
-            with bpy.context.temp_override(window=window, area=area, region=region):
-                bpy.ops.ed.undo()
-            parts = sorted(
-                next(o for o in bpy.data.objects if o.get("rfit_result")).children, key=lambda o: o["rfit_part"]
-            )
-            facts["undo_restored_parts"] = all(
-                all(abs(x - y) < 1e-6 for x, y in zip(o.location, b)) for o, b in zip(parts[1:], before)
-            )
-            # Undo back past the fit: the whole fit goes, in one step, and the scan stays.
-            undos = 0
-            while any(o.get("rfit_result") for o in bpy.data.objects) and undos < 5:
-                with bpy.context.temp_override(window=window, area=area, region=region):
-                    bpy.ops.ed.undo()
-                undos += 1
-                leftovers = [
-                    o.name
-                    for o in bpy.data.objects
-                    if "rfit_part" in o and not any(p.get("rfit_result") for p in bpy.data.objects)
-                ]
-                assert not leftovers, leftovers  # never a half-removed fit
-            facts["undos_to_remove_fit"] = undos
-            facts["after_undo"] = sum(1 for o in bpy.data.objects if o.get("rfit_result") or "rfit_part" in o)
-            facts["scan_after_undo"] = "scan" in bpy.data.objects
-            bpy.ops.preferences.addon_disable(module="rfit")
-            finish(
-                facts["screenshot"]
-                and facts["parts"] >= 2
-                and facts["after_undo"] == 0
-                and facts["scan_after_undo"]
-                and facts["undo_restored_parts"]
-            )
+        assert time.monotonic() - started < TIME_LIMIT, f"timed out after {facts['steps']}"
+        return next(steps)
+    except StopIteration:
+        finish(True)
     except Exception:
         facts["error"] = traceback.format_exc()
         finish(False)
     return None
 
 
+bpy.app.timers.register(heartbeat, first_interval=0.5)
 bpy.app.timers.register(tick, first_interval=1.0)

@@ -72,11 +72,11 @@ def test_every_family_is_part_structured_after_indexing(indexed):
 def test_differs_from_the_training_generator():
     """Shapes the training generator never makes: seating 1.6 m wide or with a seat 0.7 m high, and legs that
     are not vertical (a leg part whose top and foot differ in x or y)."""
-    training = [furniture.generate("chair", 0, i) for i in range(150)]
+    training = [furniture.generate("chair", 0, i) for i in range(60)]
     widest = max(float(np.ptp(s.bounds()[:, 0])) for s in training)
     highest_seat = max(float(s.parts["seat"].vertices[:, 2].max()) for s in training)
     assert widest < 0.7 and highest_seat < 0.55
-    ours = [generate("chair", 0, i) for i in range(40)]
+    ours = [generate("chair", 0, i) for i in range(30)]
     assert max(float(np.ptp(s.bounds()[:, 0])) for s in ours) > 1.5
     assert max(float(s.parts["seat"].vertices[:, 2].max()) for s in ours if "seat" in s.parts) > 0.65
 
@@ -90,7 +90,7 @@ def test_differs_from_the_training_generator():
         return False
 
     assert not any(splayed(s) for s in training)
-    assert sum(splayed(s) for s in ours) >= 10
+    assert sum(splayed(s) for s in ours) >= 8
 
 
 def _scaled_copy(shape, factors):

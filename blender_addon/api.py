@@ -156,12 +156,12 @@ def _fail_all(reason: str) -> None:
 
 def backend_state() -> tuple[str, str]:
     """(text, icon) of the worker's state, as true as the add-on knows it."""
+    if _client is not None and not _client.alive and not _state["failure"]:
+        _state["failure"] = f"the backend exited: {_client.last_error()}"  # it restarts on the next request
     if _state["failure"]:
         return f"Backend failed: {_state['failure']}", "ERROR"
     if _client is None:
         return "Backend: not started", "QUESTION"
-    if not _client.alive:
-        return "Backend stopped (restarts on next use)", "ERROR"
     if not backend_info:
         return "Backend starting…", "SORTTIME"
     device = backend_info.get("gpu", backend_info.get("device", "?"))

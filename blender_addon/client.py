@@ -94,9 +94,7 @@ class BackendClient:
             try:
                 write_message(process.stdin, message)
             except (BrokenPipeError, OSError, ValueError) as error:
-                self.inbox.put(
-                    Message({"id": request_id, "type": "error", "message": f"the backend stopped: {error}"})
-                )
+                self.inbox.put(Message({"id": request_id, "type": "error", "message": f"the backend stopped: {error}"}))
                 if process.poll() is not None:
                     return
 

@@ -159,3 +159,6 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     assert all(facts["undo_steps"].values()), report
     assert facts["undos_to_remove_fit"] == 1, report
     assert facts["after_undo"] == 0 and facts["scan_after_undo"], report
+    # a backend that cannot start says what is missing and what to do, in the panel
+    text, icon = facts["broken_backend_state"]
+    assert icon == "ERROR" and "has no 'numpy' package" in text and "pip install" in text, report

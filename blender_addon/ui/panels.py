@@ -18,12 +18,12 @@ def wrapped(layout, context, text: str, icon: str = "NONE") -> None:
         column.label(text=line, icon=icon if i == 0 else "BLANK1" if icon != "NONE" else "NONE")
 
 
-def progress_bar(layout, fraction: float, text: str) -> None:
-    """A read-only bar (``layout.progress`` where Blender has it, else a read-only property)."""
+def progress_bar(layout, fraction: float) -> None:
+    """A read-only bar (``layout.progress`` where Blender has it, else a read-only percentage property)."""
     if hasattr(layout, "progress"):
-        layout.progress(factor=fraction, type="BAR", text=text)
+        layout.progress(factor=fraction, type="BAR", text=f"{fraction * 100:.0f}%")
     else:
-        layout.prop(bpy.context.scene.rfit, "progress", text=text, slider=True)
+        layout.prop(bpy.context.scene.rfit, "progress", text="", slider=True)
 
 
 class RFIT_UL_candidates(bpy.types.UIList):
@@ -31,13 +31,13 @@ class RFIT_UL_candidates(bpy.types.UIList):
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         image = bpy.data.images.get(item.thumbnail) if item.thumbnail else None
+        split = layout.split(factor=0.72)
         if image is not None:
             image.preview_ensure()
-            layout.label(text=f"{item.rank + 1}. {name_of(item.source)}", icon_value=image.preview.icon_id)
+            split.label(text=name_of(item.source), icon_value=image.preview.icon_id)
         else:
-            layout.label(text=f"{item.rank + 1}. {name_of(item.source)}")
-        if item.chamfer >= 0:
-            layout.label(text=item.rating)
+            split.label(text=name_of(item.source))
+        split.label(text=item.rating if item.chamfer >= 0 else "")
 
 
 def name_of(source: str) -> str:
@@ -57,7 +57,9 @@ class RFIT_PT_main(bpy.types.Panel):
         text, icon = api.backend_state()
         row = layout.row()
         if icon == "ERROR":
-            row.label(text="Backend failed" if text.startswith("Backend failed") else "Backend stopped", icon=icon)
+            row.label(text="Backend failed", icon=icon)
+        elif icon == "CHECKMARK":
+            row.label(text=f"Backend: {api.backend_info.get('device', '?')}", icon=icon)
         else:
             row.label(text=text, icon=icon)
         row.operator("rfit.check_backend", text="", icon="FILE_REFRESH")
@@ -68,8 +70,9 @@ class RFIT_PT_main(bpy.types.Panel):
         col.operator("rfit.index_library", text="Index Library", icon="FILE_REFRESH")
         jobs = api.active_jobs()
         if jobs:
+            wrapped(layout, context, jobs[-1].text or f"{jobs[-1].label}…", icon="SORTTIME")
             row = layout.row(align=True)
-            progress_bar(row, jobs[-1].fraction, jobs[-1].text or f"{jobs[-1].label}…")
+            progress_bar(row, jobs[-1].fraction)
             row.operator("rfit.cancel", text="", icon="CANCEL")
         elif s.status:
             wrapped(layout, context, s.status, icon="INFO")
@@ -117,19 +120,18 @@ class RFIT_PT_candidates(bpy.types.Panel):
     def draw(self, context):
         s = context.scene.rfit
         layout = self.layout
-        layout.template_list("RFIT_UL_candidates", "", s, "candidates", s, "candidate_index", rows=3)
+        layout.template_list("RFIT_UL_candidates", "", s, "candidates", s, "candidate_index", rows=3, maxrows=3)
         if not s.candidate_index < len(s.candidates):
             return
         active = s.candidates[s.candidate_index]
         image = bpy.data.images.get(active.thumbnail) if active.thumbnail else None
         if image is not None:
             image.preview_ensure()
-            layout.template_icon(icon_value=image.preview.icon_id, scale=5.0)
+            layout.template_icon(icon_value=image.preview.icon_id, scale=4.0)
         chamfer = active.chamfer if active.chamfer >= 0 else None
-        col = layout.column(align=True)
-        col.label(text=f"Match: {quality.describe(chamfer)}")
+        wrapped(layout, context, f"Match: {quality.describe(chamfer)}")
         if chamfer is not None:
-            col.label(text=f"Chamfer {chamfer:.3f} x1e-2")
+            layout.label(text=f"Chamfer {chamfer:.3f} x1e-2")
         if quality.no_close_match([c.chamfer if c.chamfer >= 0 else None for c in s.candidates]):
             wrapped(layout, context, "No close match in this library", icon="ERROR")
         parent = api.fit_parent(context.active_object)
@@ -173,4 +175,4 @@ class RFIT_PT_edit(bpy.types.Panel):
         layout.operator("rfit.apply_fit", text="Apply", icon="CHECKMARK")
 
 
-classes = (RFIT_UL_candidates, RFIT_PT_main, RFIT_PT_target, RFIT_PT_candidates, RFIT_PT_edit)
+classes = (RFIT_UL_candidates, RFIT_PT_main, RFIT_PT_target, RFIT_PT_edit, RFIT_PT_candidates)

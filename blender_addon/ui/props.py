@@ -17,7 +17,7 @@ def _progress(self) -> float:
     from .. import api
 
     jobs = api.active_jobs()
-    return jobs[-1].fraction if jobs else 0.0
+    return 100.0 * jobs[-1].fraction if jobs else 0.0
 
 
 class RFIT_Candidate(bpy.types.PropertyGroup):
@@ -41,8 +41,8 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
         name="Fit",
         description="What to fit",
         items=(
-            ("OBJECT", "Selected object", "The active object: a scan as a mesh or point cloud"),
-            ("IMAGE", "Image file", "A reference image file (the fit is placed at the 3D cursor)"),
+            ("OBJECT", "Object", "Fit the selected object: a scan as a mesh or point cloud"),
+            ("IMAGE", "Image", "Fit a reference image file (the fit stands upright at the 3D cursor)"),
         ),
         default="OBJECT",
     )
@@ -76,7 +76,7 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
     )
     status: StringProperty(default="")
     progress: FloatProperty(
-        name="Progress", subtype="FACTOR", min=0.0, max=1.0, get=_progress, description="The backend's progress"
+        name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, get=_progress, description="The backend's progress"
     )
     cancel_requested: BoolProperty(default=False, options={"SKIP_SAVE"})
     candidates: CollectionProperty(type=RFIT_Candidate)

@@ -363,6 +363,22 @@ def script():
     facts["undos_to_remove_fit"] = undos
     facts["after_undo"] = sum(1 for o in bpy.data.objects if o.get("rfit_result") or "rfit_part" in o)
     facts["scan_after_undo"] = "scan" in bpy.data.objects
+
+    # -- a backend Python without the packages: the panel says which is missing and what to do -------
+    broken = os.path.join(out_dir, "python-without-packages")
+    with open(broken, "w") as handle:
+        handle.write(f'#!/bin/sh\nexec {os.environ["RFIT_BACKEND_PYTHON"]} -S "$@"\n')
+    os.chmod(broken, 0o755)
+    del os.environ["RFIT_BACKEND_PYTHON"]
+    bpy.context.preferences.addons["rfit"].preferences.backend_python = broken  # restarts the worker
+    deadline = time.monotonic() + 30
+    while api().backend_state()[1] != "ERROR" and time.monotonic() < deadline:
+        with override():
+            api().pump()
+        yield 0.1
+    facts["broken_backend_state"] = api().backend_state()
+    select([bpy.data.objects["scan"]], bpy.data.objects["scan"])
+    yield from screenshot("addon_backend_failed")
     bpy.ops.preferences.addon_disable(module="rfit")
     finish(True)
 

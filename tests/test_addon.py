@@ -107,3 +107,34 @@ def test_addon_headless(tmp_path, wheel, require):
     facts = json.loads((tmp_path / "facts.json").read_text())
     assert "/extensions/user_default/rfit/" in facts["bundled_backend"]
     assert facts["parts"] >= 2 and facts["worker_stopped"]
+
+
+def test_match_rating_says_what_the_chamfer_means():
+    from blender_addon import quality
+
+    # chamfer x100 is a mean squared distance at box diagonal 1: 0.16 -> off by 4% of the size
+    assert quality.typical_distance(0.16) == pytest.approx(0.04)
+    assert [quality.rating(c) for c in (0.05, 0.16, 0.3, 0.64, 2.0, None)] == [
+        "close",
+        "close",
+        "fair",
+        "fair",
+        "poor",
+        "unmeasured",
+    ]
+    assert quality.describe(0.09) == "close (off by ~3% of its size)"
+    assert quality.no_close_match([2.0, 5.0]) and not quality.no_close_match([2.0, 0.1])
+    assert not quality.no_close_match([None, None])  # image fits are not measured: no verdict
+
+
+def test_backend_failure_names_the_missing_package():
+    from blender_addon.client import explain
+
+    traceback = [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1',
+        "ModuleNotFoundError: No module named 'torch'",
+    ]
+    text = explain(traceback, "/venv/bin/python")
+    assert "/venv/bin/python has no 'torch' package" in text and "pip install" in text
+    assert explain(["", "RuntimeError: CUDA broke"], "p") == "RuntimeError: CUDA broke"

@@ -12,7 +12,8 @@ from .. import api, build, quality
 def wrapped(layout, context, text: str, icon: str = "NONE") -> None:
     """Labels holding ``text`` wrapped to the region's width (a label never wraps by itself)."""
     region = context.region
-    chars = max(20, int((region.width if region is not None else 300) / (7 * context.preferences.view.ui_scale)))
+    width = (region.width if region is not None else 300) / context.preferences.view.ui_scale
+    chars = max(16, int((width - (40 if icon != "NONE" else 20)) / 7.5))
     column = layout.column(align=True)
     for i, line in enumerate(textwrap.wrap(text, chars)):
         column.label(text=line, icon=icon if i == 0 else "BLANK1" if icon != "NONE" else "NONE")

@@ -76,7 +76,13 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
     )
     status: StringProperty(default="")
     progress: FloatProperty(
-        name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, get=_progress, description="The backend's progress"
+        name="Progress",
+        subtype="PERCENTAGE",
+        min=0.0,
+        max=100.0,
+        precision=0,
+        get=_progress,
+        description="The backend's progress (read-only)",
     )
     cancel_requested: BoolProperty(default=False, options={"SKIP_SAVE"})
     candidates: CollectionProperty(type=RFIT_Candidate)

@@ -119,6 +119,13 @@ def check_points(points, what: str = "the target") -> np.ndarray:
             f"{what} has coordinates up to {np.abs(array[finite]).max():.3g}; more than {MAX_COORDINATE:.0e} m "
             "cannot be fitted (check the units)"
         )
+    from backend.fitting import MIN_POINTS
+
+    usable = array[finite.all(axis=1)]
+    if len(usable) < MIN_POINTS:
+        raise InputError(f"{what} has {len(usable)} usable points (finite x y z); at least {MIN_POINTS} are needed")
+    if np.linalg.norm(usable.max(axis=0) - usable.min(axis=0)) <= 1e-9:
+        raise InputError(f"{what} has no extent: every point is at the same place")
     return array
 
 

@@ -19,6 +19,15 @@ edited parts locked), ``keep_connected`` (re-attach joints around edited
 parts), ``part_meshes`` (a source's geometry by part), ``cancel``, ``shutdown``.
 Responses: ``progress`` (any number, while working), then exactly one of
 ``result`` or ``error`` per request.
+
+Nothing a frame declares is trusted before it is checked: ``read_message``
+checks the header (a JSON object of bounded depth, integer ``id``, known
+``type``, this ``protocol``, payload sizes within the limits) and every
+payload's ``.npy`` header against its bytes before making an array;
+``validate_request`` checks each request's fields (types and ranges, the fit
+options included). A frame that is read whole but invalid raises
+``FrameError`` and the stream stays in step; anything else that is wrong
+with the stream raises ``ProtocolError`` or ``EOFError``.
 """
 
 from __future__ import annotations

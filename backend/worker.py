@@ -30,10 +30,10 @@ from backend.protocol import (
     FrameError,
     Message,
     ProtocolError,
+    encode,
     read_message,
     response,
     validate_request,
-    write_message,
 )
 
 MAX_FITTERS = 4
@@ -55,12 +55,21 @@ class Worker:
 
     # -- output ----------------------------------------------------------------------
     def send(self, message: Message) -> None:
-        """Write a frame; once the other side has gone, every send is a no-op."""
+        """Write a frame; once the other side has gone, every send is a no-op.
+
+        Raises:
+            ValueError: the message holds NaN or infinity (strict JSON); nothing was sent.
+        """
+        try:
+            data = encode(message)
+        except ValueError as error:
+            raise ValueError(f"the {message.type} holds non-finite numbers (NaN or infinity): {error}") from error
         with self.lock:
             if self.closed:
                 return
             try:
-                write_message(self.outbox, message)
+                self.outbox.write(data)
+                self.outbox.flush()
             except (OSError, ValueError):  # a broken pipe, or a closed file
                 self.closed = True
 

@@ -490,7 +490,13 @@ def bad_points(tmp_path: Path) -> list[tuple[Path, str]]:
     np.save(flat, np.zeros((300, 2)))
     folder = tmp_path / "folder.npy"
     folder.mkdir()
+    point = tmp_path / "point.npy"
+    np.save(point, np.tile([1.0, 2.0, 3.0], (300, 1)))
+    few = tmp_path / "few.xyz"
+    np.savetxt(few, np.random.default_rng(0).random((10, 3)))
     return [
+        (point, "no extent: every point is at the same place"),
+        (few, "has 10 usable points"),
         (zero, "is empty"),
         (structured, "not a plain .npy array (dtype"),
         (huge, "declares 100000000000 points"),

@@ -1,8 +1,8 @@
 """Out-of-distribution check: fit quality on furniture made by a second, independent generator.
 
     .venv/bin/python bench/ood.py [--per-category 100] [--targets 5] [--modes full scan full_turned scan_turned]
-        [--mixed] [--fit-options '{"refine": true}'] [--no-pipeline] [--checkpoint backend/checkpoints/default.pt]
-        [--out bench/out/ood] [--json PATH] [--write docs/ood.md]
+        [--mixed] [--tell-viewpoint] [--fit-options '{"refine": true}'] [--no-pipeline] [--threads 1]
+        [--checkpoint backend/checkpoints/default.pt] [--out bench/out/ood] [--json PATH] [--write docs/ood.md]
 
 What it does (see docs/ood.md):
 
@@ -35,12 +35,14 @@ Python interface (for other benches and tests)::
     results = evaluate(fitters, libraries_arrays, targets, methods, modes) # every number (JSON-able)
     markdown = report(results)
 
-``methods`` maps a row name to ``Callable[[Fitter, np.ndarray], Fit]``; pass your own to measure a variant.
+``methods`` maps a row name to ``Callable[[Fitter, np.ndarray], Fit]`` (or with a third parameter, which gets a
+scan's true scanner direction (3,), None for full clouds); pass your own to measure a variant.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import subprocess
 import sys
@@ -109,6 +111,7 @@ class Target:
         bounds: (2, 3) the true shape's box; diagonal: its diagonal (the metric's unit for every mode).
         yaw: radians the turned modes are turned by about the vertical through the box centre.
         clouds: mode -> (N, 3) float32 input cloud.
+        viewpoints: scan mode -> (3,) unit direction from the object towards the scanner (turned with the mode).
         floor: chamfer x100 of a perfect fit (another ``FIT_POINTS`` samples of the true surface): sampling noise,
             the least any row can measure.
     """
@@ -121,6 +124,7 @@ class Target:
     diagonal: float
     yaw: float
     clouds: dict[str, np.ndarray] = field(default_factory=dict)
+    viewpoints: dict[str, np.ndarray] = field(default_factory=dict)
     floor: float = 0.0
 
     def turn(self, points: np.ndarray) -> np.ndarray:
@@ -149,7 +153,10 @@ def make_target(category: str, index: int, seed: int = TARGET_SEED) -> Target:
         rng.uniform(0, 2 * np.pi),
     )
     target.clouds["full"] = sample_surface(vertices, faces, CLOUD_POINTS, rng)[0].astype(np.float32)
-    target.clouds["scan"] = partial_cloud(shape, CLOUD_POINTS, rng, camera=random_camera(rng))
+    camera = random_camera(rng)
+    target.clouds["scan"] = partial_cloud(shape, CLOUD_POINTS, rng, camera=camera)
+    target.viewpoints["scan"] = -camera.view(np.zeros(3), 1.0)[0][2]  # the camera looks along -direction
+    target.viewpoints["scan_turned"] = rotation_z(target.yaw) @ target.viewpoints["scan"]
     target.clouds["full_turned"] = target.turn(target.clouds["full"]).astype(np.float32)
     target.clouds["scan_turned"] = target.turn(target.clouds["scan"]).astype(np.float32)
     again = sample_surface(
@@ -304,12 +311,16 @@ def part_scale_factors(library: LibraryArrays, fit: Fit, diagonal: float) -> np.
     return np.maximum(ratio, 1 / ratio).max(axis=1)
 
 
-def product_fit(options: FitOptions) -> Callable[[Fitter, np.ndarray], Fit]:
-    """The product's fit (``Fitter.fit_points``) with ``options``; its best candidate."""
+def product_fit(options: FitOptions, tell_viewpoint: bool = False) -> Callable[..., Fit]:
+    """The product's fit (``Fitter.fit_points``) with ``options``; its best candidate. With ``tell_viewpoint``, a
+    scan's true scanner direction is passed as ``FitOptions.viewpoint`` (as a user who knows it would)."""
 
-    def run(fitter: Fitter, cloud: np.ndarray) -> Fit:
+    def run(fitter: Fitter, cloud: np.ndarray, viewpoint: np.ndarray | None = None) -> Fit:
         started = time.perf_counter()
-        best = fitter.fit_points(cloud, options).candidates[0]
+        chosen = options
+        if tell_viewpoint and viewpoint is not None:
+            chosen = FitOptions(**{**options.__dict__, "viewpoint": tuple(float(v) for v in viewpoint)})
+        best = fitter.fit_points(cloud, chosen).candidates[0]
         return Fit(best.source_index, best.fitted_boxes, best.yaw, time.perf_counter() - started)
 
     return run
@@ -377,7 +388,8 @@ def evaluate(
             for mode in modes:
                 truth = target.truth_for(mode)
                 for method, run in methods.items():
-                    fit = run(fitters[name], target.clouds[mode])
+                    hints = (target.viewpoints.get(mode),) if len(inspect.signature(run).parameters) > 2 else ()
+                    fit = run(fitters[name], target.clouds[mode], *hints)
                     value = dense_chamfer(fitted_surface(library, fit), truth, target.diagonal)
                     factors = part_scale_factors(library, fit, target.diagonal)
                     rows.append(
@@ -500,6 +512,9 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--mixed", action="store_true", help="also fit every target in the all-category library")
     parser.add_argument("--fit-options", default="{}", help="JSON of FitOptions fields for the product row")
+    parser.add_argument(
+        "--tell-viewpoint", action="store_true", help="pass each scan's true scanner direction to the product"
+    )
     parser.add_argument("--no-pipeline", action="store_true", help="skip the learning-free pipeline row")
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ood"))
@@ -525,7 +540,7 @@ def main(argv=None) -> int:
         + ", ".join(f"{n} {len(lib)}" for n, lib in libraries.items()),
         file=sys.stderr,
     )
-    methods = {"product": product_fit(options)}
+    methods = {"product": product_fit(options, args.tell_viewpoint)}
     if not args.no_pipeline:
         methods["pipeline"] = pipeline_fit
     targets = make_targets(args.targets)
@@ -537,6 +552,7 @@ def main(argv=None) -> int:
         "targets_per_category": args.targets,
         "modes": args.modes,
         "fit_options": options.__dict__,
+        "tell_viewpoint": args.tell_viewpoint,
         "checkpoint": args.checkpoint,
         "checkpoint_id": checkpoint_id(args.checkpoint),
         "code": _code_version(),

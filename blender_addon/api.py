@@ -22,6 +22,7 @@ import numpy as np
 
 from . import build, quality, targets
 from .client import BackendClient, BackendUnavailable, explain
+from .protocol import ProtocolError
 
 THUMBNAIL_SIZE = 96
 START_LIMIT = 120.0  # seconds a starting worker may take to answer its first request
@@ -125,7 +126,7 @@ def _drop(reason: str) -> None:
 def _send(job: Job) -> None:
     try:
         job.id = _client.submit(job.kind, job.arrays, **job.fields)
-    except BackendUnavailable as error:
+    except (BackendUnavailable, ProtocolError, ValueError) as error:  # ValueError: NaN in a JSON field
         raise RfitError(str(error)) from error
     job.heard = time.monotonic()
     _jobs[job.id] = job

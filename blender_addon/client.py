@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .protocol import Message, ProtocolError, read_message, request, write_message
+from .protocol import Message, ProtocolError, encode, read_message, request
 
 ENV_PYTHON = "RFIT_BACKEND_PYTHON"
 
@@ -90,9 +90,10 @@ class BackendClient:
         """Send requests in order. A pipe write blocks while the worker is busy or
         still starting, so it happens here and never on Blender's thread."""
         while True:
-            request_id, message = outbox.get()
+            request_id, frame = outbox.get()
             try:
-                write_message(process.stdin, message)
+                process.stdin.write(frame)
+                process.stdin.flush()
             except (BrokenPipeError, OSError, ValueError) as error:
                 self.inbox.put(Message({"id": request_id, "type": "error", "message": f"the backend stopped: {error}"}))
                 if process.poll() is not None:
@@ -113,7 +114,8 @@ class BackendClient:
             self.start()
         with self.lock:
             request_id = next(self.ids)
-            self.outbox.put((request_id, request(kind, request_id, arrays, **fields)))
+            frame = encode(request(kind, request_id, arrays, **fields))  # a bad request fails here, at once
+            self.outbox.put((request_id, frame))
         return request_id
 
     def poll(self) -> list[Message]:

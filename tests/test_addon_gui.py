@@ -118,7 +118,7 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     )
     facts = json.loads((out / "facts.json").read_text()) if (out / "facts.json").exists() else {}
     ARTIFACTS.mkdir(exist_ok=True)
-    for picture in out.glob("*.png"):
+    for picture in [*out.glob("*.png"), *out.glob("facts.json")]:
         shutil.copy(picture, ARTIFACTS / f"blender-3.4-{picture.name}")
     assert done.returncode == 0 and facts.get("ok"), (
         json.dumps(facts, indent=1) + done.stdout[-3000:] + done.stderr[-2000:]

@@ -123,10 +123,14 @@ def wait_for_backend(phase: str, timeout: float = 120.0, record=None):
 
 
 def screenshot(name: str):
-    """Frame the fit (if any) and capture the window."""
-    with override():
-        if bpy.context.selected_objects:
+    """Frame the fit (else the scan) and capture the window; the selection is left as it was."""
+    selected, active = list(bpy.context.selected_objects), bpy.context.view_layer.objects.active
+    shown = fits()[0] if fits() else bpy.data.objects.get("scan")
+    if shown is not None:
+        select([shown, *shown.children], shown)
+        with override():
             bpy.ops.view3d.view_selected()
+        select(selected, active)
     yield 0.8  # let the panels and previews redraw
     path = os.path.join(out_dir, f"{name}.png")
     with override():
@@ -216,6 +220,8 @@ def script():
     window.event_simulate(type="MOUSEMOVE", value="NOTHING", x=x, y=y)
     for _ in range(3):
         window.event_simulate(type="WHEELDOWNMOUSE", value="PRESS", x=x, y=y, ctrl=True)
+    viewport = view3d()[2]  # then away from the sidebar, so no tooltip covers it
+    window.event_simulate(type="MOUSEMOVE", value="NOTHING", x=viewport.x + 50, y=viewport.y + 50)
     yield 0.5
     facts["sidebar_width"] = ui.width
     yield from screenshot("addon_not_started")

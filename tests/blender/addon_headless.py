@@ -239,14 +239,14 @@ except RuntimeError as error:
 assert "cannot read" in facts["bad_image_error"], facts
 
 # -- backend status is true: a changed preference restarts the worker; a failed start says why -----
-os.environ.pop("RFIT_BACKEND_PYTHON")
-prefs.backend_python = sys.executable
+backend_python = os.environ.pop("RFIT_BACKEND_PYTHON")  # from here on the preference decides
+prefs.backend_python = backend_python
 first_pid = api._client.process.pid
 assert bpy.ops.rfit.check_backend() == {"FINISHED"}
 assert api.backend_state()[1] == "CHECKMARK", api.backend_state()
 broken = os.path.join(os.path.dirname(out_path), "python-without-packages")
 with open(broken, "w") as handle:  # the interpreter without its site-packages: no numpy, no torch
-    handle.write(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    handle.write(f'#!/bin/sh\nexec {backend_python} -S "$@"\n')
 os.chmod(broken, 0o755)
 prefs.backend_python = broken
 try:
@@ -256,7 +256,7 @@ except RuntimeError as error:
 facts["broken_backend_state"] = list(api.backend_state())
 assert "has no 'numpy' package" in facts.get("broken_backend_error", ""), facts
 assert "pip install" in facts["broken_backend_error"] and facts["broken_backend_state"][1] == "ERROR", facts
-prefs.backend_python = sys.executable  # fixed: a new worker, and the status says so
+prefs.backend_python = backend_python  # fixed: a new worker, and the status says so
 assert bpy.ops.rfit.check_backend() == {"FINISHED"}
 assert api._client.process.pid != first_pid and api.backend_state()[1] == "CHECKMARK"
 

@@ -260,6 +260,19 @@ prefs.backend_python = backend_python  # fixed: a new worker, and the status say
 assert bpy.ops.rfit.check_backend() == {"FINISHED"}
 assert api._client.process.pid != first_pid and api.backend_state()[1] == "CHECKMARK"
 
+# -- a backend that stops answering: the wait ends with a clear message and a fresh worker --------
+limits = api.START_LIMIT, api.SILENCE_LIMIT
+api.START_LIMIT = api.SILENCE_LIMIT = 0.0  # any wait at all is "too long"
+silent_pid = api._client.process.pid
+try:
+    bpy.ops.rfit.check_backend()
+except RuntimeError as error:
+    facts["timeout_error"] = str(error)
+api.START_LIMIT, api.SILENCE_LIMIT = limits
+assert "did not answer" in facts.get("timeout_error", "") and "restarted" in facts["timeout_error"], facts
+assert api._client is None and api.backend_state()[1] == "ERROR"  # the silent worker was killed
+assert bpy.ops.rfit.check_backend() == {"FINISHED"} and api._client.process.pid != silent_pid
+
 # -- disable cleanly: the worker stops ------------------------------------------------------------
 client = sys.modules[package + ".api"]._client
 bpy.ops.preferences.addon_disable(module=package)

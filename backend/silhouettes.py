@@ -390,6 +390,7 @@ class SilhouetteBank:
             if _is_bank_file(stale):  # the project deletes only files it wrote
                 stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             np.savez(handle, bits=bank.bits.cpu().numpy(), kind=BANK_KIND, name=path.name)
         os.replace(tmp, path)

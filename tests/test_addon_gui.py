@@ -159,6 +159,10 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     assert all(facts["undo_steps"].values()), report
     assert facts["undos_to_remove_fit"] == 1, report
     assert facts["after_undo"] == 0 and facts["scan_after_undo"], report
+    # Live mode: fewer requests than drag steps (only the latest state is sent), joints re-attached
+    assert 1 <= facts["live_requests"] < 8 and facts["live_dragged_kept"], report
+    assert facts["live_joint_gap"] < 0.01 * size, report
+    assert facts["addon_time"]["live"][0] < 0.25, report
     # a backend that cannot start says what is missing and what to do, in the panel
     text, icon = facts["broken_backend_state"]
     assert icon == "ERROR" and "has no 'numpy' package" in text and "pip install" in text, report

@@ -14,6 +14,9 @@ zip_path, library, checkpoint, points_path, image_path, out_path = sys.argv[1:7]
 
 import bpy  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from joints import joint_gaps as shared_joint_gaps  # noqa: E402
+
 facts = {}
 bpy.ops.wm.read_factory_settings(use_empty=True)
 bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
@@ -144,23 +147,7 @@ assert fit["rfit_source"] == first_source
 
 
 def joint_gaps(parent):
-    """Gaps (metres) of the source's joints as the part objects place them, from the index files."""
-    index = settings.index_directory
-    manifest = json.load(open(index + "/manifest.json"))
-    record = manifest["sources"][parent["rfit_source_index"]]
-    with np.load(index + "/" + record["arrays"], allow_pickle=False) as data:
-        boxes, pairs, joints = data["boxes"], data["joint_pairs"], data["joint_points"]
-        floor = float(data["min_half_size"])
-    objs = sorted(parent.children, key=lambda o: o["rfit_part"])
-    now = np.array(
-        [list(o.matrix_world.translation) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs]
-    )
-    ends = [
-        now[pairs[:, s], :3]
-        + (joints - boxes[pairs[:, s], :3]) / np.maximum(boxes[pairs[:, s], 3:], floor) * now[pairs[:, s], 3:]
-        for s in (0, 1)
-    ]
-    return np.linalg.norm(ends[0] - ends[1], axis=1)
+    return shared_joint_gaps(parent, settings.index_directory)
 
 
 def model_size(parent):

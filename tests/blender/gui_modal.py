@@ -19,6 +19,9 @@ import traceback
 import bpy
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from joints import joint_gaps  # noqa: E402
+
 args = sys.argv[sys.argv.index("--") + 1 :]
 zip_path, library, checkpoint, points_path, out_dir = args
 facts = {"blender": bpy.app.version_string, "steps": [], "gaps": {}, "addon_time": {}, "screenshots": []}
@@ -369,6 +372,34 @@ def script():
     facts["undos_to_remove_fit"] = undos
     facts["after_undo"] = sum(1 for o in bpy.data.objects if o.get("rfit_result") or "rfit_part" in o)
     facts["scan_after_undo"] = "scan" in bpy.data.objects
+
+    # -- Live mode while dragging: requests coalesce, joints re-attach, the dragged part stays --------
+    with override():
+        bpy.ops.ed.redo()  # the fit again, as first built
+    yield 0.3
+    parent, settings = the_fit(), bpy.context.scene.rfit  # undo replaced every datablock: fetch again
+    sent = []
+    module = api()
+    original_job = module.keep_connected_job
+    module.keep_connected_job = lambda *a, **k: sent.append(1) or original_job(*a, **k)
+    settings.keep_symmetry = False
+    settings.live = True
+    dragged = parts_of(parent)[leg]
+    beat["phase"] = "live"
+    for _ in range(8):  # eight small drag steps, 20 ms apart, like a mouse drag
+        dragged.location.z += 0.005 * size
+        yield 0.02
+    put = tuple(dragged.location)
+    deadline = time.monotonic() + 30
+    while (module.active_jobs() or not sent) and time.monotonic() < deadline:
+        yield 0.05
+    yield 0.3
+    beat["phase"] = ""
+    settings.live = False
+    module.keep_connected_job = original_job
+    facts["live_requests"] = len(sent)
+    facts["live_dragged_kept"] = bool(np.allclose(tuple(dragged.location), put, atol=1e-6))
+    facts["live_joint_gap"] = float(joint_gaps(parent, settings.index_directory).max(initial=0.0))
 
     # -- a backend Python without the packages: the panel says which is missing and what to do -------
     broken = os.path.join(out_dir, "python-without-packages")

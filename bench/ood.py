@@ -19,20 +19,21 @@ What it does (see docs/ood.md):
    points, refinement of the top 5 from that placement, heading trusted). ``--tell-viewpoint`` adds a
    ``product_told_viewpoint`` row: the product given each scan's true scanner direction (``FitOptions.viewpoint``).
 4. Measures every fit against a dense sample of the true surface: chamfer x10^-2 (squared distances, mean per
-   direction, summed) on coordinates divided by the true shape's box diagonal; the fitted shape is the source's
-   indexed surface samples carried by the fitted part boxes. Reference: the per-axis box oracle, the library model
-   that, scaled per axis to the true shape's box, is closest (learning-free, knows the answer). Ratios are of means
-   over targets (mean fit / mean oracle); plausibility is the 95th percentile of per-part scale factors and the
-   share of parts over 3x on some axis (``part_scale_factors``).
+   direction, summed) on coordinates divided by the true shape's box diagonal; the fitted shape is ``FIT_POINTS``
+   samples of the source's own part meshes carried by the fitted part boxes. Reference: the per-axis box oracle, the
+   library model that, scaled per axis to the true shape's box, is closest (learning-free, knows the answer); floor:
+   a perfect fit (sampling noise). Ratios: of the means over targets and the mean of per-target ratios;
+   plausibility is the 95th percentile of per-part scale factors and the share of parts over 3x on some axis
+   (``part_scale_factors``).
 
 Python interface (for other benches and tests)::
 
     libraries = build_libraries(Path("bench/out/ood"), per_category=100)  # {"chair": index_dir, ..., ["mixed"]}
     targets = make_targets(per_category=5)                                 # list[Target]
     library = load_library(index_dir)                                      # LibraryArrays (file frame, metres)
-    oracle = per_axis_oracle(library, target.truth, target.bounds)         # (S,) chamfer x100 of every source
-    fit = product_fit(fitter, cloud)                                        # Fit(row, boxes (K, 6) world, yaw, pivot)
-    points = fitted_surface(library, fit)                                  # (N, 3) world
+    values, best = per_axis_oracle(library, target.truth, target.bounds)  # (S,) chamfer x100, best row
+    fit = product_fit(FitOptions())(fitter, cloud)                         # Fit(row, boxes (K, 6) world, yaw, seconds)
+    points = fitted_surface(library, fit)                                  # (FIT_POINTS, 3) world
     value = dense_chamfer(points, target.truth_for(mode), target.diagonal) # chamfer x100
     results = evaluate(fitters, libraries_arrays, targets, methods, modes) # every number (JSON-able)
     markdown = report(results)

@@ -39,6 +39,7 @@ from backend.model.networks import JointModel
 from backend.model.sources import SourceTensors, stack_sources
 
 MIN_POINTS = 64
+FINE_HEADINGS = 24  # with automatic headings, the pooled sources are also tried every 15 degrees
 CACHE_VERSION = 1
 
 Progress = Callable[[int, int, str], None]
@@ -80,7 +81,8 @@ class FitOptions:
         top_k: candidates returned.
         refine: run the inner deformation optimisation (point targets only).
         headings: ``"auto"``: also try the headings the cloud's footprint suggests (its
-            minimum-area rectangle and principal axes, each with its quarter turns);
+            minimum-area rectangle and principal axes, each with its quarter turns), and
+            for the best-placed sources a ring of headings every 15 degrees;
             ``"fixed"``: only the ``yaw_search`` turns.
         yaw_search: try the target turned by this many even angles about Z
             (1: the target's own facing).
@@ -323,6 +325,7 @@ class Fitter:
             steps=options.refine_steps,
             symmetry_weight=options.symmetry_weight,
             size_weight=options.size_weight,
+            fine_headings=FINE_HEADINGS if options.headings == "auto" else 0,
             viewpoint=None if options.viewpoint is None else torch.tensor(options.viewpoint, dtype=torch.float32),
             max_seconds=options.refine_seconds,
             progress=progress,

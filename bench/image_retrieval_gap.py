@@ -117,20 +117,25 @@ def main() -> None:
     lines = [
         "## Image targets: Ours' retrieval against its own point codes",
         "",
-        f"`python bench/image_retrieval_gap.py --seeds {args.seeds}{' --runs ' + args.runs if args.runs else ''}` on {machine()}; "
+        f"`python bench/image_retrieval_gap.py --seeds {args.seeds}{' --runs ' + args.runs if args.runs else ''}` "
+        f"on {machine()}; "
         f"the Ours runs in {evaluation.out}, "
-        f"{len(targets)} held-out image targets, top-1 chamfer x1e-2 (mean ± std over seeds). Teacher retrieval places each "
-        "image target by the retrieval module's code of the same shape's clean points, which the image alignment fits the image code to.",
+        f"{len(targets)} held-out image targets, top-1 chamfer x1e-2 (mean ± std over seeds). "
+        "Teacher retrieval places each image target by the retrieval module's code of the same shape's clean points, "
+        "which the image alignment fits the image code to.",
         "",
         "| retrieval | deformed by Ours (image code) | undeformed |",
         "|---|---|---|",
         f"| Ours, image code | {stat('image retrieval, deformed')} | {stat('image retrieval, undeformed')} |",
-        f"| teacher (Ours' point code of the true shape) | {stat('teacher retrieval, deformed')} | {stat('teacher retrieval, undeformed')} |",
+        f"| teacher (Ours' point code of the true shape) | {stat('teacher retrieval, deformed')} | "
+        f"{stat('teacher retrieval, undeformed')} |",
         f"| R (its MDS space) | {stat('R, deformed')} | {stat('R, undeformed')} |",
         "",
         "Distance from an image's code to its shape's point code, in median spacings between neighbouring sources, "
-        f"training / test shapes: Ours {stat('train gap')} / {stat('test gap')}, R {stat('R train gap')} / {stat('R test gap')}. "
-        f"Share of images whose code retrieves the point code's top-1: Ours {stat('train same_top1')} / {stat('test same_top1')}, "
+        f"training / test shapes: Ours {stat('train gap')} / {stat('test gap')}, "
+        f"R {stat('R train gap')} / {stat('R test gap')}. "
+        "Share of images whose code retrieves the point code's top-1: "
+        f"Ours {stat('train same_top1')} / {stat('test same_top1')}, "
         f"R {stat('R train same_top1')} / {stat('R test same_top1')}.",
     ]
     write_section("image-retrieval-gap", "\n".join(lines))

@@ -94,7 +94,8 @@ def main() -> None:
         for stage in ("after_warmup", "after_joint"):
             for modality, s in row[stage].items():
                 lines.append(
-                    f"| {row['variant']} | {stage.replace('_', ' ')} | {modality} | {s['top1']:.3f} | {s['top10']:.3f} | {s['oracle']:.3f} | "
+                    f"| {row['variant']} | {stage.replace('_', ' ')} | {modality} | {s['top1']:.3f} | "
+                    f"{s['top10']:.3f} | {s['oracle']:.3f} | "
                     f"{s['recall@1']:.2f} | {s['recall@5']:.2f} | {s['recall@10']:.2f} |"
                 )
     lines += [

@@ -47,10 +47,9 @@ def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_
         assert np.all(np.isfinite(scores["top1"])), key
         if key.endswith("+IDO"):  # refined: top-1 only
             assert np.all(np.isnan(scores["top10"])), key
-            continue
-        assert np.all(np.asarray(scores["top10"]) <= np.asarray(scores["top1"]) + 1e-9), key
-        if "oracle" in scores:
-            assert np.all(np.asarray(scores["oracle"]) <= np.asarray(scores["top10"]) + 1e-9), key
+    # Retrieval does better than a source drawn at random (fails when the ranking is reversed or shuffled).
+    for key in ("points/Ours", "images/Ours", "points/Uniform"):
+        assert np.mean(seed[key]["top1"]) < np.mean(seed[key]["random"]), key
     json.loads((tmp_path / "eval" / "results.json").read_text())
     # the jointly trained model fits the held-out targets better than an untrained one
     base = TrainConfig.from_toml(SMOKE)

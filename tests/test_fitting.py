@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from backend.geometry.connectivity import joint_gaps
 from backend.geometry.frames import rotation_z
 from backend.library import build_index, load_index
 from backend.model.checkpoint import save_checkpoint
+from backend.model.geometry import chamfer_distance
 from backend.model.networks import JointModel, ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,3 +289,64 @@ def test_progress_is_reported_and_raising_in_it_cancels(setup):
     ):
         with pytest.raises(Stop):
             call()
+
+
+def fitted_surface(index, candidate):
+    """(N, 3) the candidate's source samples carried by its fitted boxes, in the target's frame."""
+    source = index.load_source(candidate.source_index)
+    boxes, labels = unturned(candidate, candidate.fitted_boxes), source.point_labels
+    points = (
+        boxes[labels, :3] + (source.points - source.boxes[labels, :3]) * boxes[labels, 3:] / source.boxes[labels, 3:]
+    )
+    return (points - candidate.pivot) @ rotation_z(candidate.yaw).T + candidate.pivot
+
+
+def error_to(points, truth):
+    """Chamfer x100 between (N, 3) and the (T, 3) truth, in units of the truth's box diagonal."""
+    diagonal = np.linalg.norm(truth.max(axis=0) - truth.min(axis=0))
+    a, b = (torch.from_numpy(np.asarray(x, np.float32) / diagonal).unsqueeze(0) for x in (points, truth))
+    return float(chamfer_distance(a, b)[0]) * 100
+
+
+CHEAP = FitOptions(top_k=1, rerank_pool=2, refine_steps=60)
+
+
+@pytest.mark.parametrize("category,index", [("chair", 0), ("table", 0)])
+def test_refined_parts_keep_plausible_sizes(setup, category, index):
+    from training.data.furniture import generate
+    from training.data.views import full_cloud
+
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    truth = full_cloud(generate(category, 555, index), 4096, np.random.default_rng(index))
+    result = fitter.fit_points(truth, CHEAP)
+    candidate = result.candidates[0]
+    # No part grows or shrinks more than 3x against its source part (chamfer barely sees small parts).
+    assert candidate.share_over_3x == 0 and candidate.scale_factor_p95 < 2.5
+    data = result.to_json()["candidates"][0]["plausibility"]
+    assert data == {"scale_factor_p95": pytest.approx(candidate.scale_factor_p95), "share_over_3x": 0.0}
+
+
+@pytest.mark.parametrize("category", ["chair", "storage"])
+def test_a_scan_with_its_viewpoint_fits_the_whole_shape(setup, category):
+    """A one-sided scan of a library model: with the scanner's viewpoint the fit recovers the whole
+    model; plain chamfer squashes the source into the scan's visible half (or picks another)."""
+    from backend.render import Camera
+    from training.data.demo import DEMO_SEED
+    from training.data.furniture import generate
+    from training.data.views import full_cloud, partial_cloud
+
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    shape, rng = generate(category, DEMO_SEED, 1), np.random.default_rng(1)  # the library's {category}_01
+    truth = full_cloud(shape, 4096, rng)
+    scan = partial_cloud(shape, 4096, rng, camera=Camera(azimuth=20.0, elevation=25.0), noise=0.002)
+    a, e = np.radians(20.0), np.radians(25.0)
+    towards_scanner = (np.sin(a) * np.cos(e), -np.cos(a) * np.cos(e), np.sin(e))
+    index = load_index(setup / "index")
+    plain = fitter.fit_points(scan, CHEAP).candidates[0]
+    aware = fitter.fit_points(scan, replace(CHEAP, viewpoint=towards_scanner)).candidates[0]
+    assert aware.source_path == f"{category}/{category}_01.glb"
+    aware_error, plain_error = (
+        error_to(fitted_surface(index, aware), truth),
+        error_to(fitted_surface(index, plain), truth),
+    )
+    assert aware_error < 0.15 and aware_error < 0.5 * plain_error

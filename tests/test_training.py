@@ -39,7 +39,7 @@ def test_train_then_resume(dataset, tmp_path):
     best = train(config)
     assert best.exists() and (run / "last.pt").exists()
     assert steps_logged(run) == list(range(12))
-    phases = {json.loads(l)["phase"] for l in (run / "log.jsonl").read_text().splitlines()}
+    phases = {json.loads(line)["phase"] for line in (run / "log.jsonl").read_text().splitlines()}
     assert phases == {"warmup", "deformation", "retrieval", "validation"}
     model, extra, state = load_checkpoint(run / "last.pt")
     assert extra["step"] == 11 and state is not None
@@ -118,8 +118,8 @@ def test_two_processes_with_gloo(dataset, tmp_path):
 
 
 def test_scanned_targets_see_one_side():
-    from training.joint.data import Targets
     from backend.model.inference import visible_from
+    from training.joint.data import Targets
     from training.joint.train import target_batch
 
     # the surface of a closed cube, 0.5 on a side

@@ -94,7 +94,8 @@ def evaluate_method(
     refine_steps: int = 0,
     oracle: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Per-target chamfer (x100) of top-1, best of top-10 and, optionally, the oracle.
+    """Per-target chamfer (x100) of top-1, best of top-10 and, optionally, the oracle and the
+    mean over all sources (``random``: what a source drawn at random would give).
 
     With ``refine_steps`` only the top-1 is refined and best-of-top-10 is NaN.
 
@@ -107,7 +108,7 @@ def evaluate_method(
     k = min(10, len(sources))
     if deformation is not None:
         global_code, part_code = deformation.deformation.encode_sources(sources)
-    out: dict[str, list] = {"top1": [], "top10": [], "oracle": [], "oracle_source": [], "ranking": []}
+    out: dict[str, list] = {"top1": [], "top10": [], "oracle": [], "oracle_source": [], "random": [], "ranking": []}
     for row in range(len(targets)):
         target, truth = target_batch(targets, torch.tensor([row]), modality, n_points, 0.0, generator)
         distance = retrieval(target, modality)[0]
@@ -115,7 +116,7 @@ def evaluate_method(
         out["ranking"].append(ranking.numpy())
         target_code = deformation.deformation.encode_target(target, modality) if deformation is not None else None
 
-        def fits(rows: torch.Tensor, refine: int = 0) -> torch.Tensor:
+        def fits(rows: torch.Tensor, refine: int = 0, truth=truth, target_code=target_code) -> torch.Tensor:
             chosen = sources.select(rows)
             if deformation is None:
                 return chamfer_distance(chosen.points, truth.expand(len(rows), -1, -1))
@@ -133,6 +134,7 @@ def evaluate_method(
             every = torch.cat([fits(torch.arange(s, min(s + 256, len(sources)))) for s in range(0, len(sources), 256)])
             out["oracle"].append(float(every.min()) * 100)
             out["oracle_source"].append(int(every.argmin()))
+            out["random"].append(float(every.mean()) * 100)  # expected fit of a source drawn at random
     return {key: np.asarray(value) for key, value in out.items() if len(value)}
 
 
@@ -277,9 +279,10 @@ def train_methods(
     """
     if warmup < 1:
         raise ValueError("the evaluation needs warmup >= 1: Uniform and Ours start from the deformation warm-up")
-    run = lambda name, **options: TrainConfig(
-        **{**base.__dict__, "out": str(out / name), "seed": seed, "val_every": 10**9, **options}
-    )  # noqa: E731
+
+    def run(name: str, **options) -> TrainConfig:
+        return TrainConfig(**{**base.__dict__, "out": str(out / name), "seed": seed, "val_every": 10**9, **options})
+
     warm = run(
         "warmup", mode="deformation", steps=warmup, image_alignment_steps=0
     )  # DF resumes it: align only at the end

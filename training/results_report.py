@@ -62,7 +62,8 @@ def write_report(results: dict, docs: Path) -> Path:
             lines.append(
                 f"| {method} | "
                 + " | ".join(cells)
-                + f" | {_cell(summarise(results, key, 'top1', every))} | {_cell(summarise(results, key, 'top10', every))} |"
+                + f" | {_cell(summarise(results, key, 'top1', every))}"
+                + f" | {_cell(summarise(results, key, 'top10', every))} |"
             )
         lines += [
             "",
@@ -81,11 +82,13 @@ def write_report(results: dict, docs: Path) -> Path:
         if unseen.any():
             lines += [
                 "",
-                f"Generalisation ({modality}): {int(unseen.sum())} test targets have a part structure that no training shape has:",
+                f"Generalisation ({modality}): {int(unseen.sum())} test targets have a part structure "
+                "that no training shape has:",
                 "",
             ]
             lines += [
-                f"- {method}: {_cell(summarise(results, f'{modality}/{method}', 'top1', unseen))} (seen structures: {_cell(summarise(results, f'{modality}/{method}', 'top1', ~unseen))})"
+                f"- {method}: {_cell(summarise(results, f'{modality}/{method}', 'top1', unseen))} "
+                f"(seen structures: {_cell(summarise(results, f'{modality}/{method}', 'top1', ~unseen))})"
                 for method in ("R+DF", "DAR+DF", "Ours")
                 if any(f"{modality}/{method}" in s for s in results["seeds"].values())
             ]
@@ -95,7 +98,8 @@ def write_report(results: dict, docs: Path) -> Path:
         lines += [
             "## Examples (seed " + next(iter(results["seeds"])) + ")",
             "",
-            "One test target per category drawn at random; chamfer x10^-2 above each deformed result; parts coloured by index.",
+            "One test target per category drawn at random; chamfer x10^-2 above each deformed result; "
+            "parts coloured by index.",
             "",
             "![examples](results_examples.png)",
             "",
@@ -140,13 +144,14 @@ def verdict(results: dict, modalities: list[str], categories: np.ndarray) -> lis
     for baseline, key in (("DF", "DAR+DF"), ("Uniform", "Uniform")):
         wins, total = 0, 0
         for modality in modalities:
-            for name, mask in columns[:-1]:
+            for _name, mask in columns[:-1]:
                 ours, other = mean(f"{modality}/Ours", "oracle", mask), mean(f"{modality}/{key}", "oracle", mask)
                 if np.isfinite(ours) and np.isfinite(other):
                     total, wins = total + 1, wins + (ours < other)
         if total:
             lines.append(
-                f"- Table 2, Ours' deformation vs {baseline}'s with oracle retrieval: lower error in {wins} of {total} columns"
+                f"- Table 2, Ours' deformation vs {baseline}'s with oracle retrieval: "
+                f"lower error in {wins} of {total} columns"
             )
     return lines + [""]
 

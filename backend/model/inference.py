@@ -430,6 +430,7 @@ def fit_cloud(
     viewpoint: torch.Tensor | None = None,
     max_seconds: float = float("inf"),
     shortlist: int = SHORTLIST_THRESHOLD,
+    fine_headings: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> CloudFit:
     """Fit a point cloud: every source at every heading, several starts, refinement.
@@ -447,6 +448,8 @@ def fit_cloud(
         sources: the library; codes: its ``Fitter.encode_sources`` codes (None with no model).
         cloud: (N, 3) target points, any units, Z up; its first points are a uniform subset.
         yaws: (H,) headings to try (``candidate_headings``, or ``zeros(1)`` to trust the cloud's).
+        fine_headings: also try this many evenly spaced headings on the pooled sources (0: none), so
+            footprints without a clear rectangle (round, three-legged) find their turn too.
         viewpoint: for a single-view scan, (3,) direction from the object towards the scanner
             (cloud's frame): ranking, refinement and measurement use ``partial_chamfer``.
 
@@ -454,16 +457,19 @@ def fit_cloud(
         ``CloudFit`` with ``min(top_k, pool, S)`` candidates.
     """
     cloud = cloud.float()
-    yaws = yaws.to(cloud)
     lo, hi = cloud.min(dim=0).values, cloud.max(dim=0).values
     pivot, unit = (lo + hi) / 2, float((hi - lo).norm())
+    if viewpoint is not None:
+        viewpoint = torch.nn.functional.normalize(viewpoint.to(cloud), dim=0)
+    n_given = len(yaws)
+    if fine_headings:  # a ring of headings, tried on the pool only (round or three-legged footprints)
+        yaws = torch.cat([yaws.to(cloud), torch.arange(fine_headings).to(cloud) * (2 * math.pi / fine_headings)])
+    yaws = yaws.to(cloud)
     turned = turn_about_z(cloud, yaws, pivot)
     centre = (turned.min(dim=1).values + turned.max(dim=1).values) / 2
     diagonal = (turned.max(dim=1).values - turned.min(dim=1).values).norm(dim=-1)
     targets = (turned - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
     common = (diagonal / unit).square()  # chamfer in a heading's frame -> the unturned cloud's frame
-    if viewpoint is not None:
-        viewpoint = torch.nn.functional.normalize(viewpoint.to(cloud), dim=0)
     views = None if viewpoint is None else _rotate_directions(viewpoint, yaws)
     extents = target_extent(targets)
 
@@ -472,31 +478,35 @@ def fit_cloud(
         prior = embedding_distance(model, targets, "points", codes["embedding"]).min(dim=0).values
         rows = torch.argsort(prior)[:shortlist]
     candidates = sources.select(rows).first_points(RANK_POINTS)
-    scores = []
-    for h in range(len(yaws)):  # a handful of headings; every source of a heading in one batched pass
-        placed = box_placement(candidates, extents[h])
-        report = None
-        if progress is not None:
-            report = lambda d, t, _, h=h: progress(h * t + d, len(yaws) * t, f"ranking {d} of {t} sources")  # noqa: E731
-        view = None if views is None else views[h]
-        scores.append(
-            coarse_chamfer(candidates, placed, targets[h].expand(len(rows), -1, -1), None, view, progress=report)
-        )
-    scores = torch.stack(scores) * common.unsqueeze(1)  # (H, S')
-    best_score, best_heading = scores.min(dim=0)
+
+    def ranked(group: SourceTensors, headings: range) -> torch.Tensor:
+        """(len(headings), len(group)) coarse chamfer of every source of ``group`` placed at each heading."""
+        scores = []
+        for h in headings:  # a handful of headings; every source of a heading in one batched pass
+            report = None
+            if progress is not None:
+                report = lambda d, t, _, h=h: progress(d, t, f"ranking {d} of {t} sources")  # noqa: E731
+            view = None if views is None else views[h]
+            target = targets[h].expand(len(group), -1, -1)
+            scores.append(coarse_chamfer(group, box_placement(group, extents[h]), target, None, view, progress=report))
+        return torch.stack(scores) * common[list(headings)].unsqueeze(1)
+
+    best_score, best_heading = ranked(candidates, range(n_given)).min(dim=0)
     keep = torch.argsort(best_score)[: min(pool, len(rows))]
     pooled_rows, heading = rows[keep], best_heading[keep]
+    if len(yaws) > n_given:
+        ring = ranked(candidates.select(keep), range(n_given, len(yaws)))
+        better = ring.min(dim=0).values < best_score[keep]
+        heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
     chosen = sources.select(pooled_rows)
     placement = project_positive(
         box_placement(chosen, extents[heading]), chosen.basis, chosen.min_half, chosen.part_mask
     )
     starts = [placement]
     if model is not None:
-        target_code = model.deformation.encode_target(targets, "points")
+        target_code = model.deformation.encode_target(targets[heading], "points")
         starts.append(
-            network_boxes(
-                model, chosen, codes["global"][pooled_rows], codes["parts"][pooled_rows], target_code[heading]
-            )
+            network_boxes(model, chosen, codes["global"][pooled_rows], codes["parts"][pooled_rows], target_code)
         )
     n_starts, n_pool = len(starts), len(keep)
     every = SourceTensors(*(torch.cat([getattr(chosen, f)] * n_starts) for f in SourceTensors.__dataclass_fields__))

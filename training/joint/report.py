@@ -1,4 +1,4 @@
-"""Training curves and a log summary from a run's ``log.jsonl``."""
+"""Training curves from a run's ``log.jsonl``."""
 
 from __future__ import annotations
 
@@ -53,11 +53,3 @@ def plot_curves(run: Path, out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def summary(run: Path) -> dict:
-    rows = read_log(run)
-    val = [r for r in rows if r.get("phase") == "validation"]
-    steps = [r["step"] for r in rows if r.get("phase") != "validation"]
-    best = min(val, key=lambda r: r["score"]) if val else None
-    return {"steps": (max(steps) + 1) if steps else 0, "validations": val, "best": best}

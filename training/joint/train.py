@@ -265,7 +265,6 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
     device = device_for_rank()
     torch.manual_seed(config.seed)
     out = Path(config.out)

@@ -519,6 +519,7 @@ def keep_connected_job(context, parent=None, keep_symmetry: bool | None = None, 
         "locked": [bool(x) for x in edited],
         "excluded": [bool(x) for x in rotated],
         "keep_symmetry": keep_symmetry,
+        "yaw": float(parent.rotation_euler[2]),  # the boxes' centres are turned by the fit's yaw
     }
     return Job(
         "keep_connected",

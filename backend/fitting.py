@@ -32,11 +32,11 @@ from backend.model.inference import (
     candidate_headings,
     embedding_distance,
     fit_cloud,
-    network_boxes,
     plausibility,
 )
 from backend.model.networks import JointModel
 from backend.model.sources import SourceTensors, stack_sources
+from backend.silhouettes import SilhouetteBank, foreground_mask, match_image
 
 MIN_POINTS = 64
 FINE_HEADINGS = 24  # with automatic headings, the pooled sources are also tried every 15 degrees
@@ -352,25 +352,30 @@ class Fitter:
         return FitResult("points", candidates, notes, time.perf_counter() - started)
 
     def fit_image(self, image, options: FitOptions = FitOptions(), progress: Progress | None = None) -> FitResult:
-        """Fit an (H, W, 3|4) image: retrieval in the learned space, the network's deformation.
-        The fit has the retrieved source's own size and rests on z = 0 at the origin
+        """Fit an (H, W, 3|4) image: every source ranked by silhouette agreement from a grid of views
+        (``backend.silhouettes``; the learned image code breaks near-ties), the best stretched to the
+        image's proportions. The fit has the retrieved source's own size and rests on z = 0 at the origin
         (``refine`` needs a point cloud and is ignored). ``progress`` as in ``fit_points``."""
         started = time.perf_counter()
-        _report(progress, 0, 1, "fitting the image")
+        _report(progress, 0, 2, "finding the object in the image")
         target = image_tensor(image, self.model.config.image_size).to(self.device)
+        try:
+            mask = foreground_mask(image)  # no usable foreground: one clear line before any work
+        except ValueError as error:
+            raise FitError(str(error)) from None
+        if getattr(self, "_silhouettes", None) is None:  # built once per library, kept in the index folder
+            self._silhouettes = SilhouetteBank.cached(self.sources.points, self.index.folder, progress=progress)
+        _report(progress, 1, 2, f"ranking {len(self.sources)} sources by silhouette")
         with torch.no_grad():
             distance = embedding_distance(self.model, target, "images", self.codes["embedding"])[0]
-            order = torch.argsort(distance)[: options.top_k]
+            match = match_image(image, self.sources, self._silhouettes, options.top_k, prior=distance, mask=mask)
+            order = match.order
             chosen = self.sources.select(order)
-            target_code = self.model.deformation.encode_target(target, "images").expand(len(order), -1)
-            boxes = network_boxes(
-                self.model, chosen, self.codes["global"][order], self.codes["parts"][order], target_code
-            )
         predicted = self.codes["sigma"][order] * distance[order] / 100.0
         candidates = self._candidates(
-            order, distance, predicted, None, chosen, boxes, None, None, 0.0, np.zeros(3), None
+            order, distance, predicted, None, chosen, match.boxes, None, None, 0.0, np.zeros(3), None
         )
-        _report(progress, 1, 1, "fitted")
+        _report(progress, 2, 2, "fitted")
         return FitResult("images", candidates, [], time.perf_counter() - started)
 
     def refit(

@@ -229,3 +229,37 @@ def test_bank_cache_is_reused_and_rebuilt_when_the_library_changes(library, tmp_
     changed = SilhouetteBank.cached(sources.points[1:], tmp_path)
     assert len(changed) == len(sources) - 1 and not written.exists() and users.exists()
     assert len(list(tmp_path.glob("silhouettes-*.npz"))) == 2
+
+
+# -- through the fitter -----------------------------------------------------------------------------------
+
+
+def test_fitter_ranks_by_silhouette_and_refuses_an_image_without_foreground(tmp_path):
+    """An untrained model: the photographed library shape still comes first, so the ranking is the silhouettes'."""
+    from backend.fitting import FitError, FitOptions, Fitter
+    from backend.library import build_index
+    from backend.model.checkpoint import save_checkpoint
+    from backend.model.networks import JointModel, ModelConfig
+    from training.data.export import write_glb
+
+    shapes = {f"{c}/{c}_{i}.glb": generate(c, SEED, i) for c in CATEGORIES for i in range(2)}
+    for name, shape in shapes.items():
+        write_glb(shape, tmp_path / "library" / name)
+    build_index(tmp_path / "library", tmp_path / "index")
+    torch.manual_seed(0)
+    tiny = ModelConfig(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8)
+    save_checkpoint(tmp_path / "model.pt", JointModel(tiny))
+    fitter = Fitter.open(tmp_path / "model.pt", tmp_path / "index")
+    with pytest.raises(FitError, match="the image needs a plain background or transparency"):
+        fitter.fit_image(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    exact = 0
+    for name, shape in shapes.items():
+        image, _ = photo(shape, Camera(azimuth=-35, elevation=22, fov=40))
+        best = fitter.fit_image(image, FitOptions(top_k=2)).candidates[0].source_path
+        assert best.split("/")[0] == name.split("/")[0], (name, best)
+        exact += best == name
+    assert exact >= 4  # similar cabinets can swap
+    (bank,) = (tmp_path / "index").glob("silhouettes-*.npz")
+    written = bank.stat().st_mtime_ns
+    Fitter.open(tmp_path / "model.pt", tmp_path / "index").fit_image(image)
+    assert bank.stat().st_mtime_ns == written  # kept in the index folder and reused

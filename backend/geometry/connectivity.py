@@ -248,7 +248,7 @@ def joint_constraint_matrix(
         col = PARAMS_PER_PART * part[:, None] + axis
         constraint[joint, axis, col] += sign
         constraint[joint, axis, col + 3] += sign * local
-    return constraint.reshape(3 * n_joints, -1)
+    return constraint.reshape(3 * n_joints, PARAMS_PER_PART * len(boxes))
 
 
 def null_space_basis(constraint: np.ndarray, n_params: int, rtol: float = 1e-9) -> np.ndarray:

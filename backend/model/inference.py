@@ -34,6 +34,9 @@ from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
 
 RANK_POINTS = 256
+# Libraries larger than this are first ranked on this many points, and only the best kept.
+PREFILTER_KEEP = 64
+PREFILTER_POINTS = 64
 REFINE_POINTS = 256  # source samples per candidate during refinement (the target keeps 512)
 REFINE_TARGET_POINTS = 512
 MEASURE_POINTS = 1024
@@ -142,13 +145,13 @@ def candidate_headings(points: torch.Tensor, steps: int = 90) -> torch.Tensor:
     """Yaws (radians, about +Z) to try for an (N, 3) cloud whose heading is unknown.
 
     Library models stand axis-aligned; a turned target is axis-aligned again after turning it by
-    ``-yaw`` for the right ``yaw``. The footprint's minimum-area bounding rectangle and its
-    principal axes each give an angle modulo 90 degrees; each is tried with its four quarter turns,
-    beside the four quarter turns of the cloud's own heading (yaw 0). Angles closer than 3
-    degrees are merged.
+    ``-yaw`` for the right ``yaw``. The footprint's minimum-area bounding rectangle gives that angle
+    modulo 90 degrees; it is tried with its four quarter turns, beside the four quarter turns of the
+    cloud's own heading (yaw 0). Angles closer than 3 degrees are merged. (Footprints without a
+    clear rectangle are left to ``fit_cloud``'s ring of headings.)
 
     Returns:
-        (H,) yaws in [0, 2 pi), H at most 12, yaw 0 first.
+        (H,) yaws in [0, 2 pi), H at most 8, yaw 0 first.
     """
     xy = points[:, :2] - points[:, :2].mean(dim=0)
     angles = torch.arange(steps, dtype=xy.dtype, device=xy.device) * (math.pi / 2 / steps)
@@ -158,11 +161,8 @@ def candidate_headings(points: torch.Tensor, steps: int = 90) -> torch.Tensor:
     v = -xy[:, 0:1] * s + xy[:, 1:2] * c
     area = (u.max(0).values - u.min(0).values) * (v.max(0).values - v.min(0).values)
     rectangle = float(angles[area.argmin()])
-    covariance = xy.T @ xy
-    _, vectors = torch.linalg.eigh(covariance)
-    principal = math.atan2(float(vectors[1, -1]), float(vectors[0, -1])) % (math.pi / 2)
     out: list[float] = []
-    for base in (0.0, rectangle, principal):
+    for base in (0.0, rectangle):
         for turn in range(4):
             yaw = (base + turn * math.pi / 2) % (2 * math.pi)
             gap = [abs((yaw - y + math.pi) % (2 * math.pi) - math.pi) for y in out]
@@ -477,9 +477,8 @@ def fit_cloud(
     if model is not None and codes is not None and len(sources) > shortlist:
         prior = embedding_distance(model, targets, "points", codes["embedding"]).min(dim=0).values
         rows = torch.argsort(prior)[:shortlist]
-    candidates = sources.select(rows).first_points(RANK_POINTS)
 
-    def ranked(group: SourceTensors, headings: range) -> torch.Tensor:
+    def ranked(group: SourceTensors, headings: range, n_points: int = RANK_POINTS) -> torch.Tensor:
         """(len(headings), len(group)) coarse chamfer of every source of ``group`` placed at each heading."""
         scores = []
         for h in headings:  # a handful of headings; every source of a heading in one batched pass
@@ -488,9 +487,15 @@ def fit_cloud(
                 report = lambda d, t, _, h=h: progress(d, t, f"ranking {d} of {t} sources")  # noqa: E731
             view = None if views is None else views[h]
             target = targets[h].expand(len(group), -1, -1)
-            scores.append(coarse_chamfer(group, box_placement(group, extents[h]), target, None, view, progress=report))
+            placed = box_placement(group, extents[h])
+            scores.append(coarse_chamfer(group, placed, target, None, view, n_points, progress=report))
         return torch.stack(scores) * common[list(headings)].unsqueeze(1)
 
+    if len(rows) > PREFILTER_KEEP:  # a cheap first pass on a few points keeps the most promising sources
+        few = sources.first_points(PREFILTER_POINTS).select(rows)
+        rough = ranked(few, range(n_given), PREFILTER_POINTS).min(dim=0).values
+        rows = rows[torch.argsort(rough)[:PREFILTER_KEEP]]
+    candidates = sources.first_points(RANK_POINTS).select(rows)
     best_score, best_heading = ranked(candidates, range(n_given)).min(dim=0)
     keep = torch.argsort(best_score)[: min(pool, len(rows))]
     pooled_rows, heading = rows[keep], best_heading[keep]

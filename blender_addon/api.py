@@ -511,6 +511,9 @@ def keep_connected_job(context, parent=None, keep_symmetry: bool | None = None, 
             "lock_residual": answer["lock_residual"],
             "rotated": [bool(x) for x in rotated],
             "max_gap": answer.get("max_gap"),
+            # The backend names the joint that conflicts with which edit when the edits cannot all hold.
+            "feasible": bool(answer.get("feasible", answer["lock_residual"] <= 1e-4)),
+            "message": answer.get("message") or "",
         }
 
     fields = {
@@ -524,7 +527,8 @@ def keep_connected_job(context, parent=None, keep_symmetry: bool | None = None, 
     return Job(
         "keep_connected",
         fields,
-        {"boxes": boxes},
+        # The boxes before the edits give each edit's own change, which mirror partners copy.
+        {"boxes": boxes, "reference": build.applied_boxes(parent)},
         finish=done,
         label="keeping parts connected",
         used={"keep_symmetry": keep_symmetry},

@@ -136,6 +136,11 @@ def note_edits(parent) -> np.ndarray:
     return np.array(flags, dtype=bool)
 
 
+def applied_boxes(parent) -> np.ndarray:
+    """(K, 6) the boxes the add-on itself last wrote (fit frame): the state before the user's edits."""
+    return np.array([obj[PROP_PREFIX + "applied_box"] for obj in part_objects(parent)], dtype=np.float64)
+
+
 def apply_boxes(parent, boxes: np.ndarray, only: np.ndarray | None = None, edited: bool | None = None) -> None:
     """Set the part objects' transforms to ``boxes`` (fit frame), for the
     parts in ``only`` (default all). ``rfit_applied_box`` records what was

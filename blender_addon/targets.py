@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .protocol import sample_surface
+
 MAX_POINTS = 20000
 
 
@@ -14,20 +16,6 @@ class TargetError(ValueError):
 def _world(points: np.ndarray, matrix) -> np.ndarray:
     m = np.array(matrix, dtype=np.float64)
     return points @ m[:3, :3].T + m[:3, 3]
-
-
-def sample_triangles(vertices: np.ndarray, triangles: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
-    """(count, 3) area-uniform samples on a triangle mesh (sqrt-corrected barycentrics)."""
-    tri = vertices[triangles]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    if area.sum() <= 0:
-        raise TargetError("the mesh has no surface area")
-    rng = np.random.default_rng(seed)
-    face = rng.choice(len(tri), count, p=area / area.sum())
-    r1 = np.sqrt(rng.random(count))[:, None]
-    r2 = rng.random(count)[:, None]
-    t = tri[face]
-    return (1 - r1) * t[:, 0] + r1 * (1 - r2) * t[:, 1] + r1 * r2 * t[:, 2]
 
 
 def _positions(elements, empty_message: str) -> np.ndarray:
@@ -58,7 +46,10 @@ def points_from_object(obj, depsgraph, max_points: int = MAX_POINTS) -> np.ndarr
             else:
                 tri = np.empty(n_tri * 3, np.int32)
                 mesh.loop_triangles.foreach_get("vertices", tri)
-                points = sample_triangles(vertices, tri.reshape(-1, 3), max_points)
+                try:
+                    points, _ = sample_surface(vertices, tri.reshape(-1, 3), max_points, np.random.default_rng(0))
+                except ValueError:
+                    raise TargetError(f"the mesh '{obj.name}' has no surface area") from None
         finally:
             evaluated.to_mesh_clear()
     else:

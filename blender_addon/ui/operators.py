@@ -223,8 +223,8 @@ class RFIT_OT_enforce_connectivity(BackendOperator, bpy.types.Operator):
     def done(self, context, outcome):
         if any(outcome["rotated"]):
             self.report({"WARNING"}, "rotated parts are outside the deformation model and were left as they are")
-        if outcome["lock_residual"] > 1e-4:
-            self.report({"WARNING"}, "your edits contradict each other's joints; edited parts were moved slightly")
+        if not outcome["feasible"]:
+            self.report({"WARNING"}, outcome["message"] or "the edits cannot all keep their joints attached")
         return f"joints re-attached around {sum(outcome['locked'])} edited part(s)"
 
 

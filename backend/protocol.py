@@ -43,6 +43,9 @@ import numpy as np
 # The frame convention of the boxes on the wire; the add-on reads it from here.
 from .geometry.frames import rotation_z  # noqa: F401
 
+# A mesh target is sampled as the backend samples sources.
+from .geometry.sampling import sample_surface  # noqa: F401
+
 PROTOCOL_VERSION = 1
 MAGIC = b"RFIT"
 MAX_HEADER_BYTES = 16 << 20

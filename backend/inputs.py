@@ -123,7 +123,10 @@ def check_points(points, what: str = "the target") -> np.ndarray:
 
     usable = array[finite.all(axis=1)]
     if len(usable) < MIN_POINTS:
-        raise InputError(f"{what} has {len(usable)} usable points (finite x y z); at least {MIN_POINTS} are needed")
+        raise InputError(
+            f"{what} has {len(usable)} usable points (rows without NaN or infinite coordinates); "
+            f"at least {MIN_POINTS} are needed"
+        )
     if np.linalg.norm(usable.max(axis=0) - usable.min(axis=0)) <= 1e-9:
         raise InputError(f"{what} has no extent: every point is at the same place")
     return array

@@ -67,8 +67,9 @@ def main() -> None:
         "## Library indexing throughput",
         "",
         f"Command: `python bench/bench_indexing.py --meshes {args.meshes}` ({machine()}).",
-        f"Meshes: generated furniture (.glb, one node per part), subdivided to {int(np.mean(faces))} triangles on average "
-        f"({min(faces)}-{max(faces)}); full pipeline per mesh: read, segment, contacts, constraints, symmetry, samples, write.",
+        f"Meshes: generated furniture (.glb, one node per part), subdivided to {int(np.mean(faces))} triangles "
+        f"on average ({min(faces)}-{max(faces)}); full pipeline per mesh: read, segment, contacts, constraints, "
+        "symmetry, samples, write.",
         "",
         "| worker processes | meshes/s | wall time | re-run with nothing changed |",
         "|---|---|---|---|",

@@ -364,6 +364,7 @@ FIELDS = {
         "locked": _LOCKED,
         "excluded": (lambda v: v is None or _bools(v), "a list of true/false or null"),
         "keep_symmetry": (lambda v: isinstance(v, bool), "true or false"),
+        "yaw": (lambda v: _is_number(v, -1e3, 1e3), "a finite angle in radians"),
     },
     "part_meshes": {"index": _STRING, "source_index": _SOURCE_INDEX},
     "cancel": {"target": (lambda v: _is_int(v, 0, MAX_ID), "the id of a request")},

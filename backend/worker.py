@@ -308,6 +308,9 @@ class Worker:
                 f"source {row} has {source.n_parts} parts: boxes must be {source.n_parts} x 6 and locked as long"
             )
         excluded = message.get("excluded")
+        reference = self.boxes_array(message, "reference") if "reference" in message.arrays else None
+        if reference is not None and len(reference) != source.n_parts:
+            raise ValueError(f"source {row} has {source.n_parts} parts: reference must be {source.n_parts} x 6")
         result = keep_connected(
             source.boxes,
             source.joint_pairs,
@@ -319,11 +322,16 @@ class Worker:
             symmetry_axis=source.symmetry_axis,
             keep_symmetry=bool(message.get("keep_symmetry", False)),
             min_half_size=source.min_half_size,
+            reference=reference,
+            yaw=float(message.get("yaw", 0.0)),
         )
         return {
             "locked": result.locked.tolist(),
             "lock_residual": result.lock_residual,
             "max_gap": float(result.gaps.max(initial=0.0)),
+            "feasible": bool(result.feasible),
+            "message": result.message,
+            "conflicts": [[int(v) for v in conflict] for conflict in result.conflicts],
         }, {"boxes": result.boxes}
 
 

@@ -28,7 +28,11 @@ MAX_COORDINATE = 1e12  # metres: beyond this, float32 normalisation overflows or
 MAX_IMAGE_PIXELS = 64_000_000
 MIN_IMAGE_SIDE = 16
 WORKING_SIDE = 1024  # larger images are reduced on reading: the model sees far fewer pixels
-NO_OBJECT = "the image needs a plain background or transparency around the object"
+NO_FOREGROUND = "the image needs a plain background or transparency"
+BACKGROUND_TOLERANCE = 0.1  # colour distance (max over channels, in [0, 1]) still counted as background
+PLAIN_BORDER = 0.6  # at least this fraction of the border must be the background colour
+MIN_FOREGROUND = 0.002  # fraction of the frame
+MAX_FOREGROUND = 0.95
 POINT_FILES = (".npy", ".ply", ".obj", ".off", ".stl", ".glb", ".gltf", ".xyz", ".txt", ".pts", ".csv")
 
 
@@ -209,6 +213,15 @@ def image_array(array, what: str = "the image") -> np.ndarray:
     Raises:
         InputError: another dtype or shape, non-finite values, or no object to fit.
     """
+    return prepare_image(pixels(array, what), what)
+
+
+def pixels(array, what: str = "the image") -> np.ndarray:
+    """(H, W, 3|4) uint8 RGB(A) from (H, W) or (H, W, 1|2|3|4) uint8, uint16, bool or float (0..1 or 0..255).
+
+    Raises:
+        InputError: another dtype or shape, non-finite values, more than ``MAX_IMAGE_PIXELS``.
+    """
     values = np.asarray(array)
     if values.ndim == 2:
         values = values[..., None]
@@ -228,7 +241,7 @@ def image_array(array, what: str = "the image") -> np.ndarray:
         raise InputError(f"{what} has {values.dtype} pixels; send uint8, uint16 or float in 0..1")
     if data.shape[2] in (1, 2):  # grey, grey + alpha
         data = np.concatenate([np.repeat(data[..., :1], 3, axis=2), data[..., 1:]], axis=2)
-    return prepare_image(np.ascontiguousarray(data), what)
+    return np.ascontiguousarray(data)
 
 
 def prepare_image(data: np.ndarray, what: str) -> np.ndarray:
@@ -242,23 +255,51 @@ def prepare_image(data: np.ndarray, what: str) -> np.ndarray:
         image = Image.fromarray(data)
         image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
         data = np.asarray(image)
-    if foreground_fraction(data) < 1e-3:
-        raise InputError(f"{what} shows no object: {NO_OBJECT}")
+    try:
+        foreground_mask(data)
+    except InputError as error:
+        raise InputError(f"{what}: {error}") from None
     return data
 
 
-def foreground_fraction(data: np.ndarray) -> float:
-    """Share of pixels that differ from the background: transparency, or the border's median colour.
+def foreground_mask(image) -> np.ndarray:
+    """(H, W) bool: the object in a reference image (any array ``pixels`` accepts).
 
-    Args:
-        data: (H, W, 3|4) uint8.
+    From the alpha channel when it is not all opaque; otherwise every pixel
+    that differs from the background colour, the median of the image's border
+    (white or any plain colour), by more than ``BACKGROUND_TOLERANCE``. The
+    object may be small and anywhere in the frame, and may touch the border.
+
+    Raises:
+        InputError: ``"the image needs a plain background or transparency: ..."``
+            when the border is not one plain colour or the foreground is empty,
+            tiny or fills the frame (a bad shape or dtype gets its own message).
     """
-    rgb = data[..., :3].astype(np.float32) / 255.0
-    if data.shape[2] == 4:
-        alpha = data[..., 3:].astype(np.float32) / 255.0
-        if alpha.min() < 0.5:  # transparency marks the background
-            return float(np.mean(alpha[..., 0] >= 0.5))
-        rgb = rgb * alpha + (1.0 - alpha)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    background = np.median(border, axis=0)
-    return float(np.mean(np.abs(rgb - background).max(axis=2) > 0.1))
+    data = pixels(image).astype(np.float32) / 255.0
+    h, w, channels = data.shape
+    colour = data[..., :3]
+    if channels == 4 and float(data[..., 3].min()) < 0.99:
+        mask = data[..., 3] > 0.5
+        how = "transparency"
+    else:
+        band = max(1, round(0.02 * min(h, w)))
+        border = np.concatenate(
+            [colour[:band].reshape(-1, 3), colour[-band:].reshape(-1, 3), colour[:, :band].reshape(-1, 3)]
+            + [colour[:, -band:].reshape(-1, 3)]
+        )
+        background = np.median(border, axis=0)
+        plain = float((np.abs(border - background).max(axis=1) <= BACKGROUND_TOLERANCE).mean())
+        if plain < PLAIN_BORDER:
+            raise InputError(
+                f"{NO_FOREGROUND}: the image's border is not one plain colour "
+                f"(only {plain:.0%} of it is close to its median colour)"
+            )
+        mask = np.abs(colour - background).max(axis=2) > BACKGROUND_TOLERANCE
+        how = "background"
+    fraction = float(mask.mean())
+    if fraction < MIN_FOREGROUND:
+        detail = "the alpha channel is transparent" if how == "transparency" else "nothing differs from the background"
+        raise InputError(f"{NO_FOREGROUND}: no object found ({detail} almost everywhere)")
+    if fraction > MAX_FOREGROUND:
+        raise InputError(f"{NO_FOREGROUND}: the object fills {fraction:.0%} of the frame, so no background is left")
+    return mask

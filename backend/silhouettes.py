@@ -1,9 +1,9 @@
 """Image targets by render-and-compare on silhouettes.
 
 A user's reference image (a product shot, a photo, a render nobody here made)
-is reduced to its foreground mask, which transfers across materials, lights
+is reduced to its foreground mask (``backend.inputs.foreground_mask``), which transfers across materials, lights
 and renderers by construction. Every source's surface samples are projected
-orthographically from a grid of views and splatted into small masks (the
+by a perspective camera (``FOV``) from a grid of views and splatted into small masks (the
 ``SilhouetteBank``, computed once per library); the target's mask and each
 silhouette are aligned by their 2D bounding boxes (aspect ratio kept) and
 compared by IoU. The view of the image is the view on which the best sources
@@ -29,11 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-NO_FOREGROUND = "the image needs a plain background or transparency"
-BACKGROUND_TOLERANCE = 0.1  # colour distance (max over channels, in [0, 1]) still counted as background
-PLAIN_BORDER = 0.6  # at least this fraction of the border must be the background colour
-MIN_FOREGROUND = 0.002  # fraction of the frame
-MAX_FOREGROUND = 0.95
+from backend.inputs import NO_FOREGROUND, foreground_mask  # noqa: F401  (the foreground's one home)
+
 RESOLUTION = 32
 PAD = 1
 CACHE_VERSION = 1
@@ -43,79 +40,6 @@ Progress = Callable[[int, int, str], None]
 
 
 # -- the target's foreground ---------------------------------------------------------------
-
-
-def image_array(image) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1], C in 1..4, from uint8/uint16/other integer, bool or float arrays.
-
-    Float images are taken as [0, 1] unless their maximum says 0-255 or 0-65535.
-    """
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4) or min(array.shape[:2]) < 8:
-        raise ValueError(f"the image must be H x W grey, grey+alpha, RGB or RGBA (at least 8 x 8), got {array.shape}")
-    if array.dtype == bool:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        return array.astype(np.float32) / float(max(np.iinfo(array.dtype).max, 1))
-    data = array.astype(np.float32)
-    if not np.all(np.isfinite(data)):
-        raise ValueError("the image has NaN or infinite pixel values")
-    peak = float(data.max())
-    if peak > 255.0 + 1e-3:
-        data /= 65535.0
-    elif peak > 1.0 + 1e-3:
-        data /= 255.0
-    return np.clip(data, 0.0, 1.0)
-
-
-def foreground_mask(image) -> np.ndarray:
-    """(H, W) bool: the object in a reference image.
-
-    From the alpha channel when it is not all opaque; otherwise every pixel
-    that differs from the background colour, the median of the image's border
-    (white or any plain colour), by more than ``BACKGROUND_TOLERANCE``. The
-    object may be small and anywhere in the frame, and may touch the border.
-
-    Raises:
-        ValueError: ``"the image needs a plain background or transparency: ..."``
-            when the border is not one plain colour or the foreground is empty,
-            tiny or fills the frame (a bad shape or dtype gets its own message).
-    """
-    data = image_array(image)
-    h, w, channels = data.shape
-    has_alpha = channels in (2, 4)
-    colour = data[..., : channels - 1] if has_alpha else data
-    if has_alpha and float(data[..., -1].min()) < 0.99:
-        mask = data[..., -1] > 0.5
-        how = "transparency"
-    else:
-        band = max(1, round(0.02 * min(h, w)))
-        border = np.concatenate(
-            [
-                colour[:band].reshape(-1, colour.shape[2]),
-                colour[-band:].reshape(-1, colour.shape[2]),
-                colour[:, :band].reshape(-1, colour.shape[2]),
-                colour[:, -band:].reshape(-1, colour.shape[2]),
-            ]
-        )
-        background = np.median(border, axis=0)
-        plain = float((np.abs(border - background).max(axis=1) <= BACKGROUND_TOLERANCE).mean())
-        if plain < PLAIN_BORDER:
-            raise ValueError(
-                f"{NO_FOREGROUND}: the image's border is not one plain colour "
-                f"(only {plain:.0%} of it is close to its median colour)"
-            )
-        mask = np.abs(colour - background).max(axis=2) > BACKGROUND_TOLERANCE
-        how = "background"
-    fraction = float(mask.mean())
-    if fraction < MIN_FOREGROUND:
-        detail = "the alpha channel is transparent" if how == "transparency" else "nothing differs from the background"
-        raise ValueError(f"{NO_FOREGROUND}: no object found ({detail} almost everywhere)")
-    if fraction > MAX_FOREGROUND:
-        raise ValueError(f"{NO_FOREGROUND}: the object fills {fraction:.0%} of the frame, so no background is left")
-    return mask
 
 
 def mask_grid(mask: np.ndarray | torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:

@@ -16,9 +16,7 @@ import numpy as np
 import trimesh
 
 from backend.geometry.frames import Z_UP_TO_Y_UP, rotation_z
-from backend.library.index import LibraryIndex, LibraryIndexError
-from backend.library.loading import load_model
-from backend.library.partnet import load_partnet
+from backend.library.index import LibraryIndex, LibraryIndexError, load_library_model
 from backend.library.scanning import PARTNET
 from backend.library.source import Source
 
@@ -70,10 +68,7 @@ def _read_part_meshes(index: LibraryIndex, row: int) -> list[trimesh.Trimesh]:
     record = index.sources[row]
     path = index.source_file(row)
     options = index.options
-    if record.kind == PARTNET:
-        model = load_partnet(path, index.library_root, options.up_axis, options.max_faces)
-    else:
-        model = load_model(path, index.library_root, options.up_axis, options.max_faces)
+    model = load_library_model(path, record.kind, index.library_root, options)
     source: Source = index.load_source(row)
     vertices, faces, offset = [], [], 0
     for piece in model.pieces:

@@ -378,11 +378,15 @@ def _exclusive(folder: Path) -> Iterator[None]:
 # -- one model -------------------------------------------------------------------------------
 
 
+def load_library_model(path: Path, kind: str, root: Path, options: IndexOptions):
+    """Read one library model (a mesh file, or a PartNet folder when ``kind`` says so) as the indexer reads it."""
+    if kind == PARTNET:
+        return load_partnet(path, root, options.up_axis, options.max_faces)
+    return load_model(path, root, options.up_axis, options.max_faces)
+
+
 def _load(entry: LibraryEntry, root: Path, options: IndexOptions):
-    where = entry.absolute(root)
-    if entry.kind == PARTNET:
-        return load_partnet(where, root, options.up_axis, options.max_faces)
-    return load_model(where, root, options.up_axis, options.max_faces)
+    return load_library_model(entry.absolute(root), entry.kind, root, options)
 
 
 def index_entry(entry: LibraryEntry, root: Path, sources_dir: Path, options: IndexOptions, sha256: str) -> dict:

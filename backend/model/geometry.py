@@ -111,8 +111,7 @@ def project_positive(
     """Nearest connectivity-preserving boxes whose half-sizes are at least ``min_half``.
 
     Dykstra's alternating projections between the subspace and the half-size
-    bounds (the torch twin of ``backend.geometry.connectivity.project_to_connected``),
-    for inference: a part never collapses or mirrors.
+    bounds, for inference: a part never collapses or mirrors.
 
     Args:
         params: (B, K, 6); basis: (B, 6K, D); min_half: (B,); part_mask: (B, K).

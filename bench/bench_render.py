@@ -44,9 +44,11 @@ def main() -> None:
             "",
             f"Command: `python bench/bench_render.py --shapes {args.shapes} --size {args.size}` ({machine()}).",
             f"{args.size}x{args.size} RGB, rasterised at 2x and averaged down, one process; "
-            f"generated furniture of {int(np.mean(faces))} triangles on average ({min(faces)}-{max(faces)}), random viewpoints.",
+            f"generated furniture of {int(np.mean(faces))} triangles on average ({min(faces)}-{max(faces)}), "
+            "random viewpoints.",
             "",
-            f"Result: **{rate:.1f} images/s** ({seconds / len(shapes) * 1000:.1f} ms per image). Target: at least 20 images/s.",
+            f"Result: **{rate:.1f} images/s** ({seconds / len(shapes) * 1000:.1f} ms per image). "
+            "Target: at least 20 images/s.",
         ]
     )
     write_section("render", body)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-CATEGORIES = ("chair", "table", "storage")
+from training.data.furniture import CATEGORIES
+
 TABLE1 = ("R", "R+DF", "DAR", "DAR+DF", "Uniform", "Ours", "Ours+IDO")
 
 

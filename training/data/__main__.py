@@ -7,8 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from training.data.dataset import DatasetSpec, write_dataset
 from training.data.furniture import CATEGORIES
 
@@ -29,8 +27,12 @@ def _progress(label: str):
 
 def cmd_generate(args) -> int:
     spec = DatasetSpec(
-        per_category=args.per_category, seed=args.seed, test_fraction=args.test_fraction,
-        views=args.views, image_size=args.image_size, points=args.points,
+        per_category=args.per_category,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        views=args.views,
+        image_size=args.image_size,
+        points=args.points,
         categories=tuple(args.categories),
     )
     progress, close = _progress("generate")
@@ -60,7 +62,9 @@ def cmd_figures(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.data", description="Procedural part-structured furniture.")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data", description="Procedural part-structured furniture."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="write a data set of N shapes per category")
     gen.add_argument("--out", required=True)

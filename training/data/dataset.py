@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -77,7 +77,9 @@ def _write_star(args) -> dict:
     return write_shape(*args)
 
 
-def write_dataset(out: Path, spec: DatasetSpec, jobs: int = 1, progress: Callable[[int, int], None] | None = None) -> dict:
+def write_dataset(
+    out: Path, spec: DatasetSpec, jobs: int = 1, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Write a whole data set and its ``meta.json``; returns the meta dict."""
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(out, spec, category, i) for category in spec.categories for i in range(spec.per_category)]
@@ -93,6 +95,10 @@ def write_dataset(out: Path, spec: DatasetSpec, jobs: int = 1, progress: Callabl
             rows.append(_write_star(task))
             if progress:
                 progress(len(rows), len(tasks))
-    meta = {"generator": "training.data.furniture", "spec": spec.__dict__ | {"categories": list(spec.categories)}, "shapes": rows}
+    meta = {
+        "generator": "training.data.furniture",
+        "spec": spec.__dict__ | {"categories": list(spec.categories)},
+        "shapes": rows,
+    }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta

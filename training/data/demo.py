@@ -34,8 +34,14 @@ def write_demo(out: Path) -> dict:
     rng = np.random.default_rng(TARGET_SEED)
     chair, table, storage = (generate(c, TARGET_SEED, 0) for c in CATEGORIES)
     np.save(targets / "chair_full.npy", full_cloud(chair, 4096, rng, noise=0.002))
-    np.save(targets / "table_partial.npy", partial_cloud(table, 4096, rng, camera=Camera(azimuth=25, elevation=30), noise=0.002))
+    np.save(
+        targets / "table_partial.npy",
+        partial_cloud(table, 4096, rng, camera=Camera(azimuth=25, elevation=30), noise=0.002),
+    )
     np.save(targets / "storage_full.npy", full_cloud(storage, 4096, rng))
-    for name, shape, camera in (("chair", chair, Camera(azimuth=30, elevation=20)), ("storage", storage, Camera(azimuth=-25, elevation=15))):
+    for name, shape, camera in (
+        ("chair", chair, Camera(azimuth=30, elevation=20)),
+        ("storage", storage, Camera(azimuth=-25, elevation=15)),
+    ):
         Image.fromarray(render_image(shape, rng, size=256, camera=camera)).save(targets / f"{name}.png", optimize=False)
     return {"library": PER_CATEGORY * len(CATEGORIES), "targets": len(list(targets.iterdir()))}

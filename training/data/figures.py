@@ -22,7 +22,9 @@ def contact_sheet(seed: int, columns: int = 8, rows: int = 3, size: int = 128) -
                 i = r * columns + c
                 shape = generate(category, seed, i)
                 rng = np.random.default_rng(i)
-                tiles.append(render_image(shape, rng, size=size, camera=Camera(azimuth=rng.uniform(-45, 45), elevation=20)))
+                tiles.append(
+                    render_image(shape, rng, size=size, camera=Camera(azimuth=rng.uniform(-45, 45), elevation=20))
+                )
             bands.append(np.concatenate(tiles, axis=1))
     return np.concatenate(bands, axis=0)
 
@@ -76,7 +78,10 @@ def write_figures(out: Path, per_category: int = 500, seed: int = 0) -> list[Pat
         values = np.repeat(list(counts[category]), list(counts[category].values()))
         distinct = len({generate(category, seed, i).structure for i in range(min(per_category, 200))})
         bases = ", ".join(f"{k} {v}" for k, v in structures[category].most_common())
-        lines.append(f"| {category} | {per_category} | {values.min()} | {int(np.median(values))} | {values.max()} | {distinct} (of first 200) | {bases} |")
+        lines.append(
+            f"| {category} | {per_category} | {values.min()} | {int(np.median(values))} | {values.max()} "
+            f"| {distinct} (of first 200) | {bases} |"
+        )
     report = out / "generator.md"
     report.write_text("\n".join(lines) + "\n")
     return [sheet, histogram, report]

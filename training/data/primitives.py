@@ -53,7 +53,9 @@ def cushion(lo, hi, roundness: float, rings: int = 4) -> trimesh.Trimesh:
     return _hull(np.concatenate(points))
 
 
-def cylinder(centre_xy, z0: float, z1: float, radius: float, top_radius: float | None = None, sections: int = 20) -> trimesh.Trimesh:
+def cylinder(
+    centre_xy, z0: float, z1: float, radius: float, top_radius: float | None = None, sections: int = 20
+) -> trimesh.Trimesh:
     """Vertical cylinder (or frustum when ``top_radius`` differs) from z0 to z1."""
     top_radius = radius if top_radius is None else top_radius
     angle = np.linspace(0.0, 2.0 * np.pi, sections, endpoint=False)

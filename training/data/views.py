@@ -11,9 +11,18 @@ from training.data.furniture import Furniture
 # Albedo palettes (linear-ish RGB in [0, 1]): woods, paints, metals, fabrics.
 PALETTE = np.array(
     [
-        [0.55, 0.36, 0.20], [0.72, 0.53, 0.33], [0.36, 0.22, 0.13], [0.85, 0.75, 0.58],
-        [0.90, 0.90, 0.88], [0.15, 0.15, 0.16], [0.55, 0.57, 0.60], [0.20, 0.33, 0.55],
-        [0.60, 0.18, 0.16], [0.30, 0.45, 0.30], [0.80, 0.62, 0.20], [0.45, 0.40, 0.50],
+        [0.55, 0.36, 0.20],
+        [0.72, 0.53, 0.33],
+        [0.36, 0.22, 0.13],
+        [0.85, 0.75, 0.58],
+        [0.90, 0.90, 0.88],
+        [0.15, 0.15, 0.16],
+        [0.55, 0.57, 0.60],
+        [0.20, 0.33, 0.55],
+        [0.60, 0.18, 0.16],
+        [0.30, 0.45, 0.30],
+        [0.80, 0.62, 0.20],
+        [0.45, 0.40, 0.50],
     ]
 )
 
@@ -56,7 +65,9 @@ def render_image(
     vertices, faces, labels = mesh_arrays(shape)
     colors = part_colors(shape, rng)[labels]
     background = rng.uniform(0.5, 1.0, 3) if random_background else (1.0, 1.0, 1.0)
-    return shade(vertices, faces, colors, camera or random_camera(rng), size=size, background=background, cull_back=True)
+    return shade(
+        vertices, faces, colors, camera or random_camera(rng), size=size, background=background, cull_back=True
+    )
 
 
 def full_cloud(shape: Furniture, count: int, rng: np.random.Generator, noise: float = 0.0) -> np.ndarray:

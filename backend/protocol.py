@@ -78,6 +78,7 @@ FIT_OPTION_BOUNDS = {
     "refine_steps": (0, 100_000),
     "refine_seconds": (0.0, 600.0),
     "symmetry_weight": (0.0, 1000.0),
+    "size_weight": (0.0, 1000.0),
 }
 
 
@@ -395,11 +396,18 @@ def validate_request(message: Message) -> None:
         for name, value in options.items():
             if name == "refine":
                 ok, rule = isinstance(value, bool), "true or false"
+            elif name == "headings":
+                ok, rule = value in ("auto", "fixed"), "'auto' or 'fixed'"
+            elif name == "viewpoint":
+                ok = value is None or (
+                    isinstance(value, list) and len(value) == 3 and all(_is_number(v, -1e6, 1e6) for v in value)
+                )
+                rule = "null or the scanner's direction [x, y, z]"
             elif name in FIT_OPTION_BOUNDS:
                 low, high = FIT_OPTION_BOUNDS[name]
                 ok = _is_int(value, low, high) if isinstance(low, int) else _is_number(value, low, high)
                 rule = f"{'an integer' if isinstance(low, int) else 'a number'} from {low} to {high}"
             else:
-                ok, rule = False, f"one of refine, {', '.join(FIT_OPTION_BOUNDS)} (unknown option)"
+                ok, rule = False, f"one of refine, headings, viewpoint, {', '.join(FIT_OPTION_BOUNDS)} (unknown option)"
             if not ok:
                 raise FrameError(f"{kind} option '{name}' must be {rule}, got {str(value)[:80]}", message.id)

@@ -235,3 +235,16 @@ def test_worker_exits_when_blender_goes_away():
     assert client.call("hello")["protocol"] == 1
     client.process.stdin.close()
     assert client.process.wait(timeout=30) == 0
+
+
+def test_every_fit_option_the_fitter_takes_passes_the_schema():
+    """What FitOptions accepts, the worker's schema accepts too (the add-on can send a scan's viewpoint)."""
+    from dataclasses import fields
+
+    from backend.fitting import FitOptions
+    from backend.protocol import validate_request
+
+    defaults = {f.name: getattr(FitOptions(), f.name) for f in fields(FitOptions)}
+    defaults["viewpoint"] = [0.0, -1.0, 0.3]
+    for name, value in defaults.items():
+        validate_request(request("fit", 1, index="/i", options={name: value}))  # raises FrameError when refused

@@ -241,11 +241,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from backend.export import export_fit
     from backend.fitting import FitOptions, Fitter
 
+    if args.viewpoint is not None and not any(args.viewpoint):
+        raise ValueError("--viewpoint 0 0 0 has no direction: give the direction from the object towards the scanner")
     options = FitOptions(
         top_k=args.top_k,
         refine=args.refine,
         yaw_search=args.yaw_search,
         headings="fixed" if args.fixed_heading else "auto",
+        viewpoint=None if args.viewpoint is None else tuple(args.viewpoint),
     )
     fitter = Fitter.open(args.checkpoint, args.index, device=device)
     result = fitter.fit_points(target, options) if args.points else fitter.fit_image(target, options)
@@ -352,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number_in(*YAW_SEARCH, integer=True),
         default=1,
         help="try this many turns about the up axis (1 to 36)",
+    )
+    fit.add_argument(
+        "--viewpoint",
+        nargs=3,
+        type=_number_in(-1e6, 1e6, integer=False),
+        metavar=("X", "Y", "Z"),
+        help="a single-view scan: the direction from the object towards the scanner (it fits the seen side only)",
     )
     fit.add_argument("--out", help="write the ranked candidates as JSON")
     fit.add_argument("--export", help="write the best fit as .glb (one node per part)")

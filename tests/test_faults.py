@@ -463,6 +463,27 @@ def test_invalid_fit_options_are_refused(capsys, index, tmp_path, flag, value, n
     one_line_error(err, f"argument {flag}: must be an integer from", repr(value))
 
 
+def test_a_scan_viewpoint_reaches_the_fit_and_a_null_one_is_refused(capsys, index, checkpoint, tmp_path, monkeypatch):
+    from backend.fitting import Fitter
+
+    points = tmp_path / "scan.npy"
+    np.save(points, np.random.default_rng(0).random((500, 3)))
+    code, _, err = run_cli(capsys, "fit", "--index", index, "--points", points, "--viewpoint", "0", "0", "0")
+    assert code == 2
+    one_line_error(err, "--viewpoint 0 0 0 has no direction")
+    seen = {}
+
+    def capture(self, target, options, progress=None):
+        seen["viewpoint"] = options.viewpoint
+        raise ValueError("captured")
+
+    monkeypatch.setattr(Fitter, "fit_points", capture)
+    args = ("fit", "--index", index, "--points", points, "--checkpoint", checkpoint, "--viewpoint", "0.4", "-1", "0.5")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "captured" in err
+    assert seen["viewpoint"] == (0.4, -1.0, 0.5)
+
+
 # -- fit inputs ---------------------------------------------------------------------------------
 
 

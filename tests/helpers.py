@@ -4,9 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import trimesh
 
 from backend.geometry.frames import Z_UP_TO_Y_UP  # noqa: F401  (re-exported for the tests)
+from backend.model.checkpoint import save_checkpoint
+from backend.model.networks import JointModel, ModelConfig
+
+# A small untrained model: fast enough for tests of everything but the model's quality.
+TINY_MODEL = ModelConfig(
+    point_width=16,
+    image_width=8,
+    global_code=16,
+    part_code=4,
+    target_code=16,
+    embedding=8,
+    n_points=256,
+    source_points=128,
+)
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Save a ``TINY_MODEL`` with weights drawn from ``seed`` at ``path``."""
+    torch.manual_seed(seed)
+    save_checkpoint(path, JointModel(TINY_MODEL))
+    return path
+
 
 # glTF and OBJ are Y-up on disk: rotate Z-up geometry so it reads back Z-up.
 

@@ -9,10 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from backend.model.checkpoint import save_checkpoint
-from backend.model.networks import JointModel, ModelConfig
+from helpers import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "backend" / "demo"
@@ -59,22 +56,7 @@ def test_addon_headless(tmp_path, wheel, require):
         for i in range(3):
             library.mkdir(exist_ok=True)
             shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", library / f"{category}_{i}.glb")
-    torch.manual_seed(0)
-    save_checkpoint(
-        tmp_path / "model.pt",
-        JointModel(
-            ModelConfig(
-                point_width=16,
-                image_width=8,
-                global_code=16,
-                part_code=4,
-                target_code=16,
-                embedding=8,
-                n_points=256,
-                source_points=128,
-            )
-        ),
-    )
+    tiny_checkpoint(tmp_path / "model.pt")
     built = subprocess.run(
         [sys.executable, "build_addon.py", "--out", str(tmp_path / "dist"), "--lean"],
         cwd=ROOT,

@@ -15,10 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-
-from backend.model.checkpoint import save_checkpoint
-from backend.model.networks import JointModel, ModelConfig
+from helpers import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "backend" / "demo"
@@ -50,25 +47,10 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     for category in ("chair", "table", "storage"):
         for i in range(3):
             shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", library / f"{category}_{i}.glb")
-    torch.manual_seed(0)
     checkpoint = ROOT / "backend" / "checkpoints" / "default.pt"
     if not checkpoint.exists():
         checkpoint = tmp_path / "model.pt"
-        save_checkpoint(
-            checkpoint,
-            JointModel(
-                ModelConfig(
-                    point_width=16,
-                    image_width=8,
-                    global_code=16,
-                    part_code=4,
-                    target_code=16,
-                    embedding=8,
-                    n_points=256,
-                    source_points=128,
-                )
-            ),
-        )
+        tiny_checkpoint(checkpoint)
     built = subprocess.run(
         [sys.executable, "build_addon.py", "--out", str(tmp_path / "dist"), "--lean"],
         cwd=ROOT,

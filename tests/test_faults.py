@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import chair_parts, write_scene
+from helpers import chair_parts, tiny_checkpoint, write_scene
 from PIL import Image
 
 import backend.library.index as index_module
 from backend.cli import main
 from backend.inputs import InputError, image_array, read_image
 from backend.library import build_index, load_index
-from backend.model.checkpoint import save_checkpoint
-from backend.model.networks import JointModel, ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,13 +75,7 @@ def index(library, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.manual_seed(0)
-    config = ModelConfig(
-        point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256
-    )
-    save_checkpoint(path, JointModel(config))
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 @pytest.fixture

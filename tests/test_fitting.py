@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from helpers import TINY_MODEL
 
 from backend.export import export_fit
 from backend.fitting import FitError, FitOptions, Fitter
@@ -19,20 +20,10 @@ from backend.geometry.frames import rotation_z
 from backend.library import build_index, load_index
 from backend.model.checkpoint import save_checkpoint
 from backend.model.geometry import chamfer_distance
-from backend.model.networks import JointModel, ModelConfig
+from backend.model.networks import JointModel
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "backend" / "demo"
-TINY = ModelConfig(
-    point_width=16,
-    image_width=8,
-    global_code=16,
-    part_code=4,
-    target_code=16,
-    embedding=8,
-    n_points=256,
-    source_points=128,
-)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +36,7 @@ def setup(tmp_path_factory):
             shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", library / category)
     build_index(library, folder / "index")
     torch.manual_seed(0)
-    model = JointModel(TINY)
+    model = JointModel(TINY_MODEL)
     with torch.no_grad():  # a non-trivial deformation, so tests see parts move
         model.deformation.part_mlp[-1].bias.copy_(torch.tensor([0.01, 0.0, 0.02, 0.01, -0.01, 0.02]))
     save_checkpoint(folder / "model.pt", model)
@@ -163,7 +154,7 @@ def test_codes_are_cached_per_checkpoint_and_refreshed(setup, tmp_path):
     stamp = caches[0].stat().st_mtime_ns
     Fitter.open(setup / "model.pt", index)
     assert caches[0].stat().st_mtime_ns == stamp  # reused
-    other = JointModel(TINY)
+    other = JointModel(TINY_MODEL)
     save_checkpoint(tmp_path / "other.pt", other)
     fitter = Fitter.open(tmp_path / "other.pt", index)
     assert [p.name for p in index.glob("model-*.npz")] == [f"model-{fitter.model_id}.npz"] != [caches[0].name]

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_checkpoint
 
-from backend.model.checkpoint import save_checkpoint
-from backend.model.networks import JointModel, ModelConfig
 from backend.protocol import MAGIC, ProtocolError, encode, read_message, request, response
 from blender_addon.client import BackendClient, BackendUnavailable
 
@@ -64,22 +63,7 @@ def worker(tmp_path_factory):
             shutil.copy(
                 DEMO / "library" / category / f"{category}_{i:02d}.glb", folder / "library" / f"{category}_{i}.glb"
             )
-    torch.manual_seed(0)
-    save_checkpoint(
-        folder / "model.pt",
-        JointModel(
-            ModelConfig(
-                point_width=16,
-                image_width=8,
-                global_code=16,
-                part_code=4,
-                target_code=16,
-                embedding=8,
-                n_points=256,
-                source_points=128,
-            )
-        ),
-    )
+    tiny_checkpoint(folder / "model.pt")
     from backend.library import build_index
 
     build_index(folder / "library", folder / "index")

@@ -19,12 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from helpers import chair_parts, write_scene
+from helpers import chair_parts, tiny_checkpoint, write_scene
 
 from backend.library import build_index
-from backend.model.checkpoint import save_checkpoint
-from backend.model.networks import JointModel, ModelConfig
 from backend.protocol import MAGIC, encode, read_message, request
 from backend.worker import Worker
 
@@ -66,13 +63,7 @@ def index(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("worker-model") / "model.pt"
-    torch.manual_seed(0)
-    config = ModelConfig(
-        point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8, n_points=256
-    )
-    save_checkpoint(path, JointModel(config))
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("worker-model") / "model.pt")
 
 
 def head(kind: str, request_id=1, **fields) -> dict:

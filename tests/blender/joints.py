@@ -8,7 +8,10 @@ import numpy as np
 
 
 def joint_gaps(parent, index: str) -> np.ndarray:
-    """(J,) gaps in metres of the source's joints as the part objects place them (yaw-free fits)."""
+    """(J,) gaps in metres of the source's joints as the part objects place them.
+
+    Measured in the fit's own frame (the parent's local axes, which carry the fit's yaw), where the
+    parts are axis-aligned with the source."""
     with open(os.path.join(index, "manifest.json")) as handle:
         record = json.load(handle)["sources"][parent["rfit_source_index"]]
     with np.load(os.path.join(index, record["arrays"]), allow_pickle=False) as data:
@@ -16,7 +19,7 @@ def joint_gaps(parent, index: str) -> np.ndarray:
         floor = float(data["min_half_size"])
     objs = sorted(parent.children, key=lambda o: o["rfit_part"])
     now = np.array(
-        [list(o.matrix_world.translation) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs]
+        [list(o.location) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs]
     )
     ends = [
         now[pairs[:, s], :3]

@@ -18,9 +18,7 @@ def joint_gaps(parent, index: str) -> np.ndarray:
         boxes, pairs, joints = data["boxes"], data["joint_pairs"], data["joint_points"]
         floor = float(data["min_half_size"])
     objs = sorted(parent.children, key=lambda o: o["rfit_part"])
-    now = np.array(
-        [list(o.location) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs]
-    )
+    now = np.array([list(o.location) + [a * b for a, b in zip(o["rfit_source_box"][3:], o.scale)] for o in objs])
     ends = [
         now[pairs[:, s], :3]
         + (joints - boxes[pairs[:, s], :3]) / np.maximum(boxes[pairs[:, s], 3:], floor) * now[pairs[:, s], 3:]

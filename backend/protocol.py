@@ -32,6 +32,7 @@ with the stream raises ``ProtocolError`` or ``EOFError``.
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import math
@@ -173,16 +174,35 @@ def npy_header(stream: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
     Raises:
         ValueError: not a .npy, or an object, structured or sub-array dtype (never unpickled).
     """
+    # Parsed here rather than by numpy.lib.format, whose header filter runs the tokenizer: this runs
+    # for every array on the add-on's reader thread inside Blender, where less Python work is safer.
     start = stream.tell()
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
+        magic = stream.read(8)
+        if len(magic) < 8 or magic[:6] != b"\x93NUMPY":
+            raise ValueError("no .npy magic string")
+        version = (magic[6], magic[7])
+        if version not in ((1, 0), (2, 0)):
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, OSError, SyntaxError, TypeError) as error:
+        size_format = "<H" if version == (1, 0) else "<I"
+        size_bytes = stream.read(struct.calcsize(size_format))
+        if len(size_bytes) < struct.calcsize(size_format):
+            raise ValueError("the header is cut short")
+        (length,) = struct.unpack(size_format, size_bytes)
+        if length > 1 << 16:
+            raise ValueError(f"a header of {length} bytes")
+        text = stream.read(length)
+        if len(text) < length:
+            raise ValueError("the header is cut short")
+        header = ast.literal_eval(text.decode("latin1"))
+        if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+            raise ValueError("the header is not a .npy header")
+        if not isinstance(header["descr"], str) or header["fortran_order"] is not False:
+            raise ValueError(f"dtype {header['descr']!r}, fortran order {header['fortran_order']!r}")
+        shape, dtype = header["shape"], np.dtype(header["descr"])
+        if not isinstance(shape, tuple):
+            raise ValueError(f"shape {shape!r}")
+    except (ValueError, OSError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
         raise ValueError(f"not a plain .npy array ({error})") from error
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "biufcU":
         raise ValueError(f"not a plain .npy array (dtype {dtype})")

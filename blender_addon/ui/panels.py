@@ -45,12 +45,17 @@ def name_of(source: str) -> str:
     return source.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
-class RFIT_PT_main(bpy.types.Panel):
-    bl_label = "Retrieve & Fit"
-    bl_idname = "RFIT_PT_main"
+class SidebarPanel:
+    """Where every panel of the add-on lives: its own tab of the 3D view's sidebar."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Retrieve & Fit"
+
+
+class RFIT_PT_main(SidebarPanel, bpy.types.Panel):
+    bl_label = "Retrieve & Fit"
+    bl_idname = "RFIT_PT_main"
 
     def draw(self, context):
         s = context.scene.rfit
@@ -79,13 +84,10 @@ class RFIT_PT_main(bpy.types.Panel):
             wrapped(layout, context, s.status, icon="INFO")
 
 
-class RFIT_PT_target(bpy.types.Panel):
+class RFIT_PT_target(SidebarPanel, bpy.types.Panel):
     bl_label = "Target"
     bl_idname = "RFIT_PT_target"
     bl_parent_id = "RFIT_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Retrieve & Fit"
 
     def draw(self, context):
         s = context.scene.rfit
@@ -106,13 +108,10 @@ class RFIT_PT_target(bpy.types.Panel):
         layout.operator("rfit.retrieve_and_fit", text="Retrieve and Fit", icon="MOD_MESHDEFORM")
 
 
-class RFIT_PT_candidates(bpy.types.Panel):
+class RFIT_PT_candidates(SidebarPanel, bpy.types.Panel):
     bl_label = "Candidates"
     bl_idname = "RFIT_PT_candidates"
     bl_parent_id = "RFIT_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Retrieve & Fit"
 
     @classmethod
     def poll(cls, context):
@@ -144,13 +143,10 @@ class RFIT_PT_candidates(bpy.types.Panel):
         ).rank = active.rank
 
 
-class RFIT_PT_edit(bpy.types.Panel):
+class RFIT_PT_edit(SidebarPanel, bpy.types.Panel):
     bl_label = "Edit the Fit"
     bl_idname = "RFIT_PT_edit"
     bl_parent_id = "RFIT_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Retrieve & Fit"
 
     @classmethod
     def poll(cls, context):

@@ -287,6 +287,7 @@ def refine_boxes(
     max_seconds: float = float("inf"),
     tolerance: float = 1e-3,
     progress: Callable[[int, int, str], None] | None = None,
+    keep_best: bool = False,
 ) -> torch.Tensor:
     """Inner deformation optimisation from the given starts.
 
@@ -304,6 +305,8 @@ def refine_boxes(
         locked: optional (P, K) bool, parts that keep their boxes exactly.
         viewpoint: (3,) or (P, 3) direction towards the scanner of a single-view scan, or None.
         progress: called ``progress(step, steps, text)`` every 10 steps.
+        keep_best: return each candidate's lowest-loss iterate whose half-sizes are all at
+            least ``min_half`` (nothing clamped afterwards, so no joint opens), not the last one.
 
     Returns:
         (P, K, 6) refined boxes.
@@ -314,20 +317,26 @@ def refine_boxes(
     directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
     if locked is not None and bool(locked.any()):
         start, directions = _locked_subspace(basis, boxes, locked)
+    w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
+    best_w = torch.zeros_like(w, requires_grad=False)
+    best = torch.full((len(boxes),), float("inf"), device=basis.device)
     with torch.enable_grad():
-        w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
         optimiser = torch.optim.Adam([w], lr=2e-3)
         started, previous = time.perf_counter(), None
         for step in range(steps):
             current = (basis @ (start + directions @ w)).reshape(boxes.shape)
             fit = partial_chamfer(sources, current, targets, viewpoint)
             shortfall = torch.relu(sources.min_half.view(-1, 1, 1) - current[..., 3:]) * sources.part_mask.unsqueeze(-1)
-            loss = fit + 10 * shortfall.square().sum((1, 2))
+            each = fit + 10 * shortfall.square().sum((1, 2))
             if symmetry_weight:
-                loss = loss + symmetry_weight * box_symmetry_loss(current, sources.mirror, sources.axis)
+                each = each + symmetry_weight * box_symmetry_loss(current, sources.mirror, sources.axis)
             if size_weight:
-                loss = loss + size_weight * size_penalty(current, reference, sources.part_mask)
-            loss = loss.sum()
+                each = each + size_weight * size_penalty(current, reference, sources.part_mask)
+            if keep_best:  # the boxes before this step: keep each candidate's best valid one
+                better = (each.detach() < best) & (shortfall.detach().flatten(1).amax(1) <= 0)
+                best = torch.where(better, each.detach(), best)
+                best_w = torch.where(better.view(-1, 1, 1), w.detach(), best_w)
+            loss = each.sum()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -341,18 +350,23 @@ def refine_boxes(
             if time.perf_counter() - started > max_seconds:
                 break
     with torch.no_grad():
+        if keep_best:  # candidates that never had a valid iterate fall back to the clamped last one
+            w = torch.where(torch.isfinite(best).view(-1, 1, 1), best_w, w)
         final = (basis @ (start + directions @ w)).reshape(boxes.shape)
         return torch.cat([final[..., :3], torch.maximum(final[..., 3:], sources.min_half.view(-1, 1, 1))], dim=-1)
 
 
 def _locked_subspace(basis: torch.Tensor, boxes: torch.Tensor, locked: torch.Tensor):
     """Start ``z0`` (P, D, 1) meeting the locked boxes and directions ``M`` (P, D, W) that leave them be:
-    null-space coordinates ``z = z0 + M w``."""
+    null-space coordinates ``z = z0 + M w``. ``z0`` is the point of that set nearest the start's own
+    coordinates, so the unlocked parts begin where the start has them."""
     starts, spans = [], []
     for p in range(len(boxes)):  # one least-squares problem per user-edited candidate (one in practice)
         rows = locked[p].repeat_interleave(6)
         n_locked = basis[p].double()[rows]
-        z0 = torch.linalg.lstsq(n_locked, boxes[p].reshape(-1).double()[rows].unsqueeze(-1)).solution
+        z_start = basis[p].double().T @ boxes[p].reshape(-1, 1).double()
+        miss = n_locked @ z_start - boxes[p].reshape(-1).double()[rows].unsqueeze(-1)
+        z0 = z_start - torch.linalg.lstsq(n_locked, miss).solution
         _, singular, vt = torch.linalg.svd(n_locked, full_matrices=True)
         rank = int((singular > 1e-9 * max(float(singular.max()) if len(singular) else 0.0, 1e-300)).sum())
         starts.append(z0.to(basis))

@@ -419,10 +419,12 @@ def validate_request(message: Message) -> None:
             elif name == "headings":
                 ok, rule = value in ("auto", "fixed"), "'auto' or 'fixed'"
             elif name == "viewpoint":
-                ok = value is None or (
-                    isinstance(value, list) and len(value) == 3 and all(_is_number(v, -1e6, 1e6) for v in value)
+                ok = (
+                    value is None
+                    or value == "auto"
+                    or (isinstance(value, list) and len(value) == 3 and all(_is_number(v, -1e6, 1e6) for v in value))
                 )
-                rule = "null or the scanner's direction [x, y, z]"
+                rule = "null (a cloud from all around), 'auto' (estimate it) or the scanner's direction [x, y, z]"
             elif name in FIT_OPTION_BOUNDS:
                 low, high = FIT_OPTION_BOUNDS[name]
                 ok = _is_int(value, low, high) if isinstance(low, int) else _is_number(value, low, high)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import tiny_checkpoint
 
-from backend.protocol import MAGIC, ProtocolError, encode, read_message, request, response
+from backend.protocol import MAGIC, FrameError, ProtocolError, encode, read_message, request, response
 from blender_addon.client import BackendClient, BackendUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,3 +232,7 @@ def test_every_fit_option_the_fitter_takes_passes_the_schema():
     defaults["viewpoint"] = [0.0, -1.0, 0.3]
     for name, value in defaults.items():
         validate_request(request("fit", 1, index="/i", options={name: value}))  # raises FrameError when refused
+    for viewpoint in (None, "auto"):
+        validate_request(request("fit", 1, index="/i", options={"viewpoint": viewpoint}))
+    with pytest.raises(FrameError, match="viewpoint"):
+        validate_request(request("fit", 1, index="/i", options={"viewpoint": "behind"}))

@@ -158,6 +158,11 @@ class FitResult:
     candidates: list[Candidate]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Where the target was seen from, in the candidates' world frame (Z up), or None:
+    # {"direction": [x, y, z] unit vector from the object towards the camera or scanner,
+    #  "azimuth_deg": atan2(y, x), "elevation_deg": above the XY plane,
+    #  "fov_deg": vertical field of view (images) or None, "estimated": bool (False when the caller gave it)}
+    view: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -166,6 +171,7 @@ class FitResult:
             "candidates": [c.to_json() for c in self.candidates],
             "warnings": self.warnings,
             "seconds": self.seconds,
+            "view": self.view,
         }
 
 

@@ -138,8 +138,9 @@ def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
 
 
 def render_thumbnail(index: LibraryIndex, candidate, size: int = 96) -> np.ndarray:
-    """(size, size, 3) uint8 picture of the deformed candidate, seen from the front left."""
-    from backend.render import Camera, shade
+    """(size, size, 3) uint8 picture of the deformed candidate (``backend.render.thumbnail``); the
+    worker uses it only where the index has no stored thumbnail of that size (indexes made before them)."""
+    from backend.render import DEFAULT_ALBEDO, thumbnail
 
     meshes = part_meshes(index, candidate.source_index)
     colours = part_colours(index, candidate.source_index)
@@ -150,13 +151,6 @@ def render_thumbnail(index: LibraryIndex, candidate, size: int = 96) -> np.ndarr
         scale = fitted_box[3:] / np.maximum(source_box[3:], 1e-9)
         vertices.append(centre + (np.asarray(mesh.vertices) - source_box[:3]) * scale)
         faces.append(np.asarray(mesh.faces) + offset)
-        face_colours.append(np.tile((colour[:3] if colour is not None else [0.7, 0.7, 0.72]), (len(mesh.faces), 1)))
+        face_colours.append(np.tile((colour[:3] if colour is not None else DEFAULT_ALBEDO), (len(mesh.faces), 1)))
         offset += len(mesh.vertices)
-    return shade(
-        np.concatenate(vertices),
-        np.concatenate(faces),
-        np.concatenate(face_colours),
-        Camera(azimuth=35, elevation=20),
-        size=size,
-        background=(0.16, 0.16, 0.16),
-    )
+    return thumbnail(np.concatenate(vertices), np.concatenate(faces), np.concatenate(face_colours), size)

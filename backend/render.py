@@ -214,3 +214,21 @@ def visible_points(
     seen_face = raster.face[py, px]
     seen_depth = raster.depth[py, px]
     return (seen_face == point_faces) | (depth <= seen_depth * 1.005)
+
+
+THUMBNAIL_CAMERA = Camera(azimuth=35, elevation=20)  # seen from the front left, a little above
+THUMBNAIL_BACKGROUND = (0.16, 0.16, 0.16)  # Blender's dark panel grey
+DEFAULT_ALBEDO = (0.7, 0.7, 0.72)  # faces of files without colours
+
+
+def thumbnail(vertices: np.ndarray, faces: np.ndarray, face_colors: np.ndarray, size: int = 96) -> np.ndarray:
+    """(size, size, 3) uint8 picture of a model for the add-on's candidate list (one look everywhere).
+
+    Args:
+        vertices: (V, 3) positions (Z up; any unit, the camera frames the bounding sphere).
+        faces: (F, 3) triangle indices.
+        face_colors: (F, 3) albedo in [0, 1].
+    """
+    return shade(
+        vertices, faces, face_colors, THUMBNAIL_CAMERA, size=size, background=THUMBNAIL_BACKGROUND, supersample=1
+    )

@@ -8,7 +8,8 @@ while it works, and a cancelled request stops at its next progress call.
 Stray prints from libraries cannot corrupt the protocol: the process's own
 stdout is moved to stderr, and frames go to a private copy of the original
 stdout. What the worker reads it keeps: fitters per (checkpoint, index) and
-the part meshes of recently used sources (``backend.export``'s cache).
+the part meshes of recently used sources (``backend.export``'s cache); the
+candidates' thumbnails come from the index (drawn once, at index time).
 """
 
 from __future__ import annotations
@@ -235,13 +236,36 @@ class Worker:
             if rank < len(result.candidates):
                 arrays.update(self.mesh_arrays(fitter.index, result.candidates[rank].source_index, f"c{rank}_"))
         if message.get("thumbnails"):
-            from backend.export import render_thumbnail
-
-            for candidate in result.candidates:
-                progress(candidate.rank, len(result.candidates), "drawing thumbnails")
-                arrays[f"thumbnail{candidate.rank}"] = render_thumbnail(fitter.index, candidate, message["thumbnails"])
+            arrays.update(self.thumbnails(fitter.index, result.candidates, message["thumbnails"], progress))
+        fields = result.to_json()
+        if "points" in message.arrays:
+            progress(0, 1, "measuring each part")
+            self.add_residuals(fields, fitter.index, points, result.candidates)
         progress(1, 1, "done")
-        return result.to_json(), arrays
+        return fields, arrays
+
+    @staticmethod
+    def thumbnails(index, candidates: list, size: int, progress) -> dict[str, np.ndarray]:
+        """``thumbnail<rank>`` pictures: the ones drawn at index time, else (an index from before them,
+        another size) the deformed candidate drawn now."""
+        from backend.export import render_thumbnail
+
+        arrays = {}
+        for candidate in candidates:
+            picture = index.thumbnail(candidate.source_index, size)
+            if picture is None:
+                progress(candidate.rank, len(candidates), "drawing thumbnails")
+                picture = render_thumbnail(index, candidate, size)
+            arrays[f"thumbnail{candidate.rank}"] = picture
+        return arrays
+
+    @staticmethod
+    def add_residuals(fields: dict, index, points: np.ndarray, candidates: list) -> None:
+        """Each candidate's per-part residuals (``backend.residuals``) into its JSON, as ``residuals``."""
+        from backend.residuals import candidate_residuals
+
+        for entry, residuals in zip(fields["candidates"], candidate_residuals(index, points, candidates)):
+            entry["residuals"] = residuals
 
     @staticmethod
     def mesh_arrays(index, source_index: int, prefix: str = "") -> dict[str, np.ndarray]:
@@ -291,7 +315,9 @@ class Worker:
             options,
             progress=lambda done, total, text: self.progress(message.id, done, total, text),
         )
-        return result.to_json(), None
+        fields = result.to_json()
+        self.add_residuals(fields, fitter.index, points, result.candidates)
+        return fields, None
 
     def handle_keep_connected(self, message: Message):
         from backend.editing import keep_connected

@@ -96,11 +96,12 @@ def test_match_rating_says_what_the_chamfer_means():
 
     # chamfer x100 is a mean squared distance at box diagonal 1: 0.16 -> off by 4% of the size
     assert quality.typical_distance(0.16) == pytest.approx(0.04)
-    assert [quality.rating(c) for c in (0.05, 0.16, 0.3, 0.64, 2.0, None)] == [
+    assert [quality.rating(c) for c in (0.05, 0.16, 0.3, 0.36, 0.4, 2.0, None)] == [
         "close",
         "close",
         "fair",
         "fair",
+        "poor",
         "poor",
         "unmeasured",
     ]

@@ -171,3 +171,38 @@ def test_concurrent_run_is_refused(library, tmp_path):
     with index_module._exclusive(out):
         with pytest.raises(LibraryIndexError, match="another indexing run"):
             build_index(library, out)
+
+
+def test_thumbnails_are_drawn_at_index_time_and_no_fit_draws_them(library, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import backend.export as export
+    from backend.worker import Worker
+
+    out = tmp_path / "index"
+    build_index(library, out)
+    index = load_index(out)
+    size = index_module.THUMBNAIL_SIZE
+    pictures = [index.thumbnail(i, size) for i in range(len(index))]
+    for record, picture in zip(index.sources, pictures):
+        assert record.thumbnail == size and picture.shape == (size, size, 3) and picture.dtype == np.uint8
+        assert (np.abs(picture.astype(int) - 41).sum(axis=2) > 30).mean() > 0.05, record.path  # the model shows
+    plain = [s.path for s in index.sources].index("chairs/plain.glb")
+    assert not np.array_equal(pictures[plain], pictures[plain - 1])
+    # the worker sends the stored pictures: nothing is drawn per fit
+    monkeypatch.setattr(export, "render_thumbnail", lambda *a: pytest.fail("a thumbnail was drawn during a fit"))
+    candidates = [SimpleNamespace(rank=r, source_index=i) for r, i in enumerate((plain, 0))]
+    sent = Worker.thumbnails(index, candidates, size, lambda *a: None)
+    assert np.array_equal(sent["thumbnail0"], pictures[plain]) and np.array_equal(sent["thumbnail1"], pictures[0])
+    assert index.thumbnail(plain, 64) is None  # another size: the worker draws that one (fallback)
+    monkeypatch.undo()
+    # an index from before thumbnails: its rows are rebuilt once by the next run, and then kept
+    data = manifest(out)
+    for row in data["sources"]:
+        del row["thumbnail"]
+    (out / "manifest.json").write_text(json.dumps(data))
+    assert load_index(out).thumbnail(plain, size) is None
+    report = build_index(library, out)
+    assert sorted(report.updated) == sorted(s.path for s in index.sources), report.summary()
+    assert np.array_equal(load_index(out).thumbnail(plain, size), pictures[plain])
+    assert build_index(library, out).unchanged and not build_index(library, out).updated

@@ -99,6 +99,10 @@ def test_hello_index_fit(worker):
     )
     assert len(fit["candidates"]) == 2
     parts = fit["candidates"][0]["parts"]
+    for candidate in fit["candidates"]:  # where the fit is poor, per part (backend/residuals.py)
+        residuals = candidate["residuals"]
+        assert len(residuals["parts_x100"]) == len(residuals["share"]) == len(candidate["parts"])
+        assert sum(residuals["share"]) == pytest.approx(1.0) and min(residuals["parts_x100"]) >= 0
     assert fit.arrays["c0_part0_colour"].shape == (4,)  # the demo files carry materials
     thumbs = client.call(
         "fit",

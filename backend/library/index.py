@@ -3,7 +3,8 @@
 Layout of an index folder::
 
     manifest.json          format version, library root, options, sources, skipped files
-    sources/<hash>.npz     one per source (see ``backend.library.source.Source``)
+    sources/<hash>.npz     one per source (see ``backend.library.source.Source``), with the
+                           model's thumbnail drawn at index time (``THUMBNAIL_SIZE`` pixels)
     .lock                  held by the run writing the index (its pid inside)
 
 The index folder belongs to the project: ``build_index`` refuses a folder
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -36,6 +39,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from backend import __version__
 from backend.geometry.sampling import seed_from_bytes
@@ -50,6 +55,7 @@ MANIFEST = "manifest.json"
 SOURCES_DIR = "sources"
 LOCK = ".lock"
 LOCK_GUARD = ".lock-guard"
+THUMBNAIL_SIZE = 96  # pixels of the picture stored with every source (the add-on's candidate list)
 COMMIT_EVERY = 32  # models between manifest commits
 COMMIT_SECONDS = 20.0  # ... or seconds, whichever comes first
 CRASH_REASON = "the indexing process died while reading this model (killed, e.g. out of memory, or crashed)"
@@ -83,6 +89,7 @@ class SourceRecord:
     bounds: list[list[float]]
     options: str
     arrays_sha256: str = ""
+    thumbnail: int = 0  # pixels of the thumbnail stored in the arrays (0: none, an index from before them)
 
     @classmethod
     def from_json(cls, data: dict) -> SourceRecord:
@@ -171,6 +178,19 @@ class LibraryIndex:
             raise LibraryIndexError(
                 f"{path} (source '{record.path}') is damaged ({error}); {self.repair_hint()}"
             ) from error
+
+    def thumbnail(self, i: int, size: int) -> np.ndarray | None:
+        """Source ``i``'s thumbnail drawn at index time, if it has one of ``size`` pixels (else None)."""
+        if self.sources[i].thumbnail != size:
+            return None
+        path = self.folder / self.sources[i].arrays
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                picture = data["thumbnail"]
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error):
+            return None  # the fit still draws one; the next indexing run repairs the file
+        ok = picture.dtype == np.uint8 and picture.shape == (size, size, 3)
+        return picture if ok else None
 
     def check_library(self) -> Path:
         """The library folder, resolved.
@@ -430,12 +450,33 @@ def index_entry(entry: LibraryEntry, root: Path, sources_dir: Path, options: Ind
         bounds=source.bounds.tolist(),
         options=options.fingerprint(),
         arrays_sha256=digest,
+        thumbnail=0 if source.thumbnail is None else int(source.thumbnail.shape[0]),
     ).__dict__
 
 
 def source_from_entry(entry: LibraryEntry, root: Path, options: IndexOptions, sha256: str) -> Source:
-    """Load and build the source of one library entry; samples are seeded by content."""
-    return build_source(_load(entry, root, options), options, seed=seed_from_bytes(sha256))
+    """Load and build the source of one library entry (samples seeded by content), with its thumbnail."""
+    model = _load(entry, root, options)
+    source = build_source(model, options, seed=seed_from_bytes(sha256))
+    source.thumbnail = model_thumbnail(model, entry.absolute(root), root)
+    return source
+
+
+def model_thumbnail(model, path: Path, root: Path, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """(size, size, 3) uint8 picture of a loaded model in its file's colours (``backend.render.thumbnail``),
+    drawn once at index time so that no fit renders one."""
+    from backend.library.materials import node_colours
+    from backend.render import DEFAULT_ALBEDO, thumbnail
+
+    colours = node_colours(path, root) if path.is_file() else {}
+    vertices, faces, face_colours, offset = [], [], [], 0
+    for piece in model.pieces:
+        colour = colours.get(model.nodes[piece.node])
+        vertices.append(piece.vertices)
+        faces.append(piece.faces + offset)
+        face_colours.append(np.tile(DEFAULT_ALBEDO if colour is None else colour[:3], (len(piece.faces), 1)))
+        offset += len(piece.vertices)
+    return thumbnail(np.concatenate(vertices), np.concatenate(faces), np.concatenate(face_colours), size)
 
 
 def _index_entry_star(args: tuple) -> dict:
@@ -681,7 +722,8 @@ def build_index(
         todo: list[tuple[LibraryEntry, str]] = []
         for entry in entries:
             old = old_sources.get(entry.path)
-            reusable = old is not None and old.get("options") == fingerprint
+            # rows from before thumbnails are rebuilt once, so every source gets its picture
+            reusable = old is not None and old.get("options") == fingerprint and old.get("thumbnail") == THUMBNAIL_SIZE
             if reusable and old["size"] == entry.size and old["mtime_ns"] == entry.mtime_ns:
                 if _arrays_intact(folder, old):
                     rows[entry.path] = old

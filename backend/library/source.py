@@ -102,6 +102,9 @@ def _option_rules(options: IndexOptions):
     yield "up_axis", f"one of {UP_AXES}", options.up_axis in UP_AXES
 
 
+OPTIONAL = ("thumbnail",)  # arrays a source file may lack (written by older versions)
+
+
 @dataclass
 class Source:
     """A part-structured, deformable source shape (Z up, metres).
@@ -123,6 +126,8 @@ class Source:
         piece_names: names of the original pieces (kept for display).
         piece_part: (P,) int16 part of each piece.
         piece_kind: ``"nodes"``, ``"components"`` or ``"partnet"``.
+        thumbnail: (S, S, 3) uint8 picture of the model drawn at index time
+            (``backend.render.thumbnail``), or None (sources made before thumbnails).
     """
 
     boxes: np.ndarray
@@ -140,6 +145,7 @@ class Source:
     piece_names: list[str]
     piece_part: np.ndarray
     piece_kind: str
+    thumbnail: np.ndarray | None = None
 
     @property
     def n_parts(self) -> int:
@@ -161,6 +167,8 @@ class Source:
         for key in ("node_names", "piece_names"):
             arrays[key] = np.array(arrays[key], dtype=np.str_)
         arrays["piece_kind"] = np.array(self.piece_kind, dtype=np.str_)
+        if self.thumbnail is None:
+            del arrays["thumbnail"]
         with open(path, "wb") as handle:
             np.savez_compressed(handle, **arrays)
 
@@ -174,7 +182,7 @@ class Source:
         """
         try:
             with np.load(path, allow_pickle=False) as data:
-                values = {f.name: data[f.name] for f in fields(cls)}
+                values = {f.name: data[f.name] for f in fields(cls) if f.name in data.files or f.name not in OPTIONAL}
             for key in ("node_names", "piece_names"):
                 values[key] = [str(v) for v in values[key]]
             for key in ("min_half_size", "symmetry_offset"):
@@ -199,6 +207,11 @@ class Source:
             (self.joint_pairs.ndim == 2 and self.joint_pairs.shape[1] == 2, "joint pairs must be J x 2"),
             (self.part_mirror.shape == (k,), "one mirror entry per part"),
             (len(self.piece_names) == len(self.piece_part), "one part per piece"),
+            (
+                self.thumbnail is None
+                or (self.thumbnail.dtype == np.uint8 and self.thumbnail.ndim == 3 and self.thumbnail.shape[2] == 3),
+                "the thumbnail must be an S x S x 3 uint8 picture",
+            ),
         ]
         for ok, rule in checks:
             if not ok:

@@ -92,9 +92,11 @@ class FitOptions:
         symmetry_weight: weight of the symmetry term during refinement.
         size_weight: weight of the part-size plausibility term during refinement
             (``backend.model.inference.size_penalty``).
-        viewpoint: for a single-view scan, the direction (x, y, z) from the object towards the
-            scanner in the cloud's frame: only the source surface facing it is pulled toward the
-            scan (``backend.model.inference.partial_chamfer``); None: a cloud from all around.
+        viewpoint: ``"auto"``: judge from the cloud whether it is a single-view scan and from where
+            (``backend.model.viewpoint``; a cloud from all around keeps the full objective); a
+            direction (x, y, z) from the object towards the scanner in the cloud's frame: a scan
+            seen from there, only the source surface facing it is pulled toward the scan
+            (``backend.model.inference.partial_chamfer``); None: a cloud from all around.
     """
 
     top_k: int = 5
@@ -106,7 +108,7 @@ class FitOptions:
     refine_seconds: float = 30.0
     symmetry_weight: float = 1.0
     size_weight: float = 0.01
-    viewpoint: tuple[float, float, float] | None = None
+    viewpoint: str | tuple[float, float, float] | None = "auto"
 
 
 @dataclass
@@ -173,6 +175,18 @@ class FitResult:
             "seconds": self.seconds,
             "view": self.view,
         }
+
+
+def scan_view(direction: np.ndarray, estimated: bool) -> dict:
+    """``FitResult.view`` of a scan seen from ``direction`` (3,), towards the scanner, world frame (Z up)."""
+    unit = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
+    return {
+        "direction": unit.tolist(),
+        "azimuth_deg": float(np.degrees(np.arctan2(unit[1], unit[0]))),
+        "elevation_deg": float(np.degrees(np.arcsin(np.clip(unit[2], -1.0, 1.0)))),
+        "fov_deg": None,
+        "estimated": bool(estimated),
+    }
 
 
 def clean_points(points, n_points: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -308,7 +322,10 @@ class Fitter:
         started = time.perf_counter()
         if options.headings not in ("auto", "fixed"):
             raise FitError(f"headings must be 'auto' or 'fixed', got {options.headings!r}")
-        if options.viewpoint is not None:
+        if isinstance(options.viewpoint, str):
+            if options.viewpoint != "auto":
+                raise FitError(f"viewpoint must be 'auto', None or a direction (x, y, z), got {options.viewpoint!r}")
+        elif options.viewpoint is not None:
             view = np.asarray(options.viewpoint, dtype=np.float64)
             if view.shape != (3,) or not np.all(np.isfinite(view)) or np.linalg.norm(view) < 1e-9:
                 raise FitError(f"viewpoint must be three finite numbers, not all zero, got {options.viewpoint!r}")
@@ -332,7 +349,9 @@ class Fitter:
             symmetry_weight=options.symmetry_weight,
             size_weight=options.size_weight,
             fine_headings=FINE_HEADINGS if options.headings == "auto" else 0,
-            viewpoint=None if options.viewpoint is None else torch.tensor(options.viewpoint, dtype=torch.float32),
+            viewpoint=options.viewpoint
+            if options.viewpoint is None or isinstance(options.viewpoint, str)
+            else torch.tensor(options.viewpoint, dtype=torch.float32),
             max_seconds=options.refine_seconds,
             progress=progress,
         )
@@ -355,7 +374,8 @@ class Fitter:
             original=fit.placed,
         )
         _report(progress, 1, 1, "fitted")
-        return FitResult("points", candidates, notes, time.perf_counter() - started)
+        view = None if fit.viewpoint is None else scan_view(fit.viewpoint.cpu().numpy(), fit.estimated)
+        return FitResult("points", candidates, notes, time.perf_counter() - started, view=view)
 
     def fit_image(self, image, options: FitOptions = FitOptions(), progress: Progress | None = None) -> FitResult:
         """Fit an (H, W, 3|4) image: every source ranked by silhouette agreement from a grid of views

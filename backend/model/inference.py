@@ -32,6 +32,14 @@ import torch
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, project_positive
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
+from backend.model.viewpoint import (
+    EVIDENCE_POINTS,
+    EVIDENCE_TARGET_POINTS,
+    choose_viewpoint,
+    hypothesis_scores,
+    view_directions,
+    visible_from,
+)
 
 RANK_POINTS = 256
 # Libraries larger than this are first ranked on this many points, and only the best kept.
@@ -178,33 +186,6 @@ def turn_about_z(points: torch.Tensor, yaws: torch.Tensor, pivot: torch.Tensor) 
     x = c.unsqueeze(1) * rel[:, 0] - s.unsqueeze(1) * rel[:, 1]
     y = s.unsqueeze(1) * rel[:, 0] + c.unsqueeze(1) * rel[:, 1]
     return torch.stack([x, y, rel[:, 2].expand_as(x)], dim=-1) + pivot
-
-
-def visible_from(
-    points: torch.Tensor, direction: torch.Tensor, grid: int = 40, tolerance: float = 0.02
-) -> torch.Tensor:
-    """(B, N) mask of points a viewer looking along ``-direction`` sees.
-
-    A point z-buffer: points are binned on a ``grid`` x ``grid`` image plane
-    and kept when within ``tolerance`` (normalised units) of the nearest
-    point of their cell, which is what a single scan of the shape records.
-
-    Args:
-        points: (B, N, 3) in a normalised frame.
-        direction: (B, 3) unit vectors from the shape towards the viewer.
-    """
-    up = torch.tensor([0.0, 0.0, 1.0], dtype=points.dtype, device=points.device).expand_as(direction)
-    right = torch.nn.functional.normalize(torch.cross(up, direction, dim=-1), dim=-1)
-    true_up = torch.cross(direction, right, dim=-1)
-    u = (points * right.unsqueeze(1)).sum(-1)
-    v = (points * true_up.unsqueeze(1)).sum(-1)
-    depth = -(points * direction.unsqueeze(1)).sum(-1)
-    cell_u = ((u + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
-    cell_v = ((v + 0.75) / 1.5 * grid).long().clamp(0, grid - 1)
-    cell = cell_u * grid + cell_v
-    nearest = torch.full((points.shape[0], grid * grid), float("inf"), dtype=points.dtype, device=points.device)
-    nearest = nearest.scatter_reduce(1, cell, depth, reduce="amin")
-    return depth <= torch.gather(nearest, 1, cell) + tolerance
 
 
 def size_penalty(boxes: torch.Tensor, reference: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
@@ -409,6 +390,7 @@ class CloudFit:
         start: (C,) long, which start won: 0 the per-axis placement, 1 the network's prediction.
         coarse: (C,) the coarse ranking score, same unit as ``chamfer``.
         viewpoint: (3,) direction towards the scanner in the unturned frame, or None (full cloud).
+        estimated: whether ``viewpoint`` (or its absence) was estimated from the cloud (``viewpoint="auto"``).
     """
 
     rows: torch.Tensor
@@ -422,6 +404,41 @@ class CloudFit:
     start: torch.Tensor
     coarse: torch.Tensor
     viewpoint: torch.Tensor | None
+    estimated: bool = False
+
+
+EVIDENCE_SOURCES = 3  # the best-placed sources whose observations judge the viewpoint hypotheses
+
+
+def estimate_viewpoint(
+    sources: SourceTensors,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    extents: torch.Tensor,
+    yaws: torch.Tensor,
+    directions: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Whether a cloud is a single-view scan, and from where (``backend.model.viewpoint``).
+
+    The ``EVIDENCE_SOURCES`` first of ``rows`` are placed per axis on their targets; every hypothesis (from all
+    around, or a scan from one of ``directions``) is scored by ``hypothesis_scores`` summed over them.
+
+    Args:
+        rows: (P,) source rows, best first; targets: (P, M, 3) the cloud in each one's heading frame
+            (normalised, the cloud turned by ``-yaws``); extents: (P, 3) their box sizes; yaws: (P,) radians.
+        directions: (V, 3) hypotheses in the cloud's frame (default ``view_directions()``).
+
+    Returns:
+        (3,) unit direction towards the scanner in the cloud's frame, or None for a cloud from all around.
+    """
+    n = min(EVIDENCE_SOURCES, len(rows))
+    directions = (view_directions() if directions is None else directions).to(targets)
+    group = sources.select(rows[:n]).first_points(EVIDENCE_POINTS)
+    points = deformed_points(group, box_placement(group, extents[:n]))
+    turned = turn_about_z(directions, yaws[:n], torch.zeros(3, dtype=targets.dtype, device=targets.device))
+    scores = hypothesis_scores(points, targets[:n, :EVIDENCE_TARGET_POINTS], turned)
+    best, _ = choose_viewpoint(scores)
+    return None if best == 0 else directions[best - 1]
 
 
 def _rotate_directions(direction: torch.Tensor, yaws: torch.Tensor) -> torch.Tensor:
@@ -442,7 +459,7 @@ def fit_cloud(
     steps: int = 200,
     symmetry_weight: float = 1.0,
     size_weight: float = 0.0,
-    viewpoint: torch.Tensor | None = None,
+    viewpoint: torch.Tensor | str | None = None,
     max_seconds: float = float("inf"),
     shortlist: int = SHORTLIST_THRESHOLD,
     fine_headings: int = 0,
@@ -466,7 +483,9 @@ def fit_cloud(
         fine_headings: also try this many evenly spaced headings on the pooled sources (0: none), so
             footprints without a clear rectangle (round, three-legged) find their turn too.
         viewpoint: for a single-view scan, (3,) direction from the object towards the scanner
-            (cloud's frame): ranking, refinement and measurement use ``partial_chamfer``.
+            (cloud's frame): ranking, refinement and measurement use ``partial_chamfer``; ``"auto"``:
+            estimated after a first ranking (``estimate_viewpoint``), None if the cloud is judged
+            to be from all around; None: a full cloud.
 
     Returns:
         ``CloudFit`` with ``min(top_k, pool, S)`` candidates.
@@ -474,8 +493,10 @@ def fit_cloud(
     cloud = cloud.float()
     lo, hi = cloud.min(dim=0).values, cloud.max(dim=0).values
     pivot, unit = (lo + hi) / 2, float((hi - lo).norm())
-    if viewpoint is not None:
-        viewpoint = torch.nn.functional.normalize(viewpoint.to(cloud), dim=0)
+    estimate = isinstance(viewpoint, str)
+    if estimate and viewpoint != "auto":
+        raise ValueError(f"viewpoint must be None, 'auto' or a direction, got {viewpoint!r}")
+    viewpoint = None if estimate or viewpoint is None else torch.nn.functional.normalize(viewpoint.to(cloud), dim=0)
     n_given = len(yaws)
     if fine_headings:  # a ring of headings, tried on the pool only (round or three-legged footprints)
         yaws = torch.cat([yaws.to(cloud), torch.arange(fine_headings).to(cloud) * (2 * math.pi / fine_headings)])
@@ -493,7 +514,7 @@ def fit_cloud(
         prior = embedding_distance(model, targets, "points", codes["embedding"]).min(dim=0).values
         rows = torch.argsort(prior)[:shortlist]
 
-    def ranked(group: SourceTensors, headings: range, n_points: int = RANK_POINTS) -> torch.Tensor:
+    def ranked(group: SourceTensors, headings: range, views, n_points: int = RANK_POINTS) -> torch.Tensor:
         """(len(headings), len(group)) coarse chamfer of every source of ``group`` placed at each heading."""
         scores = []
         for h in headings:  # a handful of headings; every source of a heading in one batched pass
@@ -506,18 +527,28 @@ def fit_cloud(
             scores.append(coarse_chamfer(group, placed, target, None, view, n_points, progress=report))
         return torch.stack(scores) * common[list(headings)].unsqueeze(1)
 
-    if len(rows) > PREFILTER_KEEP:  # a cheap first pass on a few points keeps the most promising sources
-        few = sources.first_points(PREFILTER_POINTS).select(rows)
-        rough = ranked(few, range(n_given), PREFILTER_POINTS).min(dim=0).values
-        rows = rows[torch.argsort(rough)[:PREFILTER_KEEP]]
-    candidates = sources.first_points(RANK_POINTS).select(rows)
-    best_score, best_heading = ranked(candidates, range(n_given)).min(dim=0)
-    keep = torch.argsort(best_score)[: min(pool, len(rows))]
-    pooled_rows, heading = rows[keep], best_heading[keep]
-    if len(yaws) > n_given:
-        ring = ranked(candidates.select(keep), range(n_given, len(yaws)))
-        better = ring.min(dim=0).values < best_score[keep]
-        heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
+    def pooled(rows: torch.Tensor, views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``pool`` best sources of ``rows`` with their best headings and coarse scores, best first."""
+        if len(rows) > PREFILTER_KEEP:  # a cheap first pass on a few points keeps the most promising sources
+            few = sources.first_points(PREFILTER_POINTS).select(rows)
+            rough = ranked(few, range(n_given), views, PREFILTER_POINTS).min(dim=0).values
+            rows = rows[torch.argsort(rough)[:PREFILTER_KEEP]]
+        candidates = sources.first_points(RANK_POINTS).select(rows)
+        best_score, best_heading = ranked(candidates, range(n_given), views).min(dim=0)
+        keep = torch.argsort(best_score)[: min(pool, len(rows))]
+        heading = best_heading[keep]
+        if len(yaws) > n_given:
+            ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)
+            better = ring.min(dim=0).values < best_score[keep]
+            heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
+        return rows[keep], heading, best_score[keep]
+
+    pooled_rows, heading, coarse = pooled(rows, views)
+    if estimate:  # is it a scan, and from where: judged on the best placements, then ranked again if a scan
+        viewpoint = estimate_viewpoint(sources, pooled_rows, targets[heading], extents[heading], yaws[heading])
+        if viewpoint is not None:
+            views = _rotate_directions(viewpoint, yaws)
+            pooled_rows, heading, coarse = pooled(rows, views)
     chosen = sources.select(pooled_rows)
     placement = project_positive(
         box_placement(chosen, extents[heading]), chosen.basis, chosen.min_half, chosen.part_mask
@@ -528,7 +559,7 @@ def fit_cloud(
         starts.append(
             network_boxes(model, chosen, codes["global"][pooled_rows], codes["parts"][pooled_rows], target_code)
         )
-    n_starts, n_pool = len(starts), len(keep)
+    n_starts, n_pool = len(starts), len(pooled_rows)
     every = SourceTensors(*(torch.cat([getattr(chosen, f)] * n_starts) for f in SourceTensors.__dataclass_fields__))
     boxes = torch.cat(starts)
     pair_heading = heading.repeat(n_starts)
@@ -577,6 +608,7 @@ def fit_cloud(
         boxes=boxes[chosen_pairs],
         chamfer=measured.min(dim=0).values[order],
         start=winner[order],
-        coarse=best_score[keep][order],
+        coarse=coarse[order],
         viewpoint=viewpoint,
+        estimated=estimate,
     )

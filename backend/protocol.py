@@ -56,7 +56,17 @@ MAX_ARRAYS = 4096
 MAX_DEPTH = 32  # nesting of a header's JSON
 MAX_ID = (1 << 53) - 1  # exact in a JSON number
 
-REQUESTS = ("hello", "index_library", "fit", "refit", "keep_connected", "part_meshes", "cancel", "shutdown")
+REQUESTS = (
+    "hello",
+    "index_library",
+    "fit",
+    "refit",
+    "keep_connected",
+    "residuals",
+    "part_meshes",
+    "cancel",
+    "shutdown",
+)
 RESPONSES = ("progress", "result", "error")
 
 # Fields each request type must carry (beyond protocol, id, type).
@@ -66,6 +76,7 @@ REQUIRED = {
     "fit": ("index",),
     "refit": ("index", "source_index", "locked"),
     "keep_connected": ("index", "source_index", "locked"),
+    "residuals": ("index", "source_index"),
     "part_meshes": ("index", "source_index"),
     "cancel": ("target",),
     "shutdown": (),
@@ -385,6 +396,12 @@ FIELDS = {
         "locked": _LOCKED,
         "excluded": (lambda v: v is None or _bools(v), "a list of true/false or null"),
         "keep_symmetry": (lambda v: isinstance(v, bool), "true or false"),
+        "yaw": (lambda v: _is_number(v, -1e3, 1e3), "a finite angle in radians"),
+    },
+    "residuals": {
+        "index": _STRING,
+        "checkpoint": _OPTIONAL_STRING,
+        "source_index": _SOURCE_INDEX,
         "yaw": (lambda v: _is_number(v, -1e3, 1e3), "a finite angle in radians"),
     },
     "part_meshes": {"index": _STRING, "source_index": _SOURCE_INDEX},

@@ -18,12 +18,11 @@ Image targets have no points: they get no residuals.
 from __future__ import annotations
 
 import numpy as np
-import torch
+from scipy.spatial import cKDTree
 
 from backend.geometry.frames import rotation_z
 
 MAX_TARGET_POINTS = 4096  # a larger target is subsampled (seeded): the residuals are means
-CHUNK_ELEMENTS = 1 << 24  # distances held at once (64 MB of float32)
 
 
 def deformed_samples(
@@ -48,11 +47,11 @@ def deformed_samples(
     return fitted_boxes[labels, :3] + local @ rotation_z(float(yaw)).T
 
 
-def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, n_parts: int) -> dict[str, list]:
+def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, n_parts: list[int]) -> dict[str, list]:
     """Per-part residuals of C fitted candidates against one target, all candidates at once.
 
     Args:
-        target: (M, 3) target points (metres); more than ``MAX_TARGET_POINTS`` are subsampled.
+        target: (M, 3) target points (metres); more than ``MAX_TARGET_POINTS`` are subsampled (seeded).
         samples: (C, N, 3) each candidate's deformed samples (``deformed_samples``), same N for all.
         labels: (C, N) part of each sample.
         n_parts: (C,) parts of each candidate (labels are below it).
@@ -65,22 +64,18 @@ def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, 
     if len(target) > MAX_TARGET_POINTS:
         target = target[np.random.default_rng(0).choice(len(target), MAX_TARGET_POINTS, replace=False)]
     diagonal = max(float(np.linalg.norm(target.max(axis=0) - target.min(axis=0))), 1e-9)
-    t = torch.from_numpy(target / diagonal).float()
-    s = torch.from_numpy(np.asarray(samples, np.float64) / diagonal).float()  # (C, N, 3)
-    lab = torch.from_numpy(np.asarray(labels, np.int64))  # (C, N)
-    to_target, nearest_sample = [], []
-    chunk = max(1, CHUNK_ELEMENTS // max(1, s.shape[1] * t.shape[0]))  # candidates per (c, N, M) distance block
-    for start in range(0, len(s), chunk):
-        distance = torch.cdist(s[start : start + chunk], t.expand(len(s[start : start + chunk]), -1, -1))
-        to_target.append(distance.min(dim=2).values ** 2)  # (c, N)
-        nearest_sample.append(distance.argmin(dim=1))  # (c, M)
-    to_target, nearest_sample = torch.cat(to_target), torch.cat(nearest_sample)
-    explained_by = torch.gather(lab, 1, nearest_sample)  # (C, M)
+    samples = np.asarray(samples, np.float64) / diagonal
+    target = target / diagonal
+    count, n = samples.shape[:2]
     k = int(max(n_parts))
-    sums = torch.zeros(len(s), k).scatter_add_(1, lab, to_target)
-    counts = torch.zeros(len(s), k).scatter_add_(1, lab, torch.ones_like(to_target))
-    share = torch.zeros(len(s), k).scatter_add_(1, explained_by, torch.ones(explained_by.shape)) / t.shape[0]
-    means = 100.0 * sums / counts.clamp(min=1)
+    slot = np.asarray(labels, np.int64) + k * np.arange(count)[:, None]  # (C, N) candidate-and-part bins
+    to_target = cKDTree(target).query(samples.reshape(-1, 3))[0] ** 2  # every candidate's samples in one query
+    sums = np.bincount(slot.reshape(-1), to_target, minlength=count * k).reshape(count, k)
+    counts = np.bincount(slot.reshape(-1), minlength=count * k).reshape(count, k)
+    nearest = np.stack([cKDTree(c).query(target)[1] for c in samples])  # (C, M): each target point's sample
+    explained = np.take_along_axis(slot, nearest, axis=1)
+    share = np.bincount(explained.reshape(-1), minlength=count * k).reshape(count, k) / len(target)
+    means = 100.0 * sums / np.maximum(counts, 1)
     out: dict[str, list] = {"parts_x100": [], "share": []}
     for c, parts in enumerate(n_parts):
         out["parts_x100"].append([float(m) if n > 0 else None for m, n in zip(means[c, :parts], counts[c, :parts])])
@@ -88,20 +83,25 @@ def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, 
     return out
 
 
-def candidate_residuals(index, target: np.ndarray, candidates: list) -> list[dict]:
+def candidate_residuals(sources, target: np.ndarray, candidates: list) -> list[dict]:
     """Per-part residuals of each ``backend.fitting.Candidate`` against the target points (M, 3).
+
+    Args:
+        sources: the fitter's ``SourceTensors`` (samples in each source's normalised frame).
 
     Returns one ``{"parts_x100": [...], "share": [...]}`` per candidate, parts in index order."""
     if not candidates:
         return []
-    sources = [index.load_source(c.source_index) for c in candidates]
-    count = min(len(s.points) for s in sources)  # samples are in random order: a uniform subset
+    rows = np.array([c.source_index for c in candidates])
+    points = sources.points[rows].cpu().numpy().astype(np.float64)  # (C, N, 3), normalised frame
+    scale = sources.scale[rows].cpu().numpy().astype(np.float64)
+    points = points * scale[:, None, None] + sources.centre[rows].cpu().numpy()[:, None, :]  # the files' frames
+    labels = sources.labels[rows].cpu().numpy()
     samples = np.stack(
         [
-            deformed_samples(s.points[:count], s.point_labels[:count], c.source_boxes, c.fitted_boxes, c.yaw)
-            for s, c in zip(sources, candidates)
+            deformed_samples(p, lab, c.source_boxes, c.fitted_boxes, c.yaw)
+            for p, lab, c in zip(points, labels, candidates)
         ]
     )
-    labels = np.stack([s.point_labels[:count] for s in sources])
-    table = part_residuals(target, samples, labels, [s.n_parts for s in sources])
+    table = part_residuals(target, samples, labels, [len(c.source_boxes) for c in candidates])
     return [{"parts_x100": p, "share": q} for p, q in zip(table["parts_x100"], table["share"])]

@@ -240,7 +240,7 @@ class Worker:
         fields = result.to_json()
         if "points" in message.arrays:
             progress(0, 1, "measuring each part")
-            self.add_residuals(fields, fitter.index, points, result.candidates)
+            self.add_residuals(fields, fitter.sources, points, result.candidates)
         progress(1, 1, "done")
         return fields, arrays
 
@@ -260,11 +260,11 @@ class Worker:
         return arrays
 
     @staticmethod
-    def add_residuals(fields: dict, index, points: np.ndarray, candidates: list) -> None:
+    def add_residuals(fields: dict, sources, points: np.ndarray, candidates: list) -> None:
         """Each candidate's per-part residuals (``backend.residuals``) into its JSON, as ``residuals``."""
         from backend.residuals import candidate_residuals
 
-        for entry, residuals in zip(fields["candidates"], candidate_residuals(index, points, candidates)):
+        for entry, residuals in zip(fields["candidates"], candidate_residuals(sources, points, candidates)):
             entry["residuals"] = residuals
 
     @staticmethod
@@ -316,8 +316,30 @@ class Worker:
             progress=lambda done, total, text: self.progress(message.id, done, total, text),
         )
         fields = result.to_json()
-        self.add_residuals(fields, fitter.index, points, result.candidates)
+        self.add_residuals(fields, fitter.sources, points, result.candidates)
         return fields, None
+
+    def handle_residuals(self, message: Message):
+        """Per-part residuals (``backend.residuals``) of source ``source_index`` at ``boxes`` (the fit's
+        frame, as edited) against the target ``points``: what the add-on colours, without refitting."""
+        from types import SimpleNamespace
+
+        from backend.fitting import DEFAULT_CHECKPOINT
+        from backend.inputs import check_points
+        from backend.residuals import candidate_residuals
+
+        if "points" not in message.arrays or "boxes" not in message.arrays:
+            raise ValueError("residuals need the target 'points' and the current 'boxes' arrays")
+        points = check_points(message.arrays["points"], "the target points")
+        boxes = self.boxes_array(message)
+        fitter = self.fitter(message.get("checkpoint") or str(DEFAULT_CHECKPOINT), message["index"])
+        row = self.source_index(fitter.index, message)
+        if len(boxes) != fitter.index.sources[row].n_parts:
+            raise ValueError(f"source {row} has {fitter.index.sources[row].n_parts} parts: boxes must be as many x 6")
+        fit = SimpleNamespace(
+            source_index=row, source_boxes=fitter.index_boxes(row), fitted_boxes=boxes, yaw=float(message.get("yaw", 0))
+        )
+        return candidate_residuals(fitter.sources, points, [fit])[0], None
 
     def handle_keep_connected(self, message: Message):
         from backend.editing import keep_connected

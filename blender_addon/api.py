@@ -22,7 +22,7 @@ import numpy as np
 
 from . import build, quality, targets
 from .client import BackendClient, BackendUnavailable, explain
-from .protocol import ProtocolError
+from .protocol import ProtocolError, rotation_z
 
 THUMBNAIL_SIZE = 96
 START_LIMIT = 120.0  # seconds a starting worker may take to answer its first request
@@ -321,6 +321,7 @@ def fit_job(
     yaw_search: int = 0,
     index: str = "",
     checkpoint: str = "",
+    match_view: bool | None = None,
 ) -> Job:
     """Fit a target and build the best candidate (the finished job returns its parent empty).
 
@@ -361,6 +362,7 @@ def fit_job(
     info = {"index": index, "checkpoint": checkpoint, "target": described, "options": options}
     if target == "IMAGE":  # an image says nothing about where the object is: put it at the 3D cursor
         info["placed_at"] = [float(v) for v in context.scene.cursor.location]
+        used["match_view"] = bool(s.match_view if match_view is None else match_view)
     fields = {
         "index": index,
         "checkpoint": checkpoint or None,
@@ -370,7 +372,13 @@ def fit_job(
     }
 
     def done(context, answer):
-        return build_answer(context, answer, info)
+        parent = build_answer(context, answer, info)
+        if used.get("match_view"):
+            try:
+                turn_to_view(context, parent)  # the viewport as it is when the fit arrives
+            except RfitError as error:  # no view estimated, or no 3D view: the fit stays at the cursor
+                parent[build.PROP_PREFIX + "view_note"] = str(error)
+        return parent
 
     return Job("fit", fields, arrays, finish=done, label="fitting", used=used)
 
@@ -380,6 +388,7 @@ def build_answer(context, answer, info: dict):
     candidates = answer["candidates"]
     if not candidates:
         raise RfitError("the library has no source to fit")
+    info["view"] = answer.get("view")  # where the image's camera (or the scanner) was, if the backend knows
     if "placed_at" in info:
         for candidate in candidates:
             _move(candidate, np.asarray(info["placed_at"], dtype=np.float64))
@@ -387,18 +396,26 @@ def build_answer(context, answer, info: dict):
         candidates[rank]["thumbnail"] = name
     parent = build.build_fit(context, candidates[0], answer.arrays, "c0_", info)
     parent[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
+    _keep_residual_view(context, parent)
     _select(context, parent)
     show_candidates(context, candidates, 0)
     return parent
 
 
-def _move(candidate: dict, offset: np.ndarray) -> None:
-    """Translate a candidate (its pivot and boxes in the fit frame) by ``offset`` (3,)."""
-    candidate["pivot"] = (np.asarray(candidate["pivot"], dtype=np.float64) + offset).tolist()
+def _move(candidate: dict, offset: np.ndarray, turn: float = 0.0, about=(0.0, 0.0, 0.0)) -> None:
+    """Move a candidate rigidly (its pivot, boxes and yaw in the fit frame): turned by ``turn`` radians
+    about the vertical through ``about`` (3,), then translated by ``offset`` (3,)."""
+    rotation, about = rotation_z(turn), np.asarray(about, dtype=np.float64)
+
+    def moved(point) -> np.ndarray:
+        return about + rotation @ (np.asarray(point, dtype=np.float64) - about) + offset
+
+    candidate["pivot"] = moved(candidate["pivot"]).tolist()
+    candidate["yaw"] = float(candidate["yaw"]) + turn
     for part in candidate["parts"]:
         for key in ("fitted_box", "original_box"):
             box = np.asarray(part[key], dtype=np.float64)
-            box[:3] += offset
+            box[:3] = moved(box[:3])
             part[key] = box.tolist()
 
 
@@ -480,6 +497,7 @@ def candidate_job(context, rank: int, parent=None) -> Job:
         old = _still_there(context, name)
         new = build.build_fit(context, candidates[rank], answer.arrays, "", info)
         new[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
+        _keep_residual_view(context, new)
         build.remove_fit(old)
         _select(context, new)
         show_candidates(context, candidates, rank)
@@ -542,16 +560,7 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
     where the backend reports them."""
     parent = _parent(context, parent)
     info = json.loads(parent[build.PROP_PREFIX + "info"])
-    target = info.get("target", {})
-    if "object" not in target:
-        raise RfitError("refitting needs a point cloud target; this fit was made from an image")
-    obj = context.scene.objects.get(target["object"])
-    if obj is None:
-        raise RfitError(f"the target object '{target['object']}' is no longer in the scene")
-    try:
-        points = targets.points_from_object(obj, context.evaluated_depsgraph_get())
-    except targets.TargetError as error:
-        raise RfitError(str(error)) from error
+    points = _target_points(context, info, "refitting")
     edited = build.note_edits(parent)
     boxes, _ = build.current_boxes(parent)
     locked = edited if keep_edited else np.zeros(len(boxes), bool)
@@ -562,6 +571,7 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
         best = answer["candidates"][0]
         fitted = np.array([p["fitted_box"] for p in sorted(best["parts"], key=lambda p: p["index"])])
         build.apply_boxes(parent, fitted, only=~locked)  # the held parts are the user's, exactly
+        _update_residuals(parent, best.get("residuals"))
         return {
             "locked": [bool(x) for x in locked],
             "chamfer_x100": best["measured_chamfer_x100"],
@@ -580,11 +590,48 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
     return Job(
         "refit",
         fields,
-        {"points": points.astype(np.float32), "boxes": boxes},
+        {"points": points, "boxes": boxes},
         finish=done,
         label="refitting",
         used={"keep_edited": keep_edited},
     )
+
+
+def _target_points(context, info: dict, what: str) -> np.ndarray:
+    """(N, 3) float32 points of the object a fit was made from (as the fit read them)."""
+    target = info.get("target", {})
+    if "object" not in target:
+        raise RfitError(f"{what} needs a point cloud target; this fit was made from an image")
+    obj = context.scene.objects.get(target["object"])
+    if obj is None:
+        raise RfitError(f"the target object '{target['object']}' is no longer in the scene")
+    try:
+        return targets.points_from_object(obj, context.evaluated_depsgraph_get()).astype(np.float32)
+    except targets.TargetError as error:
+        raise RfitError(str(error)) from error
+
+
+def residuals_job(context, parent=None) -> Job:
+    """Measure each part as it is now (edits included) against the fit's target and colour the parts by
+    it (``build.show_residual``); no refit. The finished job returns the worst part and its residual."""
+    parent = _parent(context, parent)
+    info = json.loads(parent[build.PROP_PREFIX + "info"])
+    points = _target_points(context, info, "measuring residuals")
+    boxes, _ = build.current_boxes(parent)
+    name = parent.name
+
+    def done(context, answer):
+        parent = _still_there(context, name)
+        build.set_residuals(parent, answer.header)
+        return show_residuals(context, True, parent)
+
+    fields = {
+        "index": info["index"],
+        "checkpoint": info.get("checkpoint") or None,
+        "source_index": int(parent[build.PROP_PREFIX + "source_index"]),
+        "yaw": float(parent.rotation_euler[2]),
+    }
+    return Job("residuals", fields, {"points": points, "boxes": boxes}, finish=done, label="measuring the parts")
 
 
 # -- synchronous forms (scripts) -----------------------------------------------------------------
@@ -618,6 +665,108 @@ def refit(context, parent=None, keep_edited: bool = True, refine_steps: int = 30
 
 
 # -- local edits (no backend) ----------------------------------------------------------------------
+def find_view(context):
+    """The 3D viewport's ``region_3d`` the user looks through: the operator's own, else the largest 3D view
+    of the window; None without one (a script in a ``bpy`` module)."""
+    if getattr(context, "region_data", None) is not None and getattr(context.space_data, "type", "") == "VIEW_3D":
+        return context.region_data
+    screen = getattr(context, "screen", None)
+    areas = [a for a in (screen.areas if screen is not None else []) if a.type == "VIEW_3D"]
+    if not areas:
+        return None
+    return max(areas, key=lambda a: a.width * a.height).spaces.active.region_3d
+
+
+def view_direction(region_3d) -> np.ndarray:
+    """(3,) unit vector from what the viewport looks at towards its eye (world frame)."""
+    rotation = np.array(region_3d.view_rotation.to_matrix(), dtype=np.float64)
+    return rotation @ np.array([0.0, 0.0, 1.0])
+
+
+def turn_to_view(context, parent=None, region_3d=None) -> dict:
+    """Turn an image fit about its vertical so the viewport sees it from the side the image's camera saw
+    it, and stand it where the viewport looks (its orbit point, resting at the 3D cursor's height).
+    Upright: a camera above or below the viewport's height cannot be matched by turning (it is reported).
+    Uses the fit's ``view`` (``FitResult.view``). Returns the turn (degrees) and both elevations."""
+    parent = _parent(context, parent)
+    info = json.loads(parent[build.PROP_PREFIX + "info"])
+    view = info.get("view")
+    if not view or not view.get("direction"):
+        raise RfitError("the backend gave no camera view for this fit: it stays upright at the 3D cursor")
+    region_3d = region_3d if region_3d is not None else find_view(context)
+    if region_3d is None:
+        raise RfitError("no 3D viewport to match: the fit stays upright at the 3D cursor")
+    seen = np.asarray(view["direction"], dtype=np.float64)
+    eye = view_direction(region_3d)
+    if np.hypot(*seen[:2]) < 1e-6 or np.hypot(*eye[:2]) < 1e-6:
+        raise RfitError("the image or the viewport looks straight down: there is no side to match")
+    turn = float(np.arctan2(eye[1], eye[0]) - np.arctan2(seen[1], seen[0]))
+    centre, size = build.fit_bounds(parent)
+    target = np.array([*region_3d.view_location[:2], context.scene.cursor.location[2] + size[2] / 2])
+    offset = target - centre
+    candidates = json.loads(parent[build.PROP_PREFIX + "candidates"])
+    for candidate in candidates:
+        _move(candidate, offset, turn, centre)
+    parent[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
+    shown = candidates[int(parent[build.PROP_PREFIX + "rank"])]
+    for obj in build.part_objects(parent):  # the parts keep their local transforms; their recorded boxes move
+        part = next(p for p in shown["parts"] if p["index"] == obj[build.PROP_PREFIX + "part"])
+        obj[build.PROP_PREFIX + "fitted_box"] = part["fitted_box"]
+        obj[build.PROP_PREFIX + "original_box"] = part["original_box"]
+    parent.location = shown["pivot"]
+    parent.rotation_euler = (0.0, 0.0, float(shown["yaw"]))
+    info["placed_at"] = [float(v) for v in target - [0.0, 0.0, size[2] / 2]]
+    parent[build.PROP_PREFIX + "info"] = json.dumps(info)
+    for obj in build.part_objects(parent):
+        obj[build.PROP_PREFIX + "applied_box"] = [float(v) for v in build.box_of(obj, parent)]
+    elevation = float(np.degrees(np.arcsin(np.clip(eye[2], -1, 1))))
+    return {
+        "turn_deg": float(np.degrees(turn)),
+        "image_elevation_deg": view.get("elevation_deg"),
+        "view_elevation_deg": elevation,
+    }
+
+
+def measure_residuals(context, parent=None) -> dict:
+    """Measure the parts as they are now and show them in residual colours (waits; see ``residuals_job``)."""
+    return run(context, residuals_job(context, parent))
+
+
+def show_residuals(context, show: bool = True, parent=None) -> dict:
+    """Colour the fit's parts by their last measured residual (from the fit, a Refit or
+    ``measure_residuals``) or give them back their own colours; no backend call.
+    Returns the worst part and its residual (x1e-2)."""
+    parent = _parent(context, parent)
+    parts = build.part_objects(parent)
+    residuals = [build.part_residual(obj) for obj in parts]
+    if show and all(r is None for r in residuals):
+        raise RfitError("this fit has no residuals: an image has no target points to measure against")
+    for obj in parts:
+        build.show_residual(obj, show)
+    context.scene.rfit.show_residuals = bool(show)
+    measured = [(r, k) for k, r in enumerate(residuals) if r is not None]
+    worst = max(measured) if measured else (None, None)
+    return {"shown": bool(show), "worst_part": worst[1], "worst_x100": worst[0]}
+
+
+def _keep_residual_view(context, parent) -> None:
+    """A new fit (or candidate) is shown as the last one was: in residual colours when they were on."""
+    parts = build.part_objects(parent)
+    if context.scene.rfit.show_residuals and any(build.part_residual(o) is not None for o in parts):
+        for obj in parts:
+            build.show_residual(obj, True)
+
+
+def _update_residuals(parent, residuals: dict | None) -> None:
+    """The refit's residuals: on the parts (recoloured where shown) and in the parent's candidate list."""
+    build.set_residuals(parent, residuals)
+    candidates = json.loads(parent[build.PROP_PREFIX + "candidates"])
+    rank = int(parent[build.PROP_PREFIX + "rank"])
+    if 0 <= rank < len(candidates):
+        candidates[rank]["residuals"] = residuals
+        parent[build.PROP_PREFIX + "candidates"] = json.dumps(candidates)
+
+
 def reset_parts(context, parts=None) -> int:
     """Put parts (default: the selected part objects) back to the predicted
     boxes; they no longer count as edited."""
@@ -638,6 +787,7 @@ def apply_fit(context, parent=None) -> int:
     parent = _parent(context, parent)
     parts = build.part_objects(parent)
     for obj in parts:
+        build.show_residual(obj, False)  # plain objects keep the model's own colours
         scale = np.array(obj.scale, dtype=np.float64)
         co = np.empty(len(obj.data.vertices) * 3, np.float32)
         obj.data.vertices.foreach_get("co", co)

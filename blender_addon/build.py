@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from . import quality
 from .protocol import rotation_z
 
 PROP_PREFIX = "rfit_"
@@ -69,6 +70,7 @@ def build_fit(context, candidate: dict, meshes: dict[str, np.ndarray], prefix: s
         obj[PROP_PREFIX + "fitted_box"] = fitted.tolist()
         obj[PROP_PREFIX + "edited"] = False
         collection.objects.link(obj)
+    set_residuals(parent, candidate.get("residuals"))
     by_index = sorted(candidate["parts"], key=lambda part: part["index"])
     apply_boxes(parent, np.array([part["fitted_box"] for part in by_index], dtype=np.float64))
     return parent
@@ -91,6 +93,44 @@ def material_for(colour) -> object:
     return material
 
 
+def set_residuals(parent, residuals: dict | None) -> None:
+    """Keep each part's residual (``backend.residuals``: x1e-2, as the chamfer) on the part as
+    ``rfit_residual`` (-1: not measured, an image fit); a part shown in residual colours is recoloured."""
+    values = (residuals or {}).get("parts_x100") or []
+    for obj in part_objects(parent):
+        k = obj[PROP_PREFIX + "part"]
+        value = values[k] if k < len(values) else None
+        obj[PROP_PREFIX + "residual"] = -1.0 if value is None else float(value)
+        if obj.get(PROP_PREFIX + "residual_shown"):
+            show_residual(obj, True)
+
+
+def part_residual(obj) -> float | None:
+    value = obj.get(PROP_PREFIX + "residual", -1.0)
+    return None if value < 0 else float(value)
+
+
+def show_residual(obj, show: bool) -> None:
+    """Colour a part by its residual (an object-linked material over its own, which stays on the mesh)
+    or give it back its own colours. Undoable: it is plain data."""
+    if show:
+        if not obj.material_slots:  # a part without colours: a slot of its own, removed again when hidden
+            obj.data.materials.append(None)
+            obj[PROP_PREFIX + "residual_slot"] = True
+        slot = obj.material_slots[0]
+        slot.link = "OBJECT"
+        slot.material = material_for(quality.residual_colour(part_residual(obj)))
+    elif obj.get(PROP_PREFIX + "residual_shown"):
+        for slot in obj.material_slots:
+            if slot.link == "OBJECT":
+                slot.material = None
+                slot.link = "DATA"
+        if obj.get(PROP_PREFIX + "residual_slot"):
+            obj.data.materials.clear()
+            del obj[PROP_PREFIX + "residual_slot"]
+    obj[PROP_PREFIX + "residual_shown"] = bool(show)
+
+
 def part_objects(parent) -> list:
     """The part objects of a fit, by part index."""
     parts = [c for c in parent.children if PROP_PREFIX + "part" in c]
@@ -103,6 +143,21 @@ def _box_of(obj, pivot: np.ndarray, turn: np.ndarray) -> np.ndarray:
     centre = pivot + turn @ np.array(obj.location, dtype=np.float64)
     half = np.where(source_box[3:] > 1e-9, source_box[3:], 0.0) * np.array(obj.scale, dtype=np.float64)
     return np.concatenate([centre, half])
+
+
+def box_of(obj, parent) -> np.ndarray:
+    """(6,) the box part ``obj`` of ``parent`` shows now, in the fit's frame."""
+    return _box_of(obj, np.array(parent.location, dtype=np.float64), rotation_z(float(parent.rotation_euler[2])))
+
+
+def fit_bounds(parent) -> tuple[np.ndarray, np.ndarray]:
+    """The fit's bounding box in its own (turned) frame: its centre in the world (3,) and its size (3,)."""
+    boxes, _ = current_boxes(parent)
+    pivot = np.array(parent.location, dtype=np.float64)
+    turn = rotation_z(float(parent.rotation_euler[2]))
+    local = (boxes[:, :3] - pivot) @ turn  # the centres in the fit's frame (rows times the rotation: unturned)
+    lo, hi = (local - boxes[:, 3:]).min(axis=0), (local + boxes[:, 3:]).max(axis=0)
+    return pivot + turn @ ((lo + hi) / 2), hi - lo
 
 
 def current_boxes(parent) -> tuple[np.ndarray, np.ndarray]:

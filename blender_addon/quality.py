@@ -48,3 +48,19 @@ def no_close_match(chamfers: list[float | None]) -> bool:
     """True when even the best measured candidate fits poorly."""
     measured = [c for c in chamfers if typical_distance(c) is not None]
     return bool(measured) and rating(min(measured)) == "poor"
+
+
+# Colours of the residual view: green up to half the "close" band, yellow at the end of "fair", red from twice it.
+_RAMP = ((CLOSE / 2, (0.10, 0.65, 0.20)), (FAIR, (0.95, 0.80, 0.10)), (2 * FAIR, (0.85, 0.10, 0.08)))
+
+
+def residual_colour(residual_x100: float | None) -> tuple[float, float, float, float]:
+    """RGBA of a part with that residual (``backend.residuals``: same units as the chamfer); grey when unmeasured."""
+    distance = typical_distance(residual_x100)
+    if distance is None:
+        return (0.5, 0.5, 0.5, 1.0)
+    for (low, a), (high, b) in zip(_RAMP, _RAMP[1:]):
+        if distance <= high:
+            t = min(max((distance - low) / (high - low), 0.0), 1.0)
+            return (*(x + t * (y - x) for x, y in zip(a, b)), 1.0)
+    return (*_RAMP[-1][1], 1.0)

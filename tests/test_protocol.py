@@ -117,6 +117,22 @@ def test_hello_index_fit(worker):
         thumb = thumbs.arrays[f"thumbnail{rank}"]
         assert thumb.shape == (64, 64, 3) and thumb.dtype == np.uint8
         assert (np.abs(thumb.astype(int) - 41).sum(axis=2) > 30).mean() > 0.05  # the object shows on the background
+    # measuring boxes as the user left them (no refit): the part dragged off the scan is the worst
+    boxes = np.array([p["fitted_box"] for p in sorted(parts, key=lambda p: p["index"])])
+    boxes[0, 2] += 0.4 * np.linalg.norm(points.max(0) - points.min(0))
+    measured = client.call(
+        "residuals",
+        {"points": points, "boxes": boxes},
+        index=str(folder / "worker-index"),
+        checkpoint=str(folder / "model.pt"),
+        source_index=fit["candidates"][0]["source_index"],
+        yaw=fit["candidates"][0]["yaw"],
+    )
+    assert int(np.argmax(measured["parts_x100"])) == 0, measured.header
+    refused = client.wait(
+        client.submit("residuals", {"points": points}, index=str(folder / "worker-index"), source_index=0)
+    )
+    assert refused.type == "error" and "'boxes'" in refused["message"]
     for k in range(len(parts)):
         assert fit.arrays[f"c0_part{k}_vertices"].shape[1] == 3
         assert fit.arrays[f"c0_part{k}_faces"].max() < len(fit.arrays[f"c0_part{k}_vertices"])

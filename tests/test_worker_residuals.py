@@ -1,14 +1,15 @@
 """Per-part residuals (backend/residuals.py): where a fit is poor, and when no source fits at all."""
 
-import dataclasses
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import trimesh
-from helpers import tiny_checkpoint
 
+from backend import DEFAULT_CHECKPOINT
+from backend.export import part_meshes
 from backend.fitting import FitOptions, Fitter
 from backend.geometry.frames import rotation_z
 from backend.library import build_index
@@ -24,44 +25,39 @@ DEMO = ROOT / "backend" / "demo"
 def fitter(tmp_path_factory):
     folder = tmp_path_factory.mktemp("residuals")
     (folder / "library").mkdir()
-    for category, count in (("chair", 6), ("storage", 3)):
-        for i in range(count):
-            shutil.copy(
-                DEMO / "library" / category / f"{category}_{i:02d}.glb", folder / "library" / f"{category}_{i}.glb"
-            )
-    build_index(folder / "library", folder / "index")
-    return Fitter.open(tiny_checkpoint(folder / "model.pt"), folder / "index")
-
-
-def turned_chair() -> np.ndarray:
-    """The demo chair scan turned 70 degrees and moved: the fit's yaw and pivot matter."""
-    points = np.load(DEMO / "targets" / "chair_full.npy").astype(np.float64)
-    return points @ rotation_z(np.radians(70)).T + [1.5, -0.5, 0.2]
+    for category in ("chair", "storage"):  # the demo library without its tables
+        for path in sorted((DEMO / "library" / category).glob("*.glb")):
+            shutil.copy(path, folder / "library" / path.name)
+    build_index(folder / "library", folder / "index", jobs=2)
+    # the bundled model: its measured chamfer (on the model's own number of target points) is what the panel rates
+    return Fitter.open(DEFAULT_CHECKPOINT, folder / "index")
 
 
 def test_the_misplaced_part_is_the_worst(fitter):
-    target = turned_chair()
-    result = fitter.fit_points(target, FitOptions(top_k=2))
-    best = result.candidates[0]
-    good = candidate_residuals(fitter.index, target, [best])[0]
-    k = len(best.fitted_boxes)
-    assert len(good["parts_x100"]) == len(good["share"]) == k
+    """A library chair scanned (fresh surface samples), turned 70 degrees and moved, with its source placed
+    exactly on it: every part lies on the scan; dragging one part off makes that part, and only it, poor."""
+    row = [s.path for s in fitter.index.sources].index("chair_01.glb")
+    mesh = trimesh.util.concatenate(part_meshes(fitter.index, row))
+    turn, offset = rotation_z(np.radians(70)), np.array([1.5, -0.5, 0.2])
+    target = np.asarray(trimesh.sample.sample_surface(mesh, 4096, seed=3)[0]) @ turn.T + offset
+    source_boxes = fitter.index_boxes(row)
+    placed = np.concatenate([source_boxes[:, :3] @ turn.T + offset, source_boxes[:, 3:]], axis=1)
+    fit = SimpleNamespace(source_index=row, source_boxes=source_boxes, fitted_boxes=placed, yaw=np.radians(70))
+    good = candidate_residuals(fitter.sources, target, [fit])[0]
+    k = len(source_boxes)
+    assert len(good["parts_x100"]) == len(good["share"]) == k >= 3
     assert sum(good["share"]) == pytest.approx(1.0)
-    # most parts lie on the scan (a few small ones the scan's chair does not have stick out)
-    assert quality.typical_distance(float(np.median(good["parts_x100"]))) < quality.FAIR, good
-    # the user drags one part off the chair by a third of its size: that part, and only it, is now poor
+    assert max(quality.typical_distance(r) for r in good["parts_x100"]) < 0.01, good  # sampling noise only
     diagonal = np.linalg.norm(target.max(0) - target.min(0))
-    wrong = int(np.argmax(good["share"]))  # the part that explains most of the scan (the seat)
-    assert int(np.argmax(good["parts_x100"])) != wrong, good
-    boxes = best.fitted_boxes.copy()
-    boxes[wrong, :3] += rotation_z(best.yaw) @ np.array([0.0, 0.0, 0.35 * diagonal])
-    edited = dataclasses.replace(best, fitted_boxes=boxes)
-    bad = candidate_residuals(fitter.index, target, [edited])[0]
+    wrong = int(np.argmax(good["share"]))  # the part that explains most of the scan
+    boxes = placed.copy()
+    boxes[wrong, :3] += [0.0, 0.0, 0.3 * diagonal]  # the user drags it up by 30% of the chair's size
+    bad = candidate_residuals(fitter.sources, target, [SimpleNamespace(**{**fit.__dict__, "fitted_boxes": boxes})])[0]
     assert int(np.argmax(bad["parts_x100"])) == wrong, bad
     assert quality.rating(bad["parts_x100"][wrong]) == "poor", bad
     others = [r for j, r in enumerate(bad["parts_x100"]) if j != wrong]
     assert max(others) < bad["parts_x100"][wrong] / 4, bad
-    assert bad["share"][wrong] < good["share"][wrong]  # the others now explain the target it had
+    assert bad["share"][wrong] < good["share"][wrong]  # the others take over some of the scan it explained
 
 
 def ood_cloud(category: str, index: int) -> np.ndarray:
@@ -72,10 +68,10 @@ def ood_cloud(category: str, index: int) -> np.ndarray:
 
 
 def test_no_close_match_for_a_category_absent_from_the_library(fitter):
-    """The library holds chairs and storage: tables (a round top on splayed legs, a console) fit poorly and the
-    panel's note says so; chairs of families the library does not have (windsor, tulip) still fit."""
-    absent = [fitter.fit_points(ood_cloud("table", i), FitOptions(top_k=3)) for i in (0, 4)]
-    present = [fitter.fit_points(ood_cloud("chair", i), FitOptions(top_k=3)) for i in (0, 2)]
+    """The library holds chairs and storage: tables (a round top on splayed legs, an X base) fit poorly and the
+    panel's note says so; chairs of families the library does not have (windsor, bench) still fit."""
+    absent = [fitter.fit_points(ood_cloud("table", i), FitOptions(top_k=3)) for i in (0, 2)]
+    present = [fitter.fit_points(ood_cloud("chair", i), FitOptions(top_k=3)) for i in (0, 4)]
     measured = [[[c.measured_chamfer * 100 for c in r.candidates] for r in fits] for fits in (absent, present)]
     assert all(quality.no_close_match(chamfers) for chamfers in measured[0]), measured
     assert not any(quality.no_close_match(chamfers) for chamfers in measured[1]), measured

@@ -146,7 +146,7 @@ class RFIT_OT_index_library(BackendOperator, bpy.types.Operator):
         return summary["summary"]
 
 
-FIT_SETTINGS = ("target", "object_name", "image_path", "top_k", "refine", "yaw_search")
+FIT_SETTINGS = ("target", "object_name", "image_path", "top_k", "refine", "yaw_search", "match_view")
 
 
 class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
@@ -172,6 +172,12 @@ class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
     top_k: IntProperty(name="Candidates", min=1, max=50, default=5, options={"SKIP_SAVE"})
     refine: BoolProperty(name="Refine", default=True, options={"SKIP_SAVE"})
     yaw_search: IntProperty(name="Turns", min=1, max=16, default=1, options={"SKIP_SAVE"})
+    match_view: BoolProperty(
+        name="Match View",
+        default=False,
+        description="Image fits: seen by the viewport as in the image",
+        options={"SKIP_SAVE"},
+    )
 
     def job(self, context):
         given = {name: getattr(self, name) for name in FIT_SETTINGS if self.properties.is_property_set(name)}
@@ -186,6 +192,10 @@ class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
         text = f"fitted {parent[build.PROP_PREFIX + 'source'].rsplit('/', 1)[-1]}"
         if best is not None and best.chamfer >= 0:
             text += f": {quality.describe(best.chamfer)}"
+        note = parent.get(build.PROP_PREFIX + "view_note")
+        if note:  # Match View was asked for and could not be done
+            self.report({"WARNING"}, note)
+            text += f"; {note}"
         return text
 
 
@@ -272,6 +282,58 @@ class RFIT_OT_reset_parts(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class RFIT_OT_show_residuals(BackendOperator, bpy.types.Operator):
+    """Measure each part as it is now against the target and colour it: green close, red poor"""
+
+    bl_idname = "rfit.show_residuals"
+    bl_label = "Show Residuals"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def job(self, context):
+        return api.residuals_job(context)
+
+    def done(self, context, outcome):
+        return f"worst part {outcome['worst_part']}: {quality.describe(outcome['worst_x100'])}"
+
+
+class RFIT_OT_hide_residuals(bpy.types.Operator):
+    """Give the parts back the model's own colours"""
+
+    bl_idname = "rfit.hide_residuals"
+    bl_label = "Hide Residuals"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        try:
+            api.show_residuals(context, False)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class RFIT_OT_match_view(bpy.types.Operator):
+    """Turn the image fit so this viewport sees it from the side the image shows (it stays upright)"""
+
+    bl_idname = "rfit.match_view"
+    bl_label = "Match View"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        try:
+            outcome = api.turn_to_view(context)
+        except api.RfitError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        text = f"turned {outcome['turn_deg']:.0f} degrees to match the view"
+        image, view = outcome["image_elevation_deg"], outcome["view_elevation_deg"]
+        if image is not None and abs(image - view) > 10:
+            text += f" (the image looks from {image:.0f} degrees up, the viewport from {view:.0f})"
+        settings(context).status = text
+        self.report({"INFO"}, text)
+        return {"FINISHED"}
+
+
 class RFIT_OT_apply_fit(bpy.types.Operator):
     """Bake the fit into plain meshes and remove the add-on's properties"""
 
@@ -298,5 +360,8 @@ classes = (
     RFIT_OT_enforce_connectivity,
     RFIT_OT_refit,
     RFIT_OT_reset_parts,
+    RFIT_OT_show_residuals,
+    RFIT_OT_hide_residuals,
+    RFIT_OT_match_view,
     RFIT_OT_apply_fit,
 )

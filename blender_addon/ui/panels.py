@@ -2,6 +2,7 @@
 the target, the candidates and editing, with short labels (tooltips say more)
 so they fit the default sidebar width."""
 
+import json
 import textwrap
 
 import bpy
@@ -95,6 +96,7 @@ class RFIT_PT_target(SidebarPanel, bpy.types.Panel):
         layout.row().prop(s, "target", expand=True)
         if s.target == "IMAGE":
             layout.prop(s, "image_path", text="")
+            layout.prop(s, "match_view")
         else:
             obj = context.active_object
             if obj is None or api.fit_parent(obj) is not None:
@@ -143,6 +145,21 @@ class RFIT_PT_candidates(SidebarPanel, bpy.types.Panel):
         ).rank = active.rank
 
 
+def residual_view(layout, context, parts) -> None:
+    """The residual toggle and, while it is on, the worst part (where the fit is poorest)."""
+    s = context.scene.rfit
+    residuals = [(build.part_residual(o), o) for o in parts]
+    measured = [(r, o.name) for r, o in residuals if r is not None]
+    row = layout.row(align=True)
+    row.enabled = bool(measured)  # image fits have no target points to measure against
+    shown = s.show_residuals and any(o.get(build.PROP_PREFIX + "residual_shown") for o in parts)
+    row.operator("rfit.show_residuals", text="Residuals" if not shown else "Measure", icon="MOD_MASK", depress=shown)
+    if shown:
+        row.operator("rfit.hide_residuals", text="", icon="X")
+        worst, name = max(measured)
+        wrapped(layout, context, f"Worst: {name.rsplit(' ', 1)[-1]}, {quality.describe(worst)}")
+
+
 class RFIT_PT_edit(SidebarPanel, bpy.types.Panel):
     bl_label = "Edit the Fit"
     bl_idname = "RFIT_PT_edit"
@@ -166,6 +183,9 @@ class RFIT_PT_edit(SidebarPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(s, "keep_symmetry", toggle=True)
         row.prop(s, "live", toggle=True)
+        residual_view(layout, context, parts)
+        if "image" in json.loads(parent.get(build.PROP_PREFIX + "info", "{}")).get("target", {}):
+            layout.operator("rfit.match_view", text="Match View", icon="VIEW_CAMERA")
         row = layout.row(align=True)
         row.operator("rfit.reset_parts", text="Reset Part").all_parts = False
         row.operator("rfit.reset_parts", text="Reset All").all_parts = True

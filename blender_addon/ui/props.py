@@ -52,6 +52,11 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
         description="The reference image to fit when the target is 'Image file'",
         update=_image_chosen,
     )
+    match_view: BoolProperty(
+        name="Match View",
+        default=False,
+        description="Turn an image fit so the 3D viewport sees it as the image shows it (else it faces -Y)",
+    )
     top_k: IntProperty(name="Candidates", default=5, min=1, max=50, description="How many library models to return")
     refine: BoolProperty(
         name="Refine",
@@ -73,6 +78,11 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
         default=False,
         description="Keep parts connected while you move or scale them",
         update=_live_changed,
+    )
+    show_residuals: BoolProperty(
+        name="Residuals",
+        default=False,
+        description="Colour the parts by how far they are from the target (green: close, red: poor)",
     )
     status: StringProperty(default="")
     progress: FloatProperty(

@@ -100,6 +100,7 @@ assert np.linalg.norm(centre[:2] - (points.mean(axis=0)[:2] + [2.0, 1.0])) < 0.5
 
 # -- one code path: execute() reads the panel's explicit target choice, as the UI does ---------
 api = sys.modules[package + ".api"]
+build_module = sys.modules[package + ".build"]
 first_thumbnails = [c.thumbnail for c in settings.candidates]
 bpy.context.scene.cursor.location = (3.0, -2.0, 0.5)
 settings.image_path = image_path  # picking a file selects "Image file"
@@ -119,6 +120,80 @@ assert np.allclose(tuple(image_fit.rotation_euler), (0, 0, 0), atol=1e-6)
 # thumbnails are new datablocks per fit: no panel keeps showing the last fit's pictures
 facts["thumbnails"] = [first_thumbnails, [c.thumbnail for c in settings.candidates]]
 assert not set(facts["thumbnails"][0]) & set(facts["thumbnails"][1]), facts["thumbnails"]
+
+# -- "match the view": turned about its vertical so the viewport sees it from the image's side ---------
+import mathutils  # noqa: E402
+
+facts["image_view"] = json.loads(image_fit["rfit_info"]).get("view")
+before = [tuple(o.matrix_world.translation) for o in image_fit.children]
+if facts["image_view"] is None:  # the backend estimated no camera: a clear message, nothing moves
+    try:
+        bpy.ops.rfit.match_view()
+    except RuntimeError as error:
+        facts["no_view_error"] = str(error)
+    assert "no camera view" in facts["no_view_error"], facts
+    assert np.allclose([tuple(o.matrix_world.translation) for o in image_fit.children], before)
+    info = json.loads(image_fit["rfit_info"])  # the contract's view, as the image fit fills it (helper I)
+    az, el = np.radians(-50.0), np.radians(25.0)
+    info["view"] = {
+        "direction": [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)],
+        "azimuth_deg": -50.0,
+        "elevation_deg": 25.0,
+        "fov_deg": 40.0,
+        "estimated": True,
+    }
+    image_fit["rfit_info"] = json.dumps(info)
+seen = np.array(json.loads(image_fit["rfit_info"])["view"]["direction"])
+
+
+def look_from(direction, location):
+    """Point the headless screen's 3D viewport at ``location`` from ``direction`` (towards the eye)."""
+    back = np.asarray(direction, float) / np.linalg.norm(direction)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    up = np.cross(back, right)
+    region = api.find_view(bpy.context)
+    region.view_rotation = mathutils.Matrix(np.stack([right, up, back], axis=1).tolist()).to_quaternion()
+    region.view_location = location
+    region.view_distance = 6.0
+    return region
+
+
+region = look_from([np.cos(np.radians(150)) * 0.9, np.sin(np.radians(150)) * 0.9, 0.44], (1.0, 1.5, 0.0))
+assert bpy.ops.rfit.match_view() == {"FINISHED"}
+boxes = np.array([o["rfit_fitted_box"] for o in image_fit.children])
+world = np.array([list(o.matrix_world.translation) for o in image_fit.children])
+assert np.allclose(world, boxes[:, :3], atol=1e-4)  # the recorded boxes moved with the fit
+turn = np.array(image_fit.matrix_world.to_3x3())
+local = (boxes[:, :3] - np.array(image_fit.location)) @ turn  # box centres in the fit's own (turned) frame
+lo, hi = (local - boxes[:, 3:]).min(0), (local + boxes[:, 3:]).max(0)
+lo, hi = [np.array(image_fit.location) + turn @ v for v in (lo, hi)]  # z is not turned: lo[2] is the base
+# the viewport's eye (view_matrix is only refreshed by a redraw, so from its definition)
+eye = np.array(region.view_location + region.view_rotation @ mathutils.Vector((0.0, 0.0, region.view_distance)))
+towards_eye = np.array(image_fit.matrix_world.to_3x3().inverted()) @ (eye - (lo + hi) / 2)  # in the fit's own frame
+facts["match_view"] = {
+    "azimuth_in_fit_frame": float(np.degrees(np.arctan2(towards_eye[1], towards_eye[0]))),
+    "image_azimuth": float(np.degrees(np.arctan2(seen[1], seen[0]))),
+    "centre": ((lo + hi) / 2).tolist(),
+    "base": float(lo[2]),
+}
+difference = (facts["match_view"]["azimuth_in_fit_frame"] - facts["match_view"]["image_azimuth"] + 180) % 360 - 180
+assert abs(difference) < 1.0, facts["match_view"]  # the viewport sees the side the image's camera saw
+assert np.allclose(tuple(image_fit.rotation_euler)[:2], (0, 0), atol=1e-6)  # still upright
+assert np.allclose(facts["match_view"]["centre"][:2], (1.0, 1.5), atol=1e-4)  # where the viewport looks
+assert abs(facts["match_view"]["base"] - 0.5) < 1e-4  # resting at the 3D cursor's height
+assert not any(build_module.note_edits(image_fit)), "matching the view is no edit of the parts"
+# a fit asked to match the view lands so at once (the panel's checkbox); without a view it stays at the cursor
+region = look_from([0.0, -1.0, 0.3], (-1.0, 0.0, 0.0))
+result = bpy.ops.rfit.retrieve_and_fit(image_path=image_path, top_k=2, match_view=True)
+assert result == {"FINISHED"}
+matched = bpy.context.view_layer.objects.active
+if json.loads(matched["rfit_info"]).get("view") is None:
+    assert "no camera view" in settings.status, settings.status
+else:
+    centre = np.array([o["rfit_fitted_box"][:3] for o in matched.children]).mean(0)
+    assert np.linalg.norm(centre[:2] - (-1.0, 0.0)) < 0.5, centre
+bpy.data.objects.remove(matched)
 settings.target = "OBJECT"  # back to the scan: the image field stays filled but is not used
 bpy.context.view_layer.objects.active = scan
 result = bpy.ops.rfit.retrieve_and_fit(top_k=3, refine=False)
@@ -176,6 +251,32 @@ facts["refit_status"] = settings.status
 assert "1 part(s) held" in settings.status, settings.status
 assert np.allclose(tuple(parts[0].scale), held_scale, atol=1e-4), (tuple(parts[0].scale), held_scale)
 assert [bool(o.get("rfit_edited")) for o in parts] == facts["edited_after_keep_connected"]
+
+# -- residual colours, measured on the boxes as they are (no refit): a part dragged off the scan is the worst --
+residuals = [o["rfit_residual"] for o in parts]  # from the Refit's answer
+assert all(r >= 0 for r in residuals), residuals
+own = [o.material_slots[0].material.name for o in parts]
+boxes_before = build_module.current_boxes(fit)[0]
+parts[0].location.z += 0.3 * size  # the user drags a part far off the scan
+bpy.context.view_layer.update()
+assert bpy.ops.rfit.show_residuals() == {"FINISHED"}
+quality = sys.modules[package + ".quality"]
+facts["residuals_after_wrong_edit"] = [o["rfit_residual"] for o in parts]
+assert int(np.argmax(facts["residuals_after_wrong_edit"])) == 0, facts["residuals_after_wrong_edit"]
+assert quality.rating(parts[0]["rfit_residual"]) == "poor", facts["residuals_after_wrong_edit"]
+for obj in parts:
+    slot = obj.material_slots[0]
+    assert slot.link == "OBJECT" and np.allclose(
+        tuple(slot.material.diffuse_color), quality.residual_colour(obj["rfit_residual"]), atol=0.01
+    )
+redness = [o.active_material.diffuse_color[0] - o.active_material.diffuse_color[1] for o in parts]
+assert int(np.argmax(redness)) == 0, redness  # the misplaced part shows the reddest
+assert [o.data.materials[0].name for o in parts] == own  # the model's own materials stay on the meshes
+moved = build_module.current_boxes(fit)[0]
+assert np.allclose(moved[1:], boxes_before[1:]), "measuring moves nothing"
+assert bpy.ops.rfit.hide_residuals() == {"FINISHED"}
+assert all(o.material_slots[0].link == "DATA" for o in parts) and [o.active_material.name for o in parts] == own
+parts[0].location.z -= 0.3 * size
 
 # -- Reset All clears every flag; live mode: dragging a part re-attaches the others, the dragged
 # part stays where it was put -----------------------------------------------------------------------

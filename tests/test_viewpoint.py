@@ -1,0 +1,102 @@
+"""Single-view scans without their viewpoint: is a cloud a scan, and from where (backend/model/viewpoint.py)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from test_fitting import CHEAP, error_to, fitted_surface, setup  # noqa: F401  (setup is a fixture)
+
+from backend.fitting import Fitter
+from backend.geometry.sampling import sample_surface
+from backend.library import load_index
+from backend.model.viewpoint import choose_viewpoint, hypothesis_scores, view_directions
+from backend.render import Camera
+
+CAMERAS = [(20.0, 25.0), (-50.0, 15.0), (160.0, 35.0)]
+
+
+def towards(azimuth: float, elevation: float) -> np.ndarray:
+    """Unit direction from the object towards a ``Camera(azimuth, elevation)``."""
+    a, e = np.radians(azimuth), np.radians(elevation)
+    return np.array([np.sin(a) * np.cos(e), -np.cos(a) * np.cos(e), np.sin(e)])
+
+
+def angle_deg(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.degrees(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))))
+
+
+def estimate(source: np.ndarray, cloud: np.ndarray) -> np.ndarray | None:
+    """The hypothesis ``choose_viewpoint`` picks for ``cloud`` explained by ``source`` samples (both metres, the
+    source in place): the direction towards the scanner, or None for a cloud from all around."""
+    lo, hi = source.min(axis=0), source.max(axis=0)
+    centre, diagonal = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+    points = torch.from_numpy((source - centre) / diagonal).float().unsqueeze(0)
+    target = torch.from_numpy((cloud - centre) / diagonal).float().unsqueeze(0)
+    directions = view_directions()
+    best, _ = choose_viewpoint(hypothesis_scores(points, target, directions.unsqueeze(0)))
+    return None if best == 0 else directions[best - 1].numpy()
+
+
+@pytest.mark.parametrize("category,index", [("chair", 1), ("table", 3), ("storage", 3)])
+def test_a_closed_piece_s_scan_is_told_from_its_full_cloud_and_its_viewpoint_found(category, index):
+    """Out-of-distribution club chair, desk and chest (``training.data.ood``), explained by their own surface: the
+    full cloud is judged full; noisy scans from three cameras (front, side, behind) are judged scans seen from within
+    40 degrees of the camera (the hypotheses are 15 degrees apart; the scans are perspective, the test parallel)."""
+    from training.data.ood import generate
+    from training.data.views import partial_cloud
+
+    shape, rng = generate(category, 5, index), np.random.default_rng(index)
+    vertices, faces = shape.mesh_arrays()
+    source = sample_surface(vertices, faces, 2048, rng)[0]
+    assert estimate(source, sample_surface(vertices, faces, 512, rng)[0]) is None
+    errors = []
+    for azimuth, elevation in CAMERAS:
+        scan = partial_cloud(shape, 512, rng, camera=Camera(azimuth=azimuth, elevation=elevation), noise=0.002)
+        found = estimate(source, scan)
+        assert found is not None, f"the scan from azimuth {azimuth}, elevation {elevation} was judged full"
+        errors.append(angle_deg(found, towards(azimuth, elevation)))
+    assert max(errors) < 40 and np.mean(errors) < 30, errors
+
+
+@pytest.mark.parametrize("category", ["chair", "storage"])
+def test_a_fit_estimates_a_scan_s_viewpoint_and_fits_the_whole_shape(setup, category):  # noqa: F811
+    """Through ``Fitter.fit_points`` at default settings (``viewpoint="auto"``) on a 9-source library: a one-sided scan
+    of a library model is judged a scan from within 30 degrees of its camera (``FitResult.view``), and fits the whole
+    shape far better than the full-cloud objective (``viewpoint=None``) does; its full cloud is judged full."""
+    from training.data.demo import DEMO_SEED
+    from training.data.furniture import generate
+    from training.data.views import full_cloud, partial_cloud
+
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    shape, rng = generate(category, DEMO_SEED, 1), np.random.default_rng(1)  # the library's {category}_01
+    truth = full_cloud(shape, 4096, rng)
+    scan = partial_cloud(shape, 4096, rng, camera=Camera(azimuth=20.0, elevation=25.0), noise=0.002)
+    auto = fitter.fit_points(scan, CHEAP)
+    assert auto.view is not None and auto.view["estimated"] is True and auto.view["fov_deg"] is None
+    assert angle_deg(auto.view["direction"], towards(20.0, 25.0)) < 30
+    direction = np.array(auto.view["direction"])
+    assert auto.view["azimuth_deg"] == pytest.approx(np.degrees(np.arctan2(direction[1], direction[0])), abs=1e-4)
+    assert auto.view["elevation_deg"] == pytest.approx(np.degrees(np.arcsin(direction[2])), abs=1e-4)
+    assert auto.to_json()["view"] == auto.view
+    plain = fitter.fit_points(scan, replace(CHEAP, viewpoint=None))
+    assert plain.view is None
+    index = load_index(setup / "index")
+    auto_error = error_to(fitted_surface(index, auto.candidates[0]), truth)
+    plain_error = error_to(fitted_surface(index, plain.candidates[0]), truth)
+    assert auto_error < 0.5 * plain_error, (auto_error, plain_error)
+    assert fitter.fit_points(truth, CHEAP).view is None
+
+
+def test_a_given_viewpoint_is_reported_as_given(setup):  # noqa: F811
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    from training.data.demo import DEMO_SEED
+    from training.data.furniture import generate
+    from training.data.views import partial_cloud
+
+    shape, rng = generate("table", DEMO_SEED, 0), np.random.default_rng(0)
+    scan = partial_cloud(shape, 2048, rng, camera=Camera(azimuth=0.0, elevation=30.0))
+    view = fitter.fit_points(scan, replace(CHEAP, refine=False, viewpoint=(0.0, -2.0, 0.0))).view
+    assert view["estimated"] is False and view["direction"] == pytest.approx([0.0, -1.0, 0.0])
+    assert view["azimuth_deg"] == pytest.approx(-90.0) and view["elevation_deg"] == pytest.approx(0.0)

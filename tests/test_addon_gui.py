@@ -91,6 +91,7 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
             str(library),
             str(checkpoint),
             str(DEMO / "targets" / "chair_full.npy"),
+            str(DEMO / "targets" / "chair.png"),
             str(out),
         ],
         env=env,
@@ -109,9 +110,13 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     # Never frozen. The add-on's own calls on Blender's thread (invoke, modal, panel drawing) stay
     # short in every phase; and where the machine is quiet enough to measure it (a heartbeat timer
     # that ticks with nothing to do stalls under 0.1 s), the heartbeat never stops for 0.25 s.
-    quiet = facts["gaps"]["idle"] < 0.1 and facts["gaps"]["idle redraw"] < 0.1
-    for phase in ("worker start", "fit", "swap", "keep connected", "refit", "esc"):
+    # Every stall of the heartbeat over 0.25 s is attributed: the add-on's own share of it (time inside its
+    # calls) must stay under 0.25 s in every phase, whatever the machine's load (the idle phases, before and
+    # after, measure the stalls the machine makes with nothing to do; gap_summary holds the percentiles).
+    quiet = all(facts["gaps"][idle] < 0.1 for idle in ("idle", "idle redraw", "idle after"))
+    for phase in ("worker start", "fit", "swap", "keep connected", "refit", "esc", "residuals", "image fit"):
         assert facts["addon_time"][phase][0] < 0.25, (phase, report)
+        assert facts["addon_share_of_gaps"][phase] < 0.25, (phase, report)
         assert not quiet or facts["gaps"][phase] < 0.25, (phase, report)
     assert len(facts["fit_progress_texts"]) >= 3, report  # real stages from the worker, not one "fitting"
     assert not quiet or facts["esc_seconds"] < 0.5, report
@@ -146,5 +151,10 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     assert facts["live_joint_gap"] < 0.01 * size, report
     assert facts["addon_time"]["live"][0] < 0.25, report
     # a backend that cannot start says what is missing and what to do, in the panel
+    # residual colours come from the worker while the UI runs; an image fit lands (the view, when the backend
+    # estimates one, turns it; otherwise the status says it stays at the cursor)
+    assert facts["residuals_shown"] and all(facts["residuals_shown"]), report
+    assert facts["image_fit"]["fits"] == 1, report
+    assert facts["image_fit"]["view"] is not None or "no camera view" in facts["image_fit"]["status"], report
     text, icon = facts["broken_backend_state"]
     assert icon == "ERROR" and "has no 'numpy' package" in text and "pip install" in text, report

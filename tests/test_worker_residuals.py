@@ -25,7 +25,7 @@ DEMO = ROOT / "backend" / "demo"
 def fitter(tmp_path_factory):
     folder = tmp_path_factory.mktemp("residuals")
     (folder / "library").mkdir()
-    for category in ("chair", "storage"):  # the demo library without its tables
+    for category in ("table", "storage"):  # the demo library without its chairs
         for path in sorted((DEMO / "library" / category).glob("*.glb")):
             shutil.copy(path, folder / "library" / path.name)
     build_index(folder / "library", folder / "index", jobs=2)
@@ -34,9 +34,9 @@ def fitter(tmp_path_factory):
 
 
 def test_the_misplaced_part_is_the_worst(fitter):
-    """A library chair scanned (fresh surface samples), turned 70 degrees and moved, with its source placed
+    """A library table scanned (fresh surface samples), turned 70 degrees and moved, with its source placed
     exactly on it: every part lies on the scan; dragging one part off makes that part, and only it, poor."""
-    row = [s.path for s in fitter.index.sources].index("chair_01.glb")
+    row = [s.path for s in fitter.index.sources].index("table_01.glb")
     mesh = trimesh.util.concatenate(part_meshes(fitter.index, row))
     turn, offset = rotation_z(np.radians(70)), np.array([1.5, -0.5, 0.2])
     target = np.asarray(trimesh.sample.sample_surface(mesh, 4096, seed=3)[0]) @ turn.T + offset
@@ -51,7 +51,7 @@ def test_the_misplaced_part_is_the_worst(fitter):
     diagonal = np.linalg.norm(target.max(0) - target.min(0))
     wrong = int(np.argmax(good["share"]))  # the part that explains most of the scan
     boxes = placed.copy()
-    boxes[wrong, :3] += [0.0, 0.0, 0.3 * diagonal]  # the user drags it up by 30% of the chair's size
+    boxes[wrong, :3] += [0.0, 0.0, 0.3 * diagonal]  # the user drags it up by 30% of the table's size
     bad = candidate_residuals(fitter.sources, target, [SimpleNamespace(**{**fit.__dict__, "fitted_boxes": boxes})])[0]
     assert int(np.argmax(bad["parts_x100"])) == wrong, bad
     assert quality.rating(bad["parts_x100"][wrong]) == "poor", bad
@@ -68,10 +68,10 @@ def ood_cloud(category: str, index: int) -> np.ndarray:
 
 
 def test_no_close_match_for_a_category_absent_from_the_library(fitter):
-    """The library holds chairs and storage: tables (a round top on splayed legs, an X base) fit poorly and the
-    panel's note says so; chairs of families the library does not have (windsor, bench) still fit."""
-    absent = [fitter.fit_points(ood_cloud("table", i), FitOptions(top_k=3)) for i in (0, 2)]
-    present = [fitter.fit_points(ood_cloud("chair", i), FitOptions(top_k=3)) for i in (0, 4)]
+    """The library holds tables and storage: chairs (a windsor chair, a bench with a backrest) fit poorly and the
+    panel's note says so; tables of families the library does not have (round on splayed legs, tripod) still fit."""
+    absent = [fitter.fit_points(ood_cloud("chair", i), FitOptions(top_k=3)) for i in (0, 4)]
+    present = [fitter.fit_points(ood_cloud("table", i), FitOptions(top_k=3)) for i in (0, 1)]
     measured = [[[c.measured_chamfer * 100 for c in r.candidates] for r in fits] for fits in (absent, present)]
     assert all(quality.no_close_match(chamfers) for chamfers in measured[0]), measured
     assert not any(quality.no_close_match(chamfers) for chamfers in measured[1]), measured

@@ -6,7 +6,7 @@ heartbeat timer measures how long the UI ever stops (the longest gap between
 its ticks per phase); screenshots of each panel state are saved.
 
 blender --factory-startup --enable-event-simulate START.blend --python gui_modal.py -- ZIP LIBRARY CHECKPOINT
-    POINTS.npy OUT_DIR
+    POINTS.npy IMAGE.png OUT_DIR
 Writes OUT_DIR/facts.json and OUT_DIR/*.png; exits non-zero on failure (the facts say where).
 """
 
@@ -23,28 +23,63 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from joints import joint_gaps  # noqa: E402
 
 args = sys.argv[sys.argv.index("--") + 1 :]
-zip_path, library, checkpoint, points_path, out_dir = args
+zip_path, library, checkpoint, points_path, image_path, out_dir = args
 facts = {"blender": bpy.app.version_string, "steps": [], "gaps": {}, "addon_time": {}, "screenshots": []}
 TIME_LIMIT = 300.0
 started = time.monotonic()
-beat = {"phase": "", "last": 0.0}
+beat = {"phase": "", "last": 0.0, "addon": 0.0, "cpu": 0.0, "addon_at_last": 0.0, "cpu_at_last": 0.0}
+LONG = 0.25  # the issue's bound on a UI stall
 
 
 def heartbeat():
-    """Ticks every 20 ms; the longest gap per phase is how long the UI stood still."""
-    now = time.monotonic()
+    """Ticks every 20 ms. Per phase: the longest gap between ticks (how long the UI stood still), every
+    gap (for percentiles), and for each gap over LONG how much of it Blender's thread spent inside the
+    add-on (timed calls, see ``timed``) and on the CPU at all (``time.thread_time``): a stall with neither
+    is the machine (the process was not scheduled), not the add-on; the idle phases measure that baseline."""
+    now, cpu = time.monotonic(), time.thread_time()
     if beat["phase"] and beat["last"]:
-        facts["gaps"][beat["phase"]] = max(facts["gaps"].get(beat["phase"], 0.0), now - beat["last"])
-        if now - beat["last"] > 0.25:
+        gap = now - beat["last"]
+        phase = beat["phase"]
+        facts["gaps"][phase] = max(facts["gaps"].get(phase, 0.0), gap)
+        facts.setdefault("all_gaps", {}).setdefault(phase, []).append(round(gap, 4))
+        addon, busy = beat["addon"] - beat["addon_at_last"], cpu - beat["cpu_at_last"]
+        if gap > LONG:
             facts.setdefault("long_gaps", []).append(
-                [beat["phase"], round(beat["last"] - started, 2), round(now - beat["last"], 2)]
+                {
+                    "phase": phase,
+                    "at": round(beat["last"] - started, 2),
+                    "gap": round(gap, 3),
+                    "in_addon": round(addon, 3),
+                    "main_thread_cpu": round(busy, 3),
+                }
             )
-    beat["last"] = now
+        slowest = facts.setdefault("addon_share_of_gaps", {}).get(phase, 0.0)
+        facts["addon_share_of_gaps"][phase] = max(slowest, addon)
+    beat["last"], beat["addon_at_last"], beat["cpu_at_last"] = now, beat["addon"], cpu
     return 0.02
+
+
+def gap_summary() -> dict:
+    """Per phase: ticks, median, 99th percentile and longest gap, gaps over LONG, and the longest time the
+    add-on held Blender's thread within one gap."""
+    out = {}
+    for phase, gaps in facts.get("all_gaps", {}).items():
+        values = np.array(gaps)
+        out[phase] = {
+            "ticks": len(values),
+            "median": round(float(np.median(values)), 3),
+            "p99": round(float(np.percentile(values, 99)), 3),
+            "max": round(float(values.max()), 3),
+            "over_0.25": int((values > LONG).sum()),
+            "in_addon_max": round(facts["addon_share_of_gaps"].get(phase, 0.0), 3),
+        }
+    return out
 
 
 def finish(ok: bool) -> None:
     facts["ok"] = ok
+    facts["gap_summary"] = gap_summary()
+    facts.pop("all_gaps", None)
     with open(os.path.join(out_dir, "facts.json"), "w") as handle:
         json.dump(facts, handle, indent=1)
     os._exit(0 if ok else 1)  # quit at once, whatever the window manager is doing
@@ -160,6 +195,7 @@ def timed(original, label):
 
     def record(t0):
         spent = time.monotonic() - t0
+        beat["addon"] += spent
         slowest = facts["addon_time"].setdefault(beat["phase"] or "-", [0.0, ""])
         if spent > slowest[0]:
             slowest[:] = [spent, label]
@@ -400,6 +436,38 @@ def script():
     facts["live_requests"] = len(sent)
     facts["live_dragged_kept"] = bool(np.allclose(tuple(dragged.location), put, atol=1e-6))
     facts["live_joint_gap"] = float(joint_gaps(parent, settings.index_directory).max(initial=0.0))
+
+    # -- residual colours, measured by the worker while the UI runs ----------------------------------------
+    select([parent], parent)
+    invoke(bpy.ops.rfit.show_residuals, "residuals")
+    yield from wait_for_backend("residuals")
+    facts["residuals_shown"] = [bool(o.get("rfit_residual_shown")) for o in parts_of(parent)]
+    facts["residual_status"] = settings.status
+    yield from screenshot("addon_residuals")
+    with override():
+        bpy.ops.rfit.hide_residuals()
+
+    # -- an image target: the panel's file field and Match View; the fit lands at the cursor or matched ---
+    settings.image_path = image_path  # picking a file selects the Image target
+    settings.match_view = True
+    bpy.context.scene.cursor.location = (2.0, 0.0, 0.0)
+    yield from screenshot("addon_image_target")
+    invoke(bpy.ops.rfit.retrieve_and_fit, "image fit")
+    yield from wait_for_backend("image fit")
+    image_fit = [o for o in fits() if "image" in json.loads(o["rfit_info"])["target"]]
+    facts["image_fit"] = {
+        "fits": len(image_fit),
+        "view": json.loads(image_fit[0]["rfit_info"]).get("view") if image_fit else None,
+        "status": settings.status,
+    }
+    if image_fit:
+        select([image_fit[0]], image_fit[0])
+    yield from screenshot("addon_image_fit")
+    settings.target, settings.match_view = "OBJECT", False
+
+    beat["phase"] = "idle after"  # the machine's own stalls, measured again at the end
+    yield 2.0
+    beat["phase"] = ""
 
     # -- a backend Python without the packages: the panel says which is missing and what to do -------
     broken = os.path.join(out_dir, "python-without-packages")

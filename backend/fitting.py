@@ -39,7 +39,7 @@ from backend.model.sources import SourceTensors, stack_sources
 from backend.silhouettes import SilhouetteBank, foreground_mask, match_image
 
 MIN_POINTS = 64
-FINE_HEADINGS = 24  # with automatic headings, the pooled sources are also tried every 15 degrees
+FINE_HEADINGS = 72  # with automatic headings, the pooled sources are also tried every 5 degrees
 CACHE_VERSION = 1
 
 Progress = Callable[[int, int, str], None]

@@ -372,6 +372,9 @@ def measured_chamfer(
 # ones are first shortlisted to this many by the retrieval embedding (a prior that transfers poorly).
 # Measured (bench/bench_fit.py, 2 cores): 10,000 sources ranked in full take about 1 s a fit.
 SHORTLIST_THRESHOLD = 20000
+# A heading of the fine ring replaces a source's best footprint heading only when its coarse chamfer is this much
+# lower: the coarse score on 256 points is noisy, and the footprint's headings are exact for rectangular footprints.
+RING_MARGIN = 0.95
 
 
 @dataclass
@@ -539,7 +542,7 @@ def fit_cloud(
         heading = best_heading[keep]
         if len(yaws) > n_given:
             ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)
-            better = ring.min(dim=0).values < best_score[keep]
+            better = ring.min(dim=0).values < RING_MARGIN * best_score[keep]
             heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
         return rows[keep], heading, best_score[keep]
 

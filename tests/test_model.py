@@ -1,5 +1,10 @@
 """Torch geometry, losses and checkpoints of the joint model."""
 
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +15,7 @@ from backend.geometry.connectivity import joint_gaps
 from backend.library import IndexOptions, build_source, load_model
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_points, project
+from backend.model.inference import box_placement, network_boxes, target_extent
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import stack_sources
 from training.joint.objectives import (
@@ -20,6 +26,9 @@ from training.joint.objectives import (
     sample_candidates,
     soft_probabilities,
 )
+from training.joint.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_chamfer_matches_brute_force_and_its_gradient():
@@ -200,3 +209,49 @@ def test_positive_projection_keeps_joints_and_half_sizes(chair_source):
     out = project_positive(squashed, tensors.basis.double(), tensors.min_half.double(), tensors.part_mask)
     assert float(out[0, :k, 3:].min()) >= float(tensors.min_half[0]) - 1e-9
     torch.testing.assert_close(project(out, tensors.basis.double())[0, :k], out[0, :k], atol=1e-4, rtol=0)
+
+
+def test_placement_base_predicts_on_top_of_the_per_axis_placement(chair_source):
+    """An untrained placement-base model starts at the per-axis placement on a stretched target's box
+    (the old option at the source's own boxes); images, whose box is unknown, at the source's boxes."""
+    tensors = stack_sources([chair_source], n_points=128)
+    stretched = tensors.points * torch.tensor([1.0, 0.5, 1.6])
+    target = stretched / (stretched.max(1).values - stretched.min(1).values).norm(dim=-1).view(-1, 1, 1)
+    k = chair_source.n_parts
+    small = dict(point_width=16, image_width=8, global_code=16, part_code=4, target_code=16, embedding=8)
+    placed = box_placement(tensors, target_extent(target))
+    for placement_base, expected in ((True, placed), (False, tensors.boxes)):
+        model = JointModel(ModelConfig(**small, placement_base=placement_base)).eval()
+        global_code, part_code = model.deformation.encode_sources(tensors)
+        code = model.deformation.encode_target(target, "points")
+        assert code.shape[-1] == 16 + 3 * placement_base
+        boxes = network_boxes(model, tensors, global_code, part_code, code)
+        torch.testing.assert_close(boxes[:, :k], expected[:, :k], atol=1e-5, rtol=0)
+    model = JointModel(ModelConfig(**small, placement_base=True)).eval()
+    global_code, part_code = model.deformation.encode_sources(tensors)
+    code = model.deformation.encode_target(target, "points")
+    image_code = model.deformation.encode_target(torch.rand(1, 3, 128, 128), "images")
+    boxes = network_boxes(model, tensors, global_code, part_code, image_code)
+    torch.testing.assert_close(boxes[:, :k], tensors.boxes[:, :k], atol=1e-5, rtol=0)
+    # The part MLP sees the placement: trained offsets differ between a stretched and a plain target.
+    torch.nn.init.normal_(model.deformation.part_mlp[-1].weight, std=0.01)
+    plain = network_boxes(
+        model, tensors, global_code, part_code, model.deformation.encode_target(tensors.points, "points")
+    )
+    assert not torch.allclose(plain, network_boxes(model, tensors, global_code, part_code, code), atol=1e-3)
+
+
+def test_documented_config_reproduces_the_shipped_checkpoint():
+    """training/configs/default.toml names every model option, with the shipped model's values: the model it
+    builds takes default.pt's weights strictly, and what it trains is exported with that config."""
+    recipe = tomllib.loads((ROOT / "training" / "configs" / "default.toml").read_text())
+    assert set(recipe["model"]) == {f.name for f in dataclasses.fields(ModelConfig)}
+    config = TrainConfig.from_toml(ROOT / "training" / "configs" / "default.toml")
+    payload = torch.load(ROOT / "backend" / "checkpoints" / "default.pt", map_location="cpu", weights_only=True)
+    model = JointModel(config.model)
+    model.load_state_dict(payload["model"], strict=True)
+    shipped, _, _ = load_checkpoint(ROOT / "backend" / "checkpoints" / "default.pt")
+    assert shipped.config == config.model
+    trained = json.loads(payload["extra"])["config"]
+    for option in ("steps", "warmup", "batch", "candidates", "sigma0", "lr", "partial", "views", "source_fraction"):
+        assert getattr(config, option) == trained[option], option

@@ -4,18 +4,20 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from backend.model.checkpoint import load_checkpoint
+from backend.model.geometry import project
 from backend.model.networks import JointModel
 from training.baselines import mds_space, train_mds_retrieval
 from training.data.dataset import DatasetSpec, write_dataset
-from training.joint.data import prepare
+from training.joint.data import augment_sources, in_families, prepare
 from training.joint.objectives import cross_modal_loss, ranking_alignment_loss
-from training.joint.train import TrainConfig, oracle_chamfer, train
+from training.joint.train import TrainConfig, oracle_chamfer, target_batch, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "training" / "configs" / "smoke.toml"
@@ -223,3 +225,78 @@ def test_baseline_r_gets_image_only_steps_after_its_regression(dataset):
     assert image_error(aligned) < 0.5 * image_error(plain)
     for name, value in aligned.retrieval.points.state_dict().items():
         torch.testing.assert_close(value, plain.retrieval.points.state_dict()[name], msg=name)
+
+
+def _structures(dataset: Path) -> dict[str, str]:
+    return {row["name"]: row["structure"] for row in json.loads((dataset / "meta.json").read_text())["shapes"]}
+
+
+def test_held_out_structure_families_are_neither_sources_nor_targets(dataset):
+    structures = _structures(dataset)
+    full = prepare(dataset, 0.4, 0.2, 128)
+    family = "/".join(structures[full.train.names[0]].split("/")[:2])  # e.g. "chair/sled"
+    held = prepare(dataset, 0.4, 0.2, 128, held_out_structures=(family,))
+    names = lambda d: d.source_names + d.train.names + d.val.names  # noqa: E731
+    assert any(in_families(structures[n], [family]) for n in names(full))
+    assert not any(in_families(structures[n], [family]) for n in names(held))
+    assert set(names(held)) == {n for n in names(full) if not in_families(structures[n], [family])}
+    assert in_families("chair/sled/slatted", ["chair/sled"]) and not in_families("chair/sled_x", ["chair/sled"])
+    with pytest.raises(ValueError, match="match no shape"):
+        prepare(dataset, 0.4, 0.2, 128, held_out_structures=("chair/no_such_family",))
+
+
+def test_augmented_sources_keep_every_joint_and_stay_normalised(dataset):
+    sources = prepare(dataset, 0.4, 0.2, 128).sources
+    mask = sources.part_mask.unsqueeze(-1)
+    same = augment_sources(sources, torch.Generator().manual_seed(0))
+    assert torch.allclose(same.boxes, sources.boxes, atol=1e-6) and torch.allclose(
+        same.points, sources.points, atol=1e-6
+    )
+    moved = augment_sources(sources, torch.Generator().manual_seed(0), axis_scale=1.4, part_jitter=1.25)
+    # On the connectivity subspace (every joint attached), boxes of the union box 0 / diagonal 1.
+    assert (project(moved.boxes, moved.basis) - moved.boxes).abs().masked_select(mask).max() < 1e-5
+    lo = torch.where(mask, moved.boxes[..., :3] - moved.boxes[..., 3:], torch.inf).min(dim=1).values
+    hi = torch.where(mask, moved.boxes[..., :3] + moved.boxes[..., 3:], -torch.inf).max(dim=1).values
+    assert torch.allclose((hi - lo).norm(dim=-1), torch.ones(len(sources)), atol=1e-5)
+    assert torch.allclose((hi + lo) / 2, torch.zeros(len(sources), 3), atol=1e-5)
+    # Proportions changed, per source and per part, and the samples moved with their boxes.
+    ratio = lambda b: (b[..., 3:] / b[..., 3:].amax(dim=(1, 2), keepdim=True)).masked_select(mask)  # noqa: E731
+    assert (ratio(moved.boxes) - ratio(sources.boxes)).abs().mean() > 0.01
+    assert not torch.allclose(moved.points, sources.points, atol=1e-3)
+    box = torch.gather(moved.boxes, 1, moved.labels.unsqueeze(-1).expand(-1, -1, 6))
+    inside = ((moved.points - box[..., :3]).abs() <= box[..., 3:] * 1.05 + 1e-4).all(dim=-1)
+    before = torch.gather(sources.boxes, 1, sources.labels.unsqueeze(-1).expand(-1, -1, 6))
+    inside_before = ((sources.points - before[..., :3]).abs() <= before[..., 3:] * 1.05 + 1e-4).all(dim=-1)
+    assert inside.float().mean() >= inside_before.float().mean() - 1e-3  # each sample stays in its part's box
+
+
+def test_axis_scale_stretches_point_targets_and_their_truth_alike(dataset):
+    targets = prepare(dataset, 0.4, 0.2, 128, views=1).train
+    rows = torch.arange(min(8, len(targets)))
+    plain, _ = target_batch(targets, rows, "points", 128, 0.0, torch.Generator().manual_seed(0))
+    seen, truth = target_batch(targets, rows, "points", 128, 0.0, torch.Generator().manual_seed(0), axis_scale=1.4)
+    extent = lambda x: x.max(dim=1).values - x.min(dim=1).values  # noqa: E731
+    assert (extent(seen) / extent(plain)).log().abs().max() > 0.05  # proportions changed
+    assert torch.allclose(seen, truth, atol=1e-5)  # full clean clouds: the input is the (stretched) truth
+    render = lambda scale: target_batch(targets, rows, "images", 128, 0.0, torch.Generator().manual_seed(0), 0.0, scale)  # noqa: E731
+    assert torch.equal(render(1.4)[1], render(1.0)[1])  # a render's truth is not stretched: the image is not
+
+
+def test_training_for_transfer_runs_and_predicts_on_the_placement(dataset, tmp_path):
+    structures = _structures(dataset)
+    family = "/".join(sorted(structures.values())[0].split("/")[:2])
+    config = TrainConfig.from_toml(
+        SMOKE,
+        data=str(dataset),
+        out=str(tmp_path / "t"),
+        axis_scale=1.4,
+        part_jitter=1.25,
+        held_out_structures=[family],
+        modalities=["points"],
+        steps=8,
+    )
+    config = replace(config, model=replace(config.model, placement_base=True))
+    train(config)
+    model, extra, _ = load_checkpoint(tmp_path / "t" / "best.pt")
+    assert model.config.placement_base and extra["config"]["held_out_structures"] == [family]
+    assert extra["config"]["axis_scale"] == 1.4

@@ -50,6 +50,13 @@ class ModelConfig:
     # (a Siamese retrieval space), so R starts out geometry-aware: similar
     # shapes land close before any training (False: a separate source encoder).
     shared_point_encoder: bool = True
+    # The deformation is predicted on top of the per-axis placement of the source on the target's
+    # box (``backend.model.inference.box_placement``, a legal start that keeps every joint): a
+    # point target's deformation code ends with its box size (3), each source is placed on it and
+    # the part MLP, also given the placement's log scale per axis, predicts offsets from there.
+    # Image targets (box unknown) keep the source's own boxes as the base. False: offsets are
+    # added to the source's boxes (checkpoints made before it existed).
+    placement_base: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -191,8 +198,10 @@ class DeformationModule(nn.Module):
         self.points = PointNetEncoder(config.point_width, config.target_code)
         self.images = ImageEncoder(config.image_width, config.target_code)
         self.source = SourceEncoder(config.point_width, config.global_code, config.part_code)
+        self.placement_base = config.placement_base
+        placement_inputs = 6 if config.placement_base else 0  # the target's box size, the placement's log scale
         self.part_mlp = nn.Sequential(
-            nn.Linear(config.global_code + config.part_code + config.target_code, 512),
+            nn.Linear(config.global_code + config.part_code + config.target_code + placement_inputs, 512),
             nn.ReLU(inplace=True),
             nn.Linear(512, 256),
             nn.ReLU(inplace=True),
@@ -223,7 +232,15 @@ class DeformationModule(nn.Module):
         )
 
     def encode_target(self, target: torch.Tensor, modality: str) -> torch.Tensor:
-        return self.points(target) if modality == "points" else self.images(target)
+        """(B, T) deformation codes of B targets; with ``placement_base`` (B, T + 3): a point
+        target's code ends with its box size (normalised frame), an image's with zeros (unknown)."""
+        if modality == "points":
+            code = self.points(target)
+            extent = target.max(dim=1).values - target.min(dim=1).values
+        else:
+            code = self.images(target)
+            extent = code.new_zeros(len(code), 3)
+        return torch.cat([code, extent], dim=-1) if self.placement_base else code
 
     def encode_sources(self, sources: SourceTensors) -> tuple[torch.Tensor, torch.Tensor]:
         return self.source(sources.points, sources.labels, sources.boxes, sources.part_mask)
@@ -234,16 +251,28 @@ class DeformationModule(nn.Module):
         """Deformed boxes (P, K, 6) of P (source, target) pairs, projected onto
         each source's connectivity-preserving subspace.
 
+        With ``placement_base`` the offsets are added to each source placed per axis on the
+        target's box (the box size ending ``target_code``; an all-zero size, an image target's,
+        keeps the source's boxes).
+
         Args:
             sources: the P sources (one row per pair).
-            global_code: (P, G); part_code: (P, K, C); target_code: (P, T).
+            global_code: (P, G); part_code: (P, K, C); target_code: (P, T) (``encode_target``).
         """
         k = sources.boxes.shape[1]
-        inputs = torch.cat(
-            [global_code.unsqueeze(1).expand(-1, k, -1), part_code, target_code.unsqueeze(1).expand(-1, k, -1)], dim=-1
-        )
-        offset = self.part_mlp(inputs) * sources.part_mask.unsqueeze(-1)
-        return project(sources.boxes + offset, sources.basis)
+        base, features = sources.boxes, [global_code.unsqueeze(1).expand(-1, k, -1), part_code]
+        features.append(target_code.unsqueeze(1).expand(-1, k, -1))
+        if self.placement_base:
+            from backend.model.inference import box_placement  # inference builds on this module
+
+            extent = target_code[:, -3:]
+            known = (extent > 0).all(dim=-1)
+            placed = box_placement(sources, torch.where(known.unsqueeze(-1), extent, torch.ones_like(extent)))
+            base = torch.where(known.view(-1, 1, 1), placed, sources.boxes)
+            ratio = base[..., 3:].clamp_min(1e-6) / sources.boxes[..., 3:].clamp_min(1e-6)
+            features.append(torch.log(ratio) * sources.part_mask.unsqueeze(-1))
+        offset = self.part_mlp(torch.cat(features, dim=-1)) * sources.part_mask.unsqueeze(-1)
+        return project(base + offset, sources.basis)
 
 
 def deformed_points(sources: SourceTensors, boxes: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalis
 from backend.model.inference import embedding_distance, network_boxes, visible_from
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
-from training.joint.data import Targets, TrainingData, prepare
+from training.joint.data import Targets, TrainingData, augment_sources, log_uniform, prepare
 from training.joint.objectives import (
     cross_modal_loss,
     deformation_loss,
@@ -61,6 +61,15 @@ class TrainConfig:
     image_alignment_steps: int = 0
     noise: float = 0.01
     partial: float = 0.5  # share of point targets given as single-view scans
+    # Training for transfer to libraries made elsewhere (1.0 / empty: off). Point targets and the
+    # candidate sources are scaled per axis by a random factor in [1/axis_scale, axis_scale]
+    # (then renormalised); each candidate part's size by one in [1/part_jitter, part_jitter],
+    # projected back onto its source's connectivity subspace (``augment_sources``); shapes of the
+    # ``held_out_structures`` families (e.g. "chair/sled", see ``in_families``) are neither
+    # sources nor training or validation targets.
+    axis_scale: float = 1.0
+    part_jitter: float = 1.0
+    held_out_structures: tuple[str, ...] = ()
     sampling: str = "retrieval"  # "retrieval" (ours) or "uniform" (the ablation)
     # "joint" (ours); "deformation": random pairs only (the DF baseline);
     # "retrieval": retrieval updates only against a frozen deformation module
@@ -87,8 +96,9 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown training options: {sorted(unknown)}")
-        if "modalities" in data:
-            data["modalities"] = tuple(data["modalities"])
+        for name in ("modalities", "held_out_structures"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(model=model, **data)
 
     def to_json(self) -> dict:
@@ -109,16 +119,21 @@ def target_batch(
     noise: float,
     generator: torch.Generator,
     partial: float = 0.0,
+    axis_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Network input and true shape (B, n_points, 3), in the input's normalised frame.
 
     Point targets are a random subset of the clean samples, with probability
     ``partial`` only what one random viewpoint sees (a single scan), plus
     Gaussian noise, re-normalised by their own box (as at inference); the
-    true shape is always the whole surface. Image targets are one random
-    view, and their true shape is the clean samples.
+    true shape is always the whole surface. With ``axis_scale`` > 1 each point
+    target (input and truth) is first stretched per axis by a random factor in
+    [1/axis_scale, axis_scale]. Image targets are one random view, and their
+    true shape is the clean samples.
     """
     clean = targets.points[rows]
+    if modality == "points" and axis_scale > 1.0:
+        clean = clean * log_uniform((len(rows), 1, 3), axis_scale, generator)
     pick = torch.stack([torch.randperm(clean.shape[1], generator=generator)[:n_points] for _ in range(len(rows))])
     truth = torch.gather(clean, 1, pick.unsqueeze(-1).expand(-1, -1, 3))
     if modality == "points":
@@ -276,7 +291,12 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         views = config.views if "images" in config.modalities else 0
         if rank == 0:  # one process indexes; the others read the index it wrote
             data = prepare(
-                Path(config.data), config.source_fraction, config.val_fraction, config.model.source_points, views
+                Path(config.data),
+                config.source_fraction,
+                config.val_fraction,
+                config.model.source_points,
+                views,
+                held_out_structures=config.held_out_structures,
             )
         if distributed:
             dist.barrier()
@@ -288,6 +308,7 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
                 config.model.source_points,
                 views,
                 build=False,
+                held_out_structures=config.held_out_structures,
             )
     modalities = [m for m in config.modalities if m == "points" or data.train.images is not None]
     sources = data.sources.to(device)
@@ -323,7 +344,14 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         modality = modalities[(step // 2) % len(modalities)]
         rows = torch.randint(len(data.train), (config.batch,), generator=generator)
         target, truth = target_batch(
-            data.train, rows, modality, config.model.n_points, config.noise, generator, config.partial
+            data.train,
+            rows,
+            modality,
+            config.model.n_points,
+            config.noise,
+            generator,
+            config.partial,
+            config.axis_scale,
         )
         target, truth = target.to(device), truth.to(device)
         warm = config.mode == "deformation" or (config.mode == "joint" and step < config.warmup)
@@ -340,6 +368,8 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
             candidates = sample_candidates(logits.cpu(), k, generator).to(device)
         unique, inverse = torch.unique(candidates, return_inverse=True)
         subset = sources.select(unique)
+        if config.axis_scale > 1.0 or config.part_jitter > 1.0:
+            subset = augment_sources(subset, generator, config.axis_scale, config.part_jitter)
         pair_source = inverse.reshape(-1)
         pair_target = torch.arange(config.batch, device=device).repeat_interleave(k)
         update_retrieval = config.mode == "retrieval" or (not warm and step % 2 == 1)

@@ -1,14 +1,22 @@
-"""Image-fit latency against library size (100 and 1,000 sources), CPU.
+"""Image-fit latency against library size (100 and 1,000 sources), CPU, in-process and through the worker.
 
-    python bench/bench_image.py [--sizes 100 1000] [--targets 5] [--write]
+    python bench/bench_image.py [--sizes 100 1000] [--targets 5] [--repeats 1] [--write]
 
-A real library of ``--base`` generated models is indexed once and grown synthetically as
-bench/bench_fit.py does (per-axis scaled copies, so no two silhouettes are alike). Per size:
-the one-off cost of the library's silhouettes (``SilhouetteBank.build``, then kept bit-packed
-in the index folder and loaded from there), and the median over ``--targets`` product-style
-renders (256 x 256, white background) of ``match_image`` (foreground, ranking every source
-from every view, proportions of the best five) and of ``Fitter.fit_image``. ``--write``
-rewrites the ``image`` section of docs/benchmarks.md.
+The library is bench/bench_worker.py's: 100 generated models indexed once, beyond 100 sources the same files
+under new names (hard links; every row is its own source, so the ranking's work is that of ``size`` sources). Per
+size:
+
+- the silhouette bank's one-off cost (``SilhouetteBank.build``: every source from every view, bit-packed), the
+  time to load it back from the index folder and its size on disk;
+- the median over ``--targets`` product-style renders (256 x 256, white background, 3/4 view) of ``match_image``
+  (foreground, IoU ranking of every source from every view, the shortlist re-ranked by mask distance, proportions
+  and view of the best five) and of ``Fitter.fit_image`` (all of it, with the learned tie-breaker and candidates);
+- the add-on's image fit through ``python -m backend serve`` (the add-on's own client, default options, part
+  meshes of the best candidate, 96-pixel thumbnails of every candidate): the first round trip (model, library
+  codes and silhouette bank made or loaded), then the median of the others, beside the fit's own time inside the
+  worker.
+
+``--write`` rewrites the ``image`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,28 +34,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fit import grown  # noqa: E402
+from bench_worker import build_library, grown_index  # noqa: E402
 from report import machine, write_section  # noqa: E402
 
 from backend.fitting import DEFAULT_CHECKPOINT, Fitter  # noqa: E402
-from backend.library import build_index  # noqa: E402
 from backend.render import Camera  # noqa: E402
 from backend.silhouettes import SilhouetteBank, ViewGrid, match_image  # noqa: E402
-from training.data.export import write_glb  # noqa: E402
+from blender_addon.client import BackendClient  # noqa: E402
 from training.data.furniture import CATEGORIES, generate  # noqa: E402
 from training.data.views import render_image  # noqa: E402
+
+
+def timed(call, *args) -> float:
+    started = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--base", type=int, default=60, help="real generated models indexed")
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--work", help="keep the library and index here (reused when present)")
     parser.add_argument("--write", action="store_true", help="rewrite the image section of docs/benchmarks.md")
     args = parser.parse_args()
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="rfit-image-"))
+    work = Path(tempfile.mkdtemp(prefix="rfit-image-"))
     rng = np.random.default_rng(0)
     images = [
         render_image(
@@ -59,65 +70,69 @@ def main() -> None:
         for i in range(args.targets)
     ]
     rows = []
+    client = BackendClient(sys.executable)
     try:
-        library = work / "library"
-        if not library.exists():
-            for i in range(args.base):
-                write_glb(generate(CATEGORIES[i % 3], 4242, i // 3), library / f"{i:04d}.glb")
-        build_index(library, work / "index", jobs=2)
-        fitter = Fitter.open(args.checkpoint, work / "index", device="cpu")
+        base = build_library(work)
         for size in args.sizes:
-            sized = grown(fitter, size)
-            cache = work / f"silhouettes-{size}"
-            shutil.rmtree(cache, ignore_errors=True)
+            index = grown_index(work, base, size)
+            fitter = Fitter.open(args.checkpoint, index, device="cpu")
+            cache = work / f"bank-{size}"
             cache.mkdir()
+            build = timed(SilhouetteBank.cached, fitter.sources.points, cache)
             started = time.perf_counter()
-            SilhouetteBank.cached(sized.sources.points, cache)
-            build = time.perf_counter() - started
-            started = time.perf_counter()
-            bank = SilhouetteBank.cached(sized.sources.points, cache)
+            bank = SilhouetteBank.cached(fitter.sources.points, cache)
             load = time.perf_counter() - started
             stored = sum(p.stat().st_size for p in cache.glob("silhouettes-*.npz"))
-            timings = {"match_image": [], "Fitter.fit_image": []}
-            for image in images:
+            matching = [timed(match_image, image, fitter.sources, bank) for image in images]
+            fitter.fit_image(images[0])  # warm-up: builds the bank once in the index folder (the worker reuses it)
+            fitting = [timed(fitter.fit_image, image) for image in images]
+            request = dict(index=str(index), checkpoint=args.checkpoint, options={}, meshes_for=[0])
+            trips, inside = [], []
+            for image in [images[0], *images]:
                 started = time.perf_counter()
-                match_image(image, sized.sources, bank)
-                timings["match_image"].append(time.perf_counter() - started)
-            sized.__dict__.pop("_silhouettes", None)  # a grown copy gets its own bank (kept in the index folder)
-            sized.fit_image(images[0])  # warm-up: builds or loads the bank once
-            for image in images:
-                started = time.perf_counter()
-                sized.fit_image(image)
-                timings["Fitter.fit_image"].append(time.perf_counter() - started)
-            medians = {k: float(np.median(v)) for k, v in timings.items()}
-            rows.append((size, build, load, stored, medians, {k: float(np.max(v)) for k, v in timings.items()}))
-            print(
-                f"{size} sources: bank {build:.2f} s (load {load:.3f} s, {stored / 1e6:.1f} MB); "
-                + ", ".join(f"{k} median {v * 1000:.0f} ms" for k, v in medians.items()),
-                flush=True,
-            )
+                answer = client.call("fit", {"image": image}, timeout=1800, thumbnails=96, **request)
+                trips.append(time.perf_counter() - started)
+                inside.append(answer["seconds"])
+            row = {
+                "size": size,
+                "build": build,
+                "load": load,
+                "stored": stored,
+                "match_image": (np.median(matching), np.max(matching)),
+                "fit_image": (np.median(fitting), np.max(fitting)),
+                "first_trip": trips[0],
+                "trip": (np.median(trips[1:]), np.max(trips[1:])),
+                "inside": np.median(inside[1:]),
+            }
+            rows.append(row)
+            print(row, flush=True)
+        client.shutdown()
     finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
+        client.kill()
+        shutil.rmtree(work, ignore_errors=True)
     views = len(ViewGrid())
     body = [
         "## Image-fit latency against library size",
         "",
         f"Command: `python bench/bench_image.py --sizes {' '.join(map(str, args.sizes))} --targets {args.targets}` "
         f"({machine()}, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads; the machine was shared).",
-        f"Library: {args.base} generated, indexed models grown synthetically to each size (as bench_fit.py). "
-        f"Silhouettes: every source from {views} views, 32 x 32, built once and kept bit-packed in the index folder. "
-        "Each fit: a 256 x 256 render on white; `match_image` is the silhouette ranking and proportions alone, "
-        "`Fitter.fit_image` the whole call.",
+        "Library: bench_worker.py's 100 generated, indexed models, beyond 100 the same files under new names. "
+        f"Silhouettes: every source from {views} views, 32 x 32, bit-packed, kept in the index folder. Each fit: a "
+        "256 x 256 render on white. `match_image`: the silhouette ranking, re-ranking and proportions alone; "
+        "`Fitter.fit_image`: the whole call; worker: the add-on's request through `python -m backend serve` "
+        "(part meshes of the best candidate, 96-pixel thumbnails of every candidate), median (max) of "
+        f"{args.targets} after a first one.",
         "",
-        "| sources | silhouettes built once | loaded | stored | match_image median (max) | fit_image median (max) |",
-        "|---|---|---|---|---|---|",
+        "| sources | bank built once | loaded | stored | `match_image` | `Fitter.fit_image` | worker: first round trip "
+        "| worker round trip | fit inside the worker |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for size, build, load, stored, medians, worst in rows:
+    for r in rows:
         body.append(
-            f"| {size:,} | {build:.2f} s | {load * 1000:.0f} ms | {stored / 1e6:.1f} MB | "
-            f"{medians['match_image'] * 1000:.0f} ms ({worst['match_image'] * 1000:.0f}) | "
-            f"{medians['Fitter.fit_image'] * 1000:.0f} ms ({worst['Fitter.fit_image'] * 1000:.0f}) |"
+            f"| {r['size']:,} | {r['build']:.2f} s | {r['load'] * 1000:.0f} ms | {r['stored'] / 1e6:.1f} MB "
+            f"| {r['match_image'][0] * 1000:.0f} ms ({r['match_image'][1] * 1000:.0f}) "
+            f"| {r['fit_image'][0] * 1000:.0f} ms ({r['fit_image'][1] * 1000:.0f}) | {r['first_trip']:.2f} s "
+            f"| {r['trip'][0] * 1000:.0f} ms ({r['trip'][1] * 1000:.0f}) | {r['inside'] * 1000:.0f} ms |"
         )
     print("\n".join(body))
     if args.write:

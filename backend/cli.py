@@ -224,6 +224,29 @@ def _finite(data) -> bool:
     return True
 
 
+def viewpoint_option(values: list[str]) -> str | tuple[float, float, float] | None:
+    """``--viewpoint``: ``auto`` (estimate from the scan whether it is single-view, and from where),
+    ``none`` (a cloud from all around) or X Y Z (the direction from the object towards the scanner).
+
+    Raises:
+        ValueError: anything else, in one line saying what is accepted.
+    """
+    if len(values) == 1 and values[0].lower() in ("auto", "none"):
+        return "auto" if values[0].lower() == "auto" else None
+    accepted = "--viewpoint takes auto, none, or three numbers X Y Z (the direction towards the scanner)"
+    if len(values) != 3:
+        raise ValueError(f"{accepted}; got {' '.join(values)!r}")
+    try:
+        direction = tuple(float(v) for v in values)
+    except ValueError:
+        raise ValueError(f"{accepted}; got {' '.join(values)!r}") from None
+    if not all(math.isfinite(v) and abs(v) <= 1e6 for v in direction):
+        raise ValueError(f"{accepted} (finite, at most 1e6); got {' '.join(values)!r}")
+    if not any(direction):
+        raise ValueError("--viewpoint 0 0 0 has no direction: give the direction from the object towards the scanner")
+    return direction
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     # Everything that can be checked is checked before the model or the library's codes load.
     index = load_index(args.index)
@@ -241,14 +264,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from backend.export import export_fit
     from backend.fitting import FitOptions, Fitter
 
-    if args.viewpoint is not None and not any(args.viewpoint):
-        raise ValueError("--viewpoint 0 0 0 has no direction: give the direction from the object towards the scanner")
+    viewpoint = {} if args.viewpoint is None else {"viewpoint": viewpoint_option(args.viewpoint)}
     options = FitOptions(
         top_k=args.top_k,
         refine=args.refine,
         yaw_search=args.yaw_search,
         headings="fixed" if args.fixed_heading else "auto",
-        viewpoint=None if args.viewpoint is None else tuple(args.viewpoint),
+        **viewpoint,  # not given: FitOptions' default
     )
     fitter = Fitter.open(args.checkpoint, args.index, device=device)
     result = fitter.fit_points(target, options) if args.points else fitter.fit_image(target, options)
@@ -358,10 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--viewpoint",
-        nargs=3,
-        type=_number_in(-1e6, 1e6, integer=False),
-        metavar=("X", "Y", "Z"),
-        help="a single-view scan: the direction from the object towards the scanner (it fits the seen side only)",
+        nargs="+",
+        metavar="auto|none|X Y Z",
+        help="a single-view scan's scanner: auto (estimated from the scan), none (a cloud from all around), or the "
+        "direction X Y Z from the object towards the scanner (it fits the seen side only)",
     )
     fit.add_argument("--out", help="write the ranked candidates as JSON")
     fit.add_argument("--export", help="write the best fit as .glb (one node per part)")

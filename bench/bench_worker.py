@@ -6,11 +6,12 @@ Builds a library of generated furniture (``--sizes`` sources; beyond the first 1
 repeats those sources under new names, hard links to the same files: the fitter and the worker
 treat every row as its own source), starts ``python -m backend serve`` through the add-on's own
 client and sends the add-on's fit request (default options, the best candidate's part meshes,
-96-pixel thumbnails of every candidate). Reports the first round trip (model and library codes
-load) and the mean of the next ones, beside the fit's own time (``FitResult.seconds``, measured
-inside the worker) and a plain ``Fitter.fit_points`` call in this process. The difference is the
-worker's share: framing, part meshes, thumbnails. Prints its docs/benchmarks.md section (and
-writes it with ``--write``).
+96-pixel thumbnails of every candidate, drawn at index time and read from the index). Reports the
+first round trip (model and library codes load) and the mean of the next ones, beside the fit's
+own time (``FitResult.seconds``, measured inside the worker) and a plain ``Fitter.fit_points``
+call in this process. The difference is the worker's share: framing, part meshes, thumbnails,
+per-part residuals (``backend.residuals``). Prints its docs/benchmarks.md section (and writes it
+with ``--write``).
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ def main() -> None:
         "",
         f"Command: `python bench/bench_worker.py --sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats}` "
         f"({machine()}).",
-        "The add-on's fit request (default options, part meshes of the best candidate, 96-pixel thumbnails of "
-        "every candidate) through `python -m backend serve`, default checkpoint, a held-out generated chair "
+        "The add-on's fit request (default options, part meshes of the best candidate, the 96-pixel thumbnails "
+        "of every candidate that indexing drew, per-part residuals) through `python -m backend serve`, default "
+        "checkpoint, a held-out generated chair "
         "(2,048 points); generated furniture as the library (beyond 100 sources, the same 100 under new names).",
         "",
         "| sources | first round trip (loads model and codes) | round trip | fit inside the worker "
@@ -135,7 +137,8 @@ def main() -> None:
     body += [
         "",
         "The worker keeps fitters per (checkpoint, index) and the part meshes and colours of the last 32 sources "
-        "(backend/export.py), so after the first request nothing is parsed again.",
+        "(backend/export.py), so after the first request nothing is parsed again; thumbnails are drawn once, at "
+        "index time (backend/library/index.py), and read from the source files.",
     ]
     text = "\n".join(body)
     print(text)

@@ -449,6 +449,10 @@ def store_thumbnails(answer) -> dict[int, str]:
         )
         image.pixels.foreach_set(rgba.reshape(-1))
         image.update()
+        try:
+            image.pack()  # packed pixels survive undo (a generated image's buffer comes back black)
+        except RuntimeError:
+            pass
         names[rank] = image.name
     return names
 

@@ -192,6 +192,8 @@ class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
         text = f"fitted {parent[build.PROP_PREFIX + 'source'].rsplit('/', 1)[-1]}"
         if best is not None and best.chamfer >= 0:
             text += f": {quality.describe(best.chamfer)}"
+        if quality.no_close_match([c.chamfer if c.chamfer >= 0 else None for c in settings(context).candidates]):
+            text += "; no close match in this library"
         note = parent.get(build.PROP_PREFIX + "view_note")
         if note:  # Match View was asked for and could not be done
             self.report({"WARNING"}, note)

@@ -122,6 +122,8 @@ class RFIT_PT_candidates(SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         s = context.scene.rfit
         layout = self.layout
+        if quality.no_close_match([c.chamfer if c.chamfer >= 0 else None for c in s.candidates]):
+            wrapped(layout, context, "No close match in this library", icon="ERROR")
         layout.template_list("RFIT_UL_candidates", "", s, "candidates", s, "candidate_index", rows=3, maxrows=3)
         if not s.candidate_index < len(s.candidates):
             return
@@ -134,8 +136,6 @@ class RFIT_PT_candidates(SidebarPanel, bpy.types.Panel):
         wrapped(layout, context, f"Match: {quality.describe(chamfer)}")
         if chamfer is not None:
             layout.label(text=f"Chamfer {chamfer:.3f} x1e-2")
-        if quality.no_close_match([c.chamfer if c.chamfer >= 0 else None for c in s.candidates]):
-            wrapped(layout, context, "No close match in this library", icon="ERROR")
         parent = api.fit_parent(context.active_object)
         shown = parent is not None and parent.get(build.PROP_PREFIX + "rank") == active.rank
         row = layout.row()

@@ -6,7 +6,8 @@ heartbeat timer measures how long the UI ever stops (the longest gap between
 its ticks per phase); screenshots of each panel state are saved.
 
 blender --factory-startup --enable-event-simulate START.blend --python gui_modal.py -- ZIP LIBRARY CHECKPOINT
-    POINTS.npy IMAGE.png OUT_DIR
+    POINTS.npy IMAGE.png OTHER_LIBRARY ABSENT.npy OUT_DIR
+(OTHER_LIBRARY lacks the category of the scan in ABSENT.npy: the panel's "no close match" state.)
 Writes OUT_DIR/facts.json and OUT_DIR/*.png; exits non-zero on failure (the facts say where).
 """
 
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from joints import joint_gaps  # noqa: E402
 
 args = sys.argv[sys.argv.index("--") + 1 :]
-zip_path, library, checkpoint, points_path, image_path, out_dir = args
+zip_path, library, checkpoint, points_path, image_path, other_library, absent_path, out_dir = args
 facts = {"blender": bpy.app.version_string, "steps": [], "gaps": {}, "addon_time": {}, "screenshots": []}
 TIME_LIMIT = 300.0
 started = time.monotonic()
@@ -163,7 +164,8 @@ def wait_for_backend(phase: str, timeout: float = 120.0, record=None):
 def screenshot(name: str):
     """Frame the fit (else the scan) and capture the window; the selection is left as it was."""
     selected, active = list(bpy.context.selected_objects), bpy.context.view_layer.objects.active
-    shown = fits()[0] if fits() else bpy.data.objects.get("scan")
+    active = api().fit_parent(bpy.context.view_layer.objects.active) if fits() else None
+    shown = active or (fits()[0] if fits() else bpy.data.objects.get("scan"))
     if shown is not None:
         select([shown, *shown.children], shown)
         with override():
@@ -310,6 +312,8 @@ def script():
     pressed = time.monotonic()
     beat["phase"] = "esc"
     view3d()[0].event_simulate(type="ESC", value="PRESS", x=x, y=y)
+    viewport = view3d()[2]  # the pointer off the sidebar again, so no tooltip covers the screenshots
+    view3d()[0].event_simulate(type="MOUSEMOVE", value="NOTHING", x=viewport.x + 50, y=viewport.y + 50)
     while api().active_jobs() and time.monotonic() - pressed < 5:
         yield 0.01
     facts["esc_seconds"] = time.monotonic() - pressed
@@ -464,6 +468,26 @@ def script():
         select([image_fit[0]], image_fit[0])
     yield from screenshot("addon_image_fit")
     settings.target, settings.match_view = "OBJECT", False
+
+    # -- a library without the scan's category: "No close match in this library" -----------------------
+    points = np.load(absent_path).astype(float)
+    mesh = bpy.data.meshes.new("absent scan")
+    mesh.from_pydata(points.tolist(), [], [])
+    absent = bpy.data.objects.new("absent scan", mesh)
+    absent.location = (-2.5, 0.0, 0.0)
+    bpy.context.scene.collection.objects.link(absent)
+    settings.library_directory, settings.index_directory = other_library, ""
+    invoke(bpy.ops.rfit.index_library, "index")
+    yield from wait_for_backend("index")
+    select([absent], absent)
+    invoke(bpy.ops.rfit.retrieve_and_fit, "fit")
+    yield from wait_for_backend("fit")
+    quality = sys.modules["rfit.quality"]
+    facts["absent_chamfers"] = [c.chamfer for c in settings.candidates]
+    facts["no_close_match"] = quality.no_close_match(
+        [c.chamfer if c.chamfer >= 0 else None for c in settings.candidates]
+    )
+    yield from screenshot("addon_no_match")
 
     beat["phase"] = "idle after"  # the machine's own stalls, measured again at the end
     yield 2.0

@@ -130,8 +130,52 @@ def box_aligned(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
     return torch.addcmul((offset - start * scale).unsqueeze(1), xy, (scale * flip).unsqueeze(1))
 
 
-def splat(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
-    """(B, R, R) bool silhouettes of screen points ``xy`` (B, N, 2), box-aligned.
+_LOW_63 = 0x7FFFFFFFFFFFFFFF  # clears the bit an arithmetic right shift of an int64 copies in
+
+
+def pack_rows(masks: torch.Tensor) -> torch.Tensor:
+    """(..., R) int64: boolean ``masks`` (..., R, R), bit c of row r holding cell (r, c) (R at most 64).
+
+    Masks this small dilate, erode and compare as whole rows of bits: shifts, ORs and a bit count instead of
+    float max-pools over every cell.
+    """
+    r = masks.shape[-1]
+    weights = torch.ones(r, dtype=torch.int64, device=masks.device) << torch.arange(r, device=masks.device)
+    return (masks.to(torch.int64) * weights).sum(-1)  # distinct bits: the sum is their OR
+
+
+def unpack_rows(rows: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(..., R, R) bool: the inverse of ``pack_rows``."""
+    return ((rows.unsqueeze(-1) >> torch.arange(resolution, device=rows.device)) & 1).bool()
+
+
+def _inside(resolution: int) -> int:
+    return -1 if resolution == 64 else (1 << resolution) - 1
+
+
+def dilate_rows(rows: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(..., R) int64: the 3 x 3 dilation of packed masks ``rows`` (..., R) within the R x R grid."""
+    wide = (rows | (rows << 1) | ((rows >> 1) & _LOW_63)) & _inside(resolution)
+    out = wide.clone()
+    out[..., 1:] |= wide[..., :-1]
+    out[..., :-1] |= wide[..., 1:]
+    return out
+
+
+def erode_rows(rows: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(..., R) int64: the 3 x 3 erosion of packed masks ``rows``; cells beyond the grid count as set."""
+    inside = _inside(resolution)
+    return ~dilate_rows(~rows & inside, resolution) & inside
+
+
+def count_cells(rows: torch.Tensor) -> torch.Tensor:
+    """(...) int32: set cells of packed masks ``rows`` (..., R) int64."""
+    return popcount(rows.contiguous().view(torch.uint8))
+
+
+def splat(xy: torch.Tensor, resolution: int = RESOLUTION, packed: bool = False) -> torch.Tensor:
+    """(B, R, R) bool silhouettes of screen points ``xy`` (B, N, 2), box-aligned; ``packed``: as (B, R) int64
+    rows (``pack_rows``).
 
     Each sample sets its cell; a 3 x 3 closing fills the gaps between samples
     without growing the outline.
@@ -141,11 +185,11 @@ def splat(xy: torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
         cells = box_aligned(xy, resolution).floor_().clamp_(PAD, resolution - PAD - 1)
         flat = cells @ torch.tensor([1.0, resolution], dtype=cells.dtype, device=cells.device)
         index = flat.long() + (torch.arange(b, device=xy.device) * resolution * resolution).unsqueeze(1)
-        out = torch.zeros(b * resolution * resolution, device=xy.device)
-        out[index.reshape(-1)] = 1.0
-        out = out.view(b, 1, resolution, resolution)
-        closed = -F.max_pool2d(-F.max_pool2d(out, 3, 1, 1), 3, 1, 1)
-    return closed[:, 0] > 0.5
+        out = torch.zeros(b * resolution * resolution, dtype=torch.bool, device=xy.device)
+        out[index.reshape(-1)] = True
+        rows = pack_rows(out.view(b, resolution, resolution))
+        closed = erode_rows(dilate_rows(rows, resolution), resolution)
+    return closed if packed else unpack_rows(closed, resolution)
 
 
 def project(points: torch.Tensor, angles: torch.Tensor, fov: float = FOV) -> torch.Tensor:
@@ -166,13 +210,14 @@ def project(points: torch.Tensor, angles: torch.Tensor, fov: float = FOV) -> tor
 
 
 def silhouettes(
-    points: torch.Tensor, angles: torch.Tensor, resolution: int = RESOLUTION, fov: float = FOV
+    points: torch.Tensor, angles: torch.Tensor, resolution: int = RESOLUTION, fov: float = FOV, packed: bool = False
 ) -> torch.Tensor:
     """(B, V, R, R) bool box-aligned silhouettes of ``points`` (B, N, 3) from views ``angles`` (V, 2) or
-    (B, V, 2)."""
+    (B, V, 2); ``packed``: (B, V, R) int64 rows (``pack_rows``)."""
     xy = project(points, angles, fov)
     b, v, n, _ = xy.shape
-    return splat(xy.reshape(b * v, n, 2), resolution).view(b, v, resolution, resolution)
+    masks = splat(xy.reshape(b * v, n, 2), resolution, packed)
+    return masks.view(b, v, resolution) if packed else masks.view(b, v, resolution, resolution)
 
 
 def iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -183,37 +228,29 @@ def iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inter / (flat.sum(-1) + goal.sum() - inter).clamp_min(1.0)
 
 
-def distance_field(masks: torch.Tensor, steps: int = 4) -> torch.Tensor:
-    """(B, R, R) float: grid cells from each cell to the nearest set cell of ``masks`` (B, R, R) bool, 0 inside.
-
-    Chessboard distance (3 x 3 dilations), truncated at ``steps`` cells: a wrong shape counts as far off,
-    whatever its distance (on the Blender renders 4, 8 and 16 ranked alike). Batched max-pools, no loop over masks.
-    """
-    current = masks.float().unsqueeze(1)
-    distance = torch.zeros_like(current)
-    for _ in range(steps):
-        distance += current < 0.5
-        current = F.max_pool2d(current, 3, 1, 1)
-    return distance[:, 0]
-
-
 def mask_distance(masks: torch.Tensor, target: torch.Tensor, steps: int = 4) -> torch.Tensor:
-    """(...) symmetric chamfer between boolean ``masks`` (..., R, R) and one ``target`` (R, R), in grid widths.
+    """(...) symmetric chamfer between masks and one ``target`` (R, R) bool, in grid widths.
 
-    The mean distance (``distance_field``) from a mask's cells to the target plus the mean distance from the
-    target's cells to the mask, divided by R. Unlike IoU it sees *where* the outlines differ: a leg one cell off
-    costs little, a missing leg or a shelf where the image has a gap costs its distance, so thin structure
-    (legs, rails, the gaps between shelves) counts for more than its few cells.
+    ``masks``: (..., R, R) bool, or (..., R) int64 packed rows (``pack_rows``, as ``silhouettes(packed=True)``
+    makes them). The mean chessboard distance from a mask's cells to the target plus the mean distance from the
+    target's cells to the mask, each truncated at ``steps`` cells (a wrong shape counts as far off, whatever its
+    distance; on the Blender renders 4, 8 and 16 ranked alike), divided by R. Unlike IoU it sees *where* the
+    outlines differ: a leg one cell off costs little, a missing leg or a shelf where the image has a gap costs its
+    distance, so thin structure (legs, rails, the gaps between shelves) counts for more than its few cells. A
+    cell's distance is the number of dilations that do not yet reach it, so both terms are bit counts.
     """
-    shape, r = masks.shape[:-2], masks.shape[-1]
-    flat = masks.reshape(-1, r, r)
-    target = target.to(flat.device)
-    to_target = distance_field(target[None], steps)[0]
-    to_masks = distance_field(flat, steps)
-    cells = flat.float()
-    outward = (cells * to_target).flatten(1).sum(1) / cells.flatten(1).sum(1).clamp_min(1.0)
-    inward = (to_masks * target.float()).flatten(1).sum(1) / target.sum().clamp_min(1).float()
-    return ((outward + inward) / r).view(shape)
+    r = target.shape[-1]
+    rows = masks if masks.dtype == torch.int64 else pack_rows(masks)
+    goal = pack_rows(target.to(rows.device))
+    outward = torch.zeros(rows.shape[:-1], dtype=torch.int32, device=rows.device)
+    inward = torch.zeros_like(outward)
+    grown_goal, grown = goal, rows
+    for _ in range(steps):
+        outward += count_cells(rows & ~grown_goal)
+        inward += count_cells(goal & ~grown)
+        grown_goal, grown = dilate_rows(grown_goal, r), dilate_rows(grown, r)
+    area = count_cells(rows).clamp_min(1).float()
+    return (outward.float() / area + inward.float() / count_cells(goal).clamp_min(1).float()) / r
 
 
 # -- the library's silhouettes and the ranking ---------------------------------------------------
@@ -427,7 +464,7 @@ def rerank(
     head = order[:shortlist]
     angles = grid.angles()
     near = torch.nonzero(grid.neighbours()[ranking.view]).squeeze(1)
-    masks = silhouettes(points[head.to(points.device)], angles[near], resolution)  # (L, V, R, R)
+    masks = silhouettes(points[head.to(points.device)], angles[near], resolution, packed=True)  # (L, V, R)
     distance, view = mask_distance(masks, mask_grid(mask, resolution)).min(dim=1)
     better = torch.argsort(distance.cpu(), stable=True)
     order = torch.cat([head[better], order[shortlist:]])
@@ -456,7 +493,7 @@ def stretched_distance(
     g = stretches.shape[1]
     stretched = (points[:, None] * stretches.to(points)[:, :, None]).reshape(p * g, n, 3)
     views = angles.repeat_interleave(g, dim=0)  # (P*G, A, 2)
-    masks = silhouettes(stretched, views, target.shape[-1])  # (P*G, A, R, R)
+    masks = silhouettes(stretched, views, target.shape[-1], packed=True)  # (P*G, A, R)
     return mask_distance(masks, target).view(p, g, angles.shape[1])
 
 

@@ -14,8 +14,11 @@ from backend.silhouettes import (
     ViewGrid,
     fit_proportions,
     foreground_mask,
+    iou,
+    mask_distance,
     mask_grid,
     match_image,
+    pack_rows,
     scale_boxes,
 )
 from training.data.furniture import CATEGORIES, generate
@@ -170,6 +173,25 @@ def test_held_out_shapes_retrieve_their_category(library):
             right += best // LIBRARY == c
             total += 1
     assert right >= total - 2
+
+
+def test_mask_distance_sees_a_missing_leg_that_iou_forgives():
+    """A table with a leg missing overlaps the image more than one with a thicker top (IoU prefers it), but the
+    missing leg is far from everything it has: the mask distance prefers the thicker top, exactly and packed."""
+    table = torch.zeros(48, 48, dtype=torch.bool)
+    table[10:15, 6:42] = True
+    for left in (6, 40):
+        table[15:41, left : left + 2] = True
+    no_leg, thick = table.clone(), table.clone()
+    no_leg[15:41, 40:42] = False
+    thick[8:10, 6:42] = True
+    candidates = torch.stack([no_leg, thick])
+    assert iou(candidates[0], table) > iou(candidates[1], table)
+    distance = mask_distance(candidates, table)
+    assert float(distance[0]) > float(distance[1])
+    assert float(mask_distance(table, table)) == 0.0
+    assert torch.equal(mask_distance(pack_rows(candidates), table), distance)
+    assert float(distance[1]) == pytest.approx((36 * 1 + 36 * 2) / int(thick.sum()) / 48)  # two rows, 1 and 2 off
 
 
 # -- proportions ---------------------------------------------------------------------------------

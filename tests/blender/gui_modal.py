@@ -164,8 +164,8 @@ def wait_for_backend(phase: str, timeout: float = 120.0, record=None):
 def screenshot(name: str):
     """Frame the fit (else the scan) and capture the window; the selection is left as it was."""
     selected, active = list(bpy.context.selected_objects), bpy.context.view_layer.objects.active
-    active = api().fit_parent(bpy.context.view_layer.objects.active) if fits() else None
-    shown = active or (fits()[0] if fits() else bpy.data.objects.get("scan"))
+    current = api().fit_parent(active) if fits() else None
+    shown = current or (fits()[0] if fits() else bpy.data.objects.get("scan"))
     if shown is not None:
         select([shown, *shown.children], shown)
         with override():

@@ -50,6 +50,14 @@ def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_
     # Retrieval does better than a source drawn at random (fails when the ranking is reversed or shuffled).
     for key in ("points/Ours", "images/Ours", "points/Uniform"):
         assert np.mean(seed[key]["top1"]) < np.mean(seed[key]["random"]), key
+    # The learning-free pipeline sits beside them on point targets (none for images: it fits clouds).
+    assert "points/Pipeline" in seed and "images/Pipeline" not in seed
+    assert "| Per-axis placement |" in report
+    pipeline = seed["points/Pipeline"]
+    assert np.mean(pipeline["top1"]) < np.mean(pipeline["oracle"]) < np.mean(pipeline["random"])
+    assert "Table 1 (points): | Pipeline |" in evaluate.pipeline_only(config)
+    alone = json.loads((tmp_path / "eval" / "pipeline.json").read_text())["results"]
+    np.testing.assert_allclose(alone["top1"], pipeline["top1"], atol=1e-4)
     json.loads((tmp_path / "eval" / "results.json").read_text())
     # the jointly trained model fits the held-out targets better than an untrained one
     base = TrainConfig.from_toml(SMOKE)

@@ -11,7 +11,13 @@ the same configuration reuses them, so seeds can run as separate processes
 
 Methods: R (MDS retrieval), R+DF, DAR, DAR+DF, Uniform sampling, Ours, Ours
 with IDO; oracle retrieval (Table 2) for DF, Uniform and Ours. Besides top-1
-we report best-of-top-10 and retrieval recall@k against the oracle.
+we report best-of-top-10 and retrieval recall@k against the oracle. Beside
+them, on point targets, the learning-free pipeline that the product starts
+from (``evaluate_pipeline``: no training, the same for every seed).
+
+    python -m training.evaluate --config training/configs/evaluate.toml --pipeline-only
+
+computes only that row on the same test split (seconds, not hours).
 """
 
 from __future__ import annotations
@@ -30,7 +36,16 @@ import torch
 from backend.library import build_index, load_index
 from backend.model.checkpoint import load_checkpoint
 from backend.model.geometry import chamfer_distance
-from backend.model.inference import embedding_distance, network_boxes, refine_boxes
+from backend.model.inference import (
+    RANK_POINTS,
+    box_placement,
+    coarse_chamfer,
+    embedding_distance,
+    fit_cloud,
+    network_boxes,
+    refine_boxes,
+    target_extent,
+)
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
 from training.baselines import train_mds_retrieval
@@ -136,6 +151,43 @@ def evaluate_method(
             out["oracle_source"].append(int(every.argmin()))
             out["random"].append(float(every.mean()) * 100)  # expected fit of a source drawn at random
     return {key: np.asarray(value) for key, value in out.items() if len(value)}
+
+
+@torch.no_grad()
+def evaluate_pipeline(sources: SourceTensors, targets: Targets, n_points: int, pool: int = 5) -> dict[str, np.ndarray]:
+    """The learning-free pipeline on point targets, as ``bench/ood.py``'s pipeline row: ``fit_cloud`` with no
+    model (every source placed per axis on the target's box, ranked by coarse chamfer, the best ``pool``
+    refined from that placement, the cloud's heading trusted). Per target, chamfer x100 of:
+
+    - ``top1``: the pipeline's fit (Table 1; refined, so compare it with Ours+IDO as well as Ours);
+    - ``oracle``: the best per-axis placement of any source, unrefined (Table 2: oracle retrieval with the
+      placement as the deformation; the per-axis box oracle), ``oracle_source`` which, ``random`` the mean;
+    - ``ranking``: the pipeline's coarse order of all sources (for recall@k against that oracle).
+    """
+    generator = torch.Generator().manual_seed(0)
+    out: dict[str, list] = {"top1": [], "top10": [], "oracle": [], "oracle_source": [], "random": [], "ranking": []}
+    for row in range(len(targets)):
+        target, truth = target_batch(targets, torch.tensor([row]), "points", n_points, 0.0, generator)
+        fit = fit_cloud(None, sources, None, target[0], torch.zeros(1), top_k=1, pool=pool)
+        chosen = sources.select(fit.rows[:1])
+        out["top1"].append(float(chamfer_distance(deformed_points(chosen, fit.boxes[:1]), truth)[0]) * 100)
+        out["top10"].append(float("nan"))
+        placed = box_placement(sources, target_extent(target)[0])
+        every = chamfer_distance(deformed_points(sources, placed), truth.expand(len(sources), -1, -1))
+        coarse = coarse_chamfer(sources, placed, target.expand(len(sources), -1, -1), n_points=RANK_POINTS)
+        out["oracle"].append(float(every.min()) * 100)
+        out["oracle_source"].append(int(every.argmin()))
+        out["random"].append(float(every.mean()) * 100)
+        out["ranking"].append(torch.argsort(coarse).numpy())
+    return {key: np.asarray(value) for key, value in out.items()}
+
+
+def pipeline_results(sources: SourceTensors, targets: Targets, n_points: int) -> dict:
+    """``evaluate_pipeline`` as one seed's ``points/Pipeline`` entry (JSON-able, with recall@k)."""
+    scores = evaluate_pipeline(sources, targets, n_points)
+    entry = {key: value.tolist() for key, value in scores.items() if key != "ranking"}
+    entry["recall"] = {str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)}
+    return entry
 
 
 @torch.no_grad()
@@ -333,6 +385,7 @@ def run(config: EvalConfig) -> dict:
         "unseen_structure": unseen.tolist(),
     }
     n = base.model.n_points
+    pipeline = None
     for seed in config.seeds:
         out = Path(config.out) / f"seed{seed}"
         cached = _cached_seed(out / "results.json", config)
@@ -373,6 +426,10 @@ def run(config: EvalConfig) -> dict:
                     seed_results[f"{modality}/{method}"]["recall"] = {
                         str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)
                     }
+        if "points" in config.modalities and "points/Pipeline" not in seed_results:
+            if pipeline is None:  # learning-free: one evaluation serves every seed
+                pipeline = pipeline_results(data.sources, targets, n)
+            seed_results["points/Pipeline"] = pipeline
         if cached is None:
             _write_json(
                 out / "results.json",
@@ -399,6 +456,35 @@ def run(config: EvalConfig) -> dict:
     _write_json(Path(config.out) / "results.json", results)
     write_report(results, Path(config.docs))
     return results
+
+
+def pipeline_only(config: EvalConfig) -> str:
+    """The learning-free pipeline's Table 1 and Table 2 rows (point targets) on the configuration's test split,
+    with the sources every method of the evaluation uses; ``<out>/pipeline.json`` holds every number."""
+    started = time.time()
+    base = TrainConfig.from_toml(config.train_config, data=config.data)
+    dataset = Path(config.data)
+    data = prepare(dataset, base.source_fraction, base.val_fraction, base.model.source_points, 0)
+    targets, categories, _, _ = held_out_targets(dataset, 0, config.max_targets)
+    entry = pipeline_results(data.sources, targets, base.model.n_points)
+    categories = np.asarray(categories)
+    mean = lambda key, mask: float(np.mean(np.asarray(entry[key])[mask]))  # noqa: E731
+    every = np.ones(len(categories), bool)
+    table1 = " | ".join(f"{mean('top1', categories == c):.3f}" for c in CATEGORIES)
+    table2 = " | ".join(f"{mean('oracle', categories == c):.3f}" for c in CATEGORIES)
+    recalls = " | ".join(f"{entry['recall'][str(k)]:.3f}" for k in (1, 5, 10))
+    seconds = time.time() - started
+    _write_json(
+        Path(config.out) / "pipeline.json",
+        {"categories": categories.tolist(), "results": entry, "seconds": seconds, "sources": len(data.sources)},
+    )
+    return "\n".join(
+        [
+            f"{len(targets)} test targets, {len(data.sources)} sources, {seconds:.0f} s",
+            f"Table 1 (points): | Pipeline | {table1} | {mean('top1', every):.3f} | – |",
+            f"Table 2 (points): | Per-axis placement | {table2} | {recalls} |",
+        ]
+    )
 
 
 def _seed_key(config: EvalConfig) -> dict:
@@ -461,10 +547,25 @@ def main(argv=None) -> int:
         type=lambda text: [int(s) for s in text.split(",")],
         help="comma-separated, e.g. 0,1,2 (overrides the config)",
     )
+    parser.add_argument("--max-targets", type=int, help="evenly spread test targets to use (0: all)")
+    parser.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="only the learning-free pipeline's rows on the test split: printed, and written to <out>/pipeline.json",
+    )
     args = parser.parse_args(argv)
     config = EvalConfig.from_toml(
-        args.config, data=args.data, out=args.out, docs=args.docs, steps=args.steps, seeds=args.seeds
+        args.config,
+        data=args.data,
+        out=args.out,
+        docs=args.docs,
+        steps=args.steps,
+        seeds=args.seeds,
+        max_targets=args.max_targets,
     )
+    if args.pipeline_only:
+        print(pipeline_only(config))
+        return 0
     results = run(config)
     print(f"wrote {Path(config.docs) / 'results.md'} in {results['seconds'] / 60:.1f} min")
     return 0

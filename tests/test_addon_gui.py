@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import tiny_checkpoint
 
@@ -41,12 +42,29 @@ def display(require):
     server.wait(10)
 
 
+def windsor_chair_scan() -> np.ndarray:
+    """(4096, 3) surface samples of a windsor chair of the second generator (training/data/ood.py)."""
+    import trimesh
+
+    from training.data import ood
+
+    mesh = trimesh.util.concatenate(list(ood.generate("chair", 1, 0).parts.values()))
+    return np.asarray(trimesh.sample.sample_surface(mesh, 4096, seed=0)[0], np.float32)
+
+
 def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     library = tmp_path / "library"
     library.mkdir()
     for category in ("chair", "table", "storage"):
         for i in range(3):
             shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", library / f"{category}_{i}.glb")
+    other = tmp_path / "tables and storage"  # no chairs: a chair scan finds no close match there
+    other.mkdir()
+    for category in ("table", "storage"):
+        for i in range(3):
+            shutil.copy(DEMO / "library" / category / f"{category}_{i:02d}.glb", other / f"{category}_{i}.glb")
+    absent = tmp_path / "windsor_chair.npy"
+    np.save(absent, windsor_chair_scan())
     checkpoint = ROOT / "backend" / "checkpoints" / "default.pt"
     if not checkpoint.exists():
         checkpoint = tmp_path / "model.pt"
@@ -92,6 +110,8 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
             str(checkpoint),
             str(DEMO / "targets" / "chair_full.npy"),
             str(DEMO / "targets" / "chair.png"),
+            str(other),
+            str(absent),
             str(out),
         ],
         env=env,
@@ -156,5 +176,6 @@ def test_retrieve_and_fit_in_the_blender_ui(tmp_path, display):
     assert facts["residuals_shown"] and all(facts["residuals_shown"]), report
     assert facts["image_fit"]["fits"] == 1, report
     assert facts["image_fit"]["view"] is not None or "no camera view" in facts["image_fit"]["status"], report
+    assert facts["no_close_match"], report  # a chair against tables and storage: the panel says so
     text, icon = facts["broken_backend_state"]
     assert icon == "ERROR" and "has no 'numpy' package" in text and "pip install" in text, report

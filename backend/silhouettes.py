@@ -487,14 +487,14 @@ def stretch_grid(steps: int = 5, high: float = 1.6) -> torch.Tensor:
 def stretched_distance(
     points: torch.Tensor, stretches: torch.Tensor, angles: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
-    """(P, G, A) ``mask_distance`` to ``target`` (R, R) of ``points`` (P, N, 3) stretched by ``stretches``
-    (P, G, 3) per candidate and seen from each candidate's views ``angles`` (P, A, 2)."""
+    """(P, G, A) ``mask_distance`` (on the CPU) to ``target`` (R, R) of ``points`` (P, N, 3) stretched by
+    ``stretches`` (P, G, 3) per candidate and seen from each candidate's views ``angles`` (P, A, 2)."""
     p, n, _ = points.shape
     g = stretches.shape[1]
     stretched = (points[:, None] * stretches.to(points)[:, :, None]).reshape(p * g, n, 3)
     views = angles.repeat_interleave(g, dim=0)  # (P*G, A, 2)
     masks = silhouettes(stretched, views, target.shape[-1], packed=True)  # (P*G, A, R)
-    return mask_distance(masks, target).view(p, g, angles.shape[1])
+    return mask_distance(masks, target).view(p, g, angles.shape[1]).cpu()  # the search's bookkeeping is on the CPU
 
 
 def fit_proportions(

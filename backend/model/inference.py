@@ -530,8 +530,9 @@ def fit_cloud(
             scores.append(coarse_chamfer(group, placed, target, None, view, n_points, progress=report))
         return torch.stack(scores) * common[list(headings)].unsqueeze(1)
 
-    def pooled(rows: torch.Tensor, views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The ``pool`` best sources of ``rows`` with their best headings and coarse scores, best first."""
+    def pooled(rows: torch.Tensor, views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``pool`` best sources of ``rows`` with their best headings and coarse scores, best first, and the
+        rows that passed the cheap first pass."""
         if len(rows) > PREFILTER_KEEP:  # a cheap first pass on a few points keeps the most promising sources
             few = sources.first_points(PREFILTER_POINTS).select(rows)
             rough = ranked(few, range(n_given), views, PREFILTER_POINTS).min(dim=0).values
@@ -544,14 +545,14 @@ def fit_cloud(
             ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)
             better = ring.min(dim=0).values < RING_MARGIN * best_score[keep]
             heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
-        return rows[keep], heading, best_score[keep]
+        return rows[keep], heading, best_score[keep], rows
 
-    pooled_rows, heading, coarse = pooled(rows, views)
+    pooled_rows, heading, coarse, shortlisted = pooled(rows, views)
     if estimate:  # is it a scan, and from where: judged on the best placements, then ranked again if a scan
         viewpoint = estimate_viewpoint(sources, pooled_rows, targets[heading], extents[heading], yaws[heading])
-        if viewpoint is not None:
+        if viewpoint is not None:  # the first pass's shortlist is ranked again with the scan's objective
             views = _rotate_directions(viewpoint, yaws)
-            pooled_rows, heading, coarse = pooled(rows, views)
+            pooled_rows, heading, coarse, _ = pooled(shortlisted, views)
     chosen = sources.select(pooled_rows)
     placement = project_positive(
         box_placement(chosen, extents[heading]), chosen.basis, chosen.min_half, chosen.part_mask

@@ -17,7 +17,7 @@ from training.baselines import mds_space, train_mds_retrieval
 from training.data.dataset import DatasetSpec, write_dataset
 from training.joint.data import augment_sources, in_families, prepare
 from training.joint.objectives import cross_modal_loss, ranking_alignment_loss
-from training.joint.train import TrainConfig, oracle_chamfer, target_batch, train
+from training.joint.train import TrainConfig, oracle_chamfer, placement_candidates, target_batch, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "training" / "configs" / "smoke.toml"
@@ -300,3 +300,15 @@ def test_training_for_transfer_runs_and_predicts_on_the_placement(dataset, tmp_p
     model, extra, _ = load_checkpoint(tmp_path / "t" / "best.pt")
     assert model.config.placement_base and extra["config"]["held_out_structures"] == [family]
     assert extra["config"]["axis_scale"] == 1.4
+
+
+def test_placement_sampling_draws_the_sources_a_fit_would_refine(dataset):
+    """A target that is a source stretched per axis gets that source first (its placement is exact)."""
+    sources = prepare(dataset, 0.4, 0.2, 128).sources
+    rows = torch.tensor([0, 3, len(sources) - 1])
+    stretched = sources.points[rows] * torch.tensor([1.3, 0.8, 1.1])
+    lo, hi = stretched.min(dim=1).values, stretched.max(dim=1).values
+    target = (stretched - ((lo + hi) / 2).unsqueeze(1)) / (hi - lo).norm(dim=-1).view(-1, 1, 1)
+    candidates = placement_candidates(sources, target, 3)
+    assert candidates.shape == (3, 3) and torch.equal(candidates[:, 0], rows)
+    assert all(len(set(row.tolist())) == 3 for row in candidates)

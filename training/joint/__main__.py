@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     run.add_argument("--out", help="run folder: config.json, log.jsonl, last.pt, best.pt")
     run.add_argument("--steps", type=int)
     run.add_argument("--max-minutes", dest="max_minutes", type=float)
-    run.add_argument("--sampling", choices=["retrieval", "uniform"])
+    run.add_argument("--sampling", choices=["retrieval", "uniform", "placement"])
     run.add_argument("--seed", type=int)
     export = commands.add_parser("export", help="ship a run's best model: weights only, float16")
     export.add_argument("--run", required=True)

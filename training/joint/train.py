@@ -25,7 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
-from backend.model.inference import embedding_distance, network_boxes, visible_from
+from backend.model.inference import (
+    PREFILTER_POINTS,
+    box_placement,
+    coarse_chamfer,
+    embedding_distance,
+    network_boxes,
+    target_extent,
+    visible_from,
+)
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
 from training.joint.data import Targets, TrainingData, augment_sources, log_uniform, prepare
@@ -70,7 +78,9 @@ class TrainConfig:
     axis_scale: float = 1.0
     part_jitter: float = 1.0
     held_out_structures: tuple[str, ...] = ()
-    sampling: str = "retrieval"  # "retrieval" (ours) or "uniform" (the ablation)
+    # "retrieval" (ours), "uniform" (the ablation) or "placement": for point targets, the sources whose
+    # per-axis placement fits best (``placement_candidates``: the ones a fit refines), in every phase.
+    sampling: str = "retrieval"
     # "joint" (ours); "deformation": random pairs only (the DF baseline);
     # "retrieval": retrieval updates only against a frozen deformation module
     # loaded from ``init`` (deformation-aware retrieval, DAR).
@@ -162,6 +172,20 @@ def target_batch(
         return frame(noisy), frame(truth)
     view = torch.randint(targets.images.shape[1], (len(rows),), generator=generator)
     return targets.images[rows, view].float() / 255.0, truth
+
+
+@torch.no_grad()
+def placement_candidates(sources: SourceTensors, target: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) the sources whose per-axis placement on each of B point targets (B, N, 3) fits best, by
+    ``coarse_chamfer`` on a few points: the sources a fit ranks first and refines (``fit_cloud``)."""
+    few = sources.first_points(PREFILTER_POINTS)
+    scores = torch.stack(
+        [
+            coarse_chamfer(few, box_placement(few, extent), one.expand(len(few), -1, -1), n_points=PREFILTER_POINTS)
+            for one, extent in zip(target, target_extent(target))
+        ]
+    )
+    return torch.topk(-scores, k, dim=-1).indices
 
 
 def fit_pairs(
@@ -355,7 +379,9 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
         )
         target, truth = target.to(device), truth.to(device)
         warm = config.mode == "deformation" or (config.mode == "joint" and step < config.warmup)
-        if warm or config.sampling == "uniform":
+        if config.sampling == "placement" and modality == "points":
+            candidates = placement_candidates(sources, target, k)
+        elif warm or config.sampling == "uniform":
             candidates = torch.stack(
                 [torch.randperm(len(sources), generator=generator)[:k] for _ in range(config.batch)]
             ).to(device)

@@ -402,7 +402,7 @@ class Fitter:
             order, distance, predicted, None, chosen, match.boxes, None, None, 0.0, np.zeros(3), None
         )
         _report(progress, 2, 2, "fitted")
-        return FitResult("images", candidates, [], time.perf_counter() - started)
+        return FitResult("images", candidates, [], time.perf_counter() - started, view=match.view)
 
     def refit(
         self,

@@ -34,6 +34,7 @@ def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_
         modalities=["points", "images"],
         max_targets=6,
         refine_steps=5,
+        pipeline_steps=5,
     )
     results = run(config)
     report = (tmp_path / "docs" / "results.md").read_text()

@@ -66,6 +66,7 @@ class EvalConfig:
     modalities: list[str] = field(default_factory=lambda: ["points", "images"])
     max_targets: int = 0  # 0: every test target
     refine_steps: int = 100
+    pipeline_steps: int = 200  # the learning-free pipeline's refinement budget (fit_cloud's default)
     notes: str = ""  # a markdown file appended to docs/results.md (the analysis of the numbers)
 
     @classmethod
@@ -154,10 +155,12 @@ def evaluate_method(
 
 
 @torch.no_grad()
-def evaluate_pipeline(sources: SourceTensors, targets: Targets, n_points: int, pool: int = 5) -> dict[str, np.ndarray]:
+def evaluate_pipeline(
+    sources: SourceTensors, targets: Targets, n_points: int, pool: int = 5, steps: int = 200
+) -> dict[str, np.ndarray]:
     """The learning-free pipeline on point targets, as ``bench/ood.py``'s pipeline row: ``fit_cloud`` with no
     model (every source placed per axis on the target's box, ranked by coarse chamfer, the best ``pool``
-    refined from that placement, the cloud's heading trusted). Per target, chamfer x100 of:
+    refined from that placement for up to ``steps``, the cloud's heading trusted). Per target, chamfer x100 of:
 
     - ``top1``: the pipeline's fit (Table 1; refined, so compare it with Ours+IDO as well as Ours);
     - ``oracle``: the best per-axis placement of any source, unrefined (Table 2: oracle retrieval with the
@@ -168,7 +171,7 @@ def evaluate_pipeline(sources: SourceTensors, targets: Targets, n_points: int, p
     out: dict[str, list] = {"top1": [], "top10": [], "oracle": [], "oracle_source": [], "random": [], "ranking": []}
     for row in range(len(targets)):
         target, truth = target_batch(targets, torch.tensor([row]), "points", n_points, 0.0, generator)
-        fit = fit_cloud(None, sources, None, target[0], torch.zeros(1), top_k=1, pool=pool)
+        fit = fit_cloud(None, sources, None, target[0], torch.zeros(1), top_k=1, pool=pool, steps=steps)
         chosen = sources.select(fit.rows[:1])
         out["top1"].append(float(chamfer_distance(deformed_points(chosen, fit.boxes[:1]), truth)[0]) * 100)
         out["top10"].append(float("nan"))
@@ -182,9 +185,9 @@ def evaluate_pipeline(sources: SourceTensors, targets: Targets, n_points: int, p
     return {key: np.asarray(value) for key, value in out.items()}
 
 
-def pipeline_results(sources: SourceTensors, targets: Targets, n_points: int) -> dict:
+def pipeline_results(sources: SourceTensors, targets: Targets, n_points: int, steps: int = 200) -> dict:
     """``evaluate_pipeline`` as one seed's ``points/Pipeline`` entry (JSON-able, with recall@k)."""
-    scores = evaluate_pipeline(sources, targets, n_points)
+    scores = evaluate_pipeline(sources, targets, n_points, steps=steps)
     entry = {key: value.tolist() for key, value in scores.items() if key != "ranking"}
     entry["recall"] = {str(k): recall_at(scores["ranking"], scores["oracle_source"], k) for k in (1, 5, 10)}
     return entry
@@ -428,7 +431,7 @@ def run(config: EvalConfig) -> dict:
                     }
         if "points" in config.modalities and "points/Pipeline" not in seed_results:
             if pipeline is None:  # learning-free: one evaluation serves every seed
-                pipeline = pipeline_results(data.sources, targets, n)
+                pipeline = pipeline_results(data.sources, targets, n, config.pipeline_steps)
             seed_results["points/Pipeline"] = pipeline
         if cached is None:
             _write_json(
@@ -466,7 +469,7 @@ def pipeline_only(config: EvalConfig) -> str:
     dataset = Path(config.data)
     data = prepare(dataset, base.source_fraction, base.val_fraction, base.model.source_points, 0)
     targets, categories, _, _ = held_out_targets(dataset, 0, config.max_targets)
-    entry = pipeline_results(data.sources, targets, base.model.n_points)
+    entry = pipeline_results(data.sources, targets, base.model.n_points, config.pipeline_steps)
     categories = np.asarray(categories)
     mean = lambda key, mask: float(np.mean(np.asarray(entry[key])[mask]))  # noqa: E731
     every = np.ones(len(categories), bool)

@@ -275,8 +275,9 @@ def refine_boxes(
     Adam on each candidate's null-space coordinates (so every joint stays attached), on
     ``partial_chamfer`` to the target plus ``symmetry_weight`` times the symmetry error, plus
     ``size_weight`` times ``size_penalty`` against ``reference`` boxes, plus a barrier keeping
-    half-sizes at least ``min_half``. Stops when the summed loss improves by less than
-    ``tolerance`` (relative) over 10 steps, after ``steps`` steps, or after ``max_seconds`` (a
+    half-sizes at least ``min_half`` (without locked parts, the result is projected onto boxes that keep every
+    joint and every half-size at least ``min_half``: ``project_positive``). Stops when the summed loss improves by
+    less than ``tolerance`` (relative) over 10 steps, after ``steps`` steps, or after ``max_seconds`` (a
     safety cap only: results should not depend on the machine's load).
 
     Args:
@@ -334,6 +335,8 @@ def refine_boxes(
         if keep_best:  # candidates that never had a valid iterate fall back to the clamped last one
             w = torch.where(torch.isfinite(best).view(-1, 1, 1), best_w, w)
         final = (basis @ (start + directions @ w)).reshape(boxes.shape)
+        if locked is None:  # half-sizes below the floor (a scan's unseen parts) lifted without opening a joint
+            return project_positive(final, basis, sources.min_half, sources.part_mask)
         return torch.cat([final[..., :3], torch.maximum(final[..., 3:], sources.min_half.view(-1, 1, 1))], dim=-1)
 
 

@@ -177,6 +177,17 @@ class FitResult:
         }
 
 
+def check_viewpoint(viewpoint) -> None:
+    """Raise ``FitError`` unless ``viewpoint`` is ``"auto"``, None or a finite non-zero (3,) direction."""
+    if isinstance(viewpoint, str):
+        if viewpoint != "auto":
+            raise FitError(f"viewpoint must be 'auto', None or a direction (x, y, z), got {viewpoint!r}")
+    elif viewpoint is not None:
+        view = np.asarray(viewpoint, dtype=np.float64)
+        if view.shape != (3,) or not np.all(np.isfinite(view)) or np.linalg.norm(view) < 1e-9:
+            raise FitError(f"viewpoint must be three finite numbers, not all zero, got {viewpoint!r}")
+
+
 def scan_view(direction: np.ndarray, estimated: bool) -> dict:
     """``FitResult.view`` of a scan seen from ``direction`` (3,), towards the scanner, world frame (Z up)."""
     unit = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
@@ -322,13 +333,7 @@ class Fitter:
         started = time.perf_counter()
         if options.headings not in ("auto", "fixed"):
             raise FitError(f"headings must be 'auto' or 'fixed', got {options.headings!r}")
-        if isinstance(options.viewpoint, str):
-            if options.viewpoint != "auto":
-                raise FitError(f"viewpoint must be 'auto', None or a direction (x, y, z), got {options.viewpoint!r}")
-        elif options.viewpoint is not None:
-            view = np.asarray(options.viewpoint, dtype=np.float64)
-            if view.shape != (3,) or not np.all(np.isfinite(view)) or np.linalg.norm(view) < 1e-9:
-                raise FitError(f"viewpoint must be three finite numbers, not all zero, got {options.viewpoint!r}")
+        check_viewpoint(options.viewpoint)
         cloud, notes = clean_points(points, self.model.config.n_points)
         target = torch.from_numpy(cloud).float().to(self.device)
         turns = max(1, options.yaw_search)

@@ -10,7 +10,9 @@
    touching locked parts hold too: boxes ``x = N (z0 + M w)`` where N spans the
    joint-keeping deformations, M the null space of N's locked rows, and z0 is the
    point of that set nearest the start;
-3. minimises chamfer to the target plus the symmetry term with the fitter's own
+3. minimises chamfer to the target (for a single-view scan, ``partial_chamfer`` from the
+   scanner's side: ``options.viewpoint`` as the fit reported it, ``"auto"`` to judge it
+   again from the cloud, None for a cloud from all around) plus the symmetry term with the fitter's own
    refinement (``backend.model.inference.refine_boxes`` with ``locked`` and
    ``keep_best``: the best iterate whose half-sizes are all above the source's floor,
    so nothing is clamped afterwards, which would open joints), and returns the start
@@ -30,13 +32,12 @@ import numpy as np
 import torch
 
 from backend.editing import FEASIBLE_GAP, keep_connected
-from backend.fitting import FitError, FitOptions, FitResult, clean_points
+from backend.fitting import FitError, FitOptions, FitResult, check_viewpoint, clean_points, scan_view
 from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_gaps
 from backend.geometry.frames import rotation_z
-from backend.model.geometry import chamfer_distance, normalisation
-from backend.model.inference import refine_boxes
-from backend.model.networks import deformed_points
+from backend.model.geometry import normalisation
+from backend.model.inference import estimate_viewpoint, partial_chamfer, refine_boxes, target_extent
 
 OPTIMISE_POINTS = 512
 MEASURE_POINTS = 1024
@@ -84,6 +85,7 @@ def refit_with_locks(
     if boxes.shape != (k, 6) or np.shape(locked) != (k,):
         raise FitError(f"source {source_index} has {k} parts: boxes must be {k} x 6 and locked {k} long")
     locked = np.asarray(locked, bool)
+    check_viewpoint(options.viewpoint)
     pivot = (cloud.min(axis=0) + cloud.max(axis=0)) / 2
     turned = (cloud - pivot) @ rotation_z(-yaw).T + pivot
     target = torch.from_numpy(turned).float().unsqueeze(0).to(fitter.device)
@@ -100,6 +102,7 @@ def refit_with_locks(
     row = torch.tensor([source_index], device=fitter.device)
     chosen = fitter.sources.select(row)
     min_half = float(chosen.min_half[0])
+    view = _viewpoint(fitter, options.viewpoint, yaw, row, target)
     start = given.copy()
     feasible = True
     size = float(np.linalg.norm(2 * union_box(given[:k])[3:]))
@@ -124,6 +127,7 @@ def refit_with_locks(
         steps=options.refine_steps,
         symmetry_weight=options.symmetry_weight,
         locked=torch.from_numpy(locked_rows).to(fitter.device).unsqueeze(0),
+        viewpoint=view,
         max_seconds=options.refine_seconds,
         progress=None if progress is None else lambda done, total, _: progress(done, total, "refitting"),
         keep_best=True,
@@ -135,8 +139,8 @@ def refit_with_locks(
     with torch.no_grad():
         measure_points = chosen.first_points(MEASURE_POINTS)
         trio = torch.cat([as_tensor(given).unsqueeze(0), start_t, refined])
-        chamfers = chamfer_distance(deformed_points(measure_points.select(torch.zeros(3, dtype=torch.long)), trio),
-                                    target.expand(3, -1, -1))  # fmt: skip
+        trio_sources = measure_points.select(torch.zeros(3, dtype=torch.long, device=fitter.device))
+        chamfers = partial_chamfer(trio_sources, trio, target.expand(3, -1, -1), view)
         before, at_start, after = (float(c) for c in chamfers)
         if after > at_start:  # the optimisation did not pay off on the measured chamfer: keep the start
             refined, after = start_t, at_start
@@ -155,7 +159,25 @@ def refit_with_locks(
         candidates,
         notes,
         time.perf_counter() - started,
+        # back to the fit's world frame: the heading frame turned by +yaw
+        view=None
+        if view is None
+        else scan_view(rotation_z(yaw) @ view.double().cpu().numpy(), options.viewpoint == "auto"),
         chamfer_before=before,
         chamfer_start=at_start,
         chamfer_after=after,
     )
+
+
+def _viewpoint(fitter, viewpoint, yaw: float, row: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """(3,) direction towards the scanner in the refit's heading frame (the cloud turned by ``-yaw``), or None.
+
+    ``viewpoint``: a direction in the fit's world frame, None (a cloud from all around) or ``"auto"``
+    (judged from the cloud with the refitted source placed on it, ``inference.estimate_viewpoint``)."""
+    if viewpoint is None:
+        return None
+    if isinstance(viewpoint, str):
+        zero = torch.zeros(1, dtype=target.dtype, device=target.device)
+        return estimate_viewpoint(fitter.sources, row, target, target_extent(target), zero)
+    turned = rotation_z(-yaw) @ np.asarray(viewpoint, dtype=np.float64)
+    return torch.from_numpy(turned / np.linalg.norm(turned)).to(target)

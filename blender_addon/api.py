@@ -589,7 +589,8 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
         "source_index": int(parent[build.PROP_PREFIX + "source_index"]),
         "locked": [bool(x) for x in locked],
         "yaw": float(parent.rotation_euler[2]),
-        "options": {"refine_steps": int(refine_steps)},
+        # a scan is refitted from the side the fit judged it was seen from (None: a cloud from all around)
+        "options": {"refine_steps": int(refine_steps), "viewpoint": (info.get("view") or {}).get("direction")},
     }
     return Job(
         "refit",

@@ -121,3 +121,33 @@ def test_a_scan_fit_keeps_every_joint_attached(setup, category):  # noqa: F811
         scale = placed[0, 3:] / source.boxes[0, 3:]
         joints = source.joint_points * scale + (placed[0, :3] - source.boxes[0, :3] * scale)
         assert joint_gaps(placed, fitted, source.joint_pairs, joints, 1e-6).max(initial=0) < 1e-4
+
+
+def test_a_refit_of_a_scan_pulls_only_the_side_the_scanner_saw(setup):  # noqa: F811
+    """Refit (``Fitter.refit``, as the add-on's Refit asks for it with the fit's ``view``) keeps the scan objective:
+    refitting a one-sided scan of a closed piece from the fit's viewpoint stays far closer to the whole shape than
+    refitting it as a cloud from all around, which squashes the source into its visible half; ``"auto"`` judges the
+    viewpoint again from the cloud."""
+    from training.data.demo import DEMO_SEED
+    from training.data.furniture import generate
+    from training.data.views import full_cloud, partial_cloud
+
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    index = load_index(setup / "index")
+    shape, rng = generate("storage", DEMO_SEED, 1), np.random.default_rng(1)
+    truth = full_cloud(shape, 4096, rng)
+    scan = partial_cloud(shape, 4096, rng, camera=Camera(azimuth=20.0, elevation=25.0), noise=0.002)
+    fit = fitter.fit_points(scan, CHEAP)
+    assert fit.view is not None
+    best = fit.candidates[0]
+    held = np.zeros(len(best.fitted_boxes), bool)  # Refit with nothing edited yet
+    args = (scan, best.source_index, best.fitted_boxes, held, best.yaw)
+    told = fitter.refit(*args, options=replace(CHEAP, viewpoint=tuple(fit.view["direction"])))
+    assert told.view["estimated"] is False and told.view["direction"] == pytest.approx(fit.view["direction"], abs=1e-6)
+    auto = fitter.refit(*args, options=CHEAP)
+    assert auto.view is not None and angle_deg(auto.view["direction"], towards(20.0, 25.0)) < 30
+    full = fitter.refit(*args, options=replace(CHEAP, viewpoint=None))
+    assert full.view is None
+    told_error = error_to(fitted_surface(index, told.candidates[0]), truth)
+    full_error = error_to(fitted_surface(index, full.candidates[0]), truth)
+    assert told_error < 0.5 * full_error, (told_error, full_error)

@@ -383,10 +383,23 @@ class Worker:
         }, {"boxes": result.boxes}
 
 
+WORKER_NICENESS = 10
+
+
+def _yield_to_the_ui() -> None:
+    """Run below Blender's priority: on a machine whose cores the fit fills, Blender's UI (and its software
+    renderer's threads, under Xvfb) would otherwise wait for a time slice. The fit still gets every idle core."""
+    try:
+        os.nice(WORKER_NICENESS)
+    except (AttributeError, OSError):  # not POSIX, or not permitted: run at the normal priority
+        pass
+
+
 def serve(inbox: BinaryIO | None = None, outbox: BinaryIO | None = None) -> int:
     """Run the worker on the process's stdin/stdout (or the given streams)."""
     if inbox is not None or outbox is not None:
         return Worker(inbox or sys.stdin.buffer, outbox or sys.stdout.buffer).run()
+    _yield_to_the_ui()
     # Keep a private handle on the real stdout for frames, and send
     # anything else printed (by us or a library, in Python or C) to stderr.
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")

@@ -32,6 +32,13 @@ beat = {"phase": "", "last": 0.0, "addon": 0.0, "cpu": 0.0, "addon_at_last": 0.0
 LONG = 0.25  # the issue's bound on a UI stall
 
 
+def enter(phase: str) -> None:
+    """Measure ``phase`` from now. The driver's own work just before, in the same timer call (a screenshot, scene
+    set-up), is not a stall of the phase: the first gap counts from here."""
+    beat["phase"] = phase
+    beat["last"], beat["addon_at_last"], beat["cpu_at_last"] = time.monotonic(), beat["addon"], time.thread_time()
+
+
 def heartbeat():
     """Ticks every 20 ms. Per phase: the longest gap between ticks (how long the UI stood still), every
     gap (for percentiles), and for each gap over LONG how much of it Blender's thread spent inside the
@@ -101,7 +108,7 @@ def override(**extra):
 
 
 def invoke(operator, phase: str = "", **props):
-    beat["phase"] = phase  # the heartbeat counts the invoke itself (reading the target, starting the worker)
+    enter(phase)  # the heartbeat counts the invoke itself (reading the target, starting the worker)
     with override():
         result = operator("INVOKE_DEFAULT", **props)
     assert result == {"RUNNING_MODAL"}, (operator, result)  # the modal path, not execute()
@@ -150,7 +157,8 @@ def select(objects, active) -> None:
 
 def wait_for_backend(phase: str, timeout: float = 120.0, record=None):
     """Yield (let Blender run) until no job is left; the heartbeat measures the phase."""
-    beat["phase"] = phase
+    if beat["phase"] != phase:  # else the phase began with its invoke, which it counts
+        enter(phase)
     deadline = time.monotonic() + timeout
     while api().active_jobs() or api()._state["hello"] is not None:
         if record is not None:
@@ -268,9 +276,9 @@ def script():
     yield from screenshot("addon_not_started")
     settings = bpy.context.scene.rfit
 
-    beat["phase"] = "idle"
+    enter("idle")
     yield 2.0
-    beat["phase"] = "idle redraw"
+    enter("idle redraw")
     for _ in range(20):
         for area in bpy.context.screen.areas:
             area.tag_redraw()
@@ -310,7 +318,7 @@ def script():
     assert api().active_jobs(), "the fit ended before Esc could be pressed"
     job = api().active_jobs()[-1]
     pressed = time.monotonic()
-    beat["phase"] = "esc"
+    enter("esc")
     view3d()[0].event_simulate(type="ESC", value="PRESS", x=x, y=y)
     viewport = view3d()[2]  # the pointer off the sidebar again, so no tooltip covers the screenshots
     view3d()[0].event_simulate(type="MOUSEMOVE", value="NOTHING", x=viewport.x + 50, y=viewport.y + 50)
@@ -425,7 +433,7 @@ def script():
     settings.keep_symmetry = False
     settings.live = True
     dragged = parts_of(parent)[leg]
-    beat["phase"] = "live"
+    enter("live")
     for _ in range(8):  # eight small drag steps, 20 ms apart, like a mouse drag
         dragged.location.z += 0.005 * size
         yield 0.02
@@ -489,7 +497,7 @@ def script():
     )
     yield from screenshot("addon_no_match")
 
-    beat["phase"] = "idle after"  # the machine's own stalls, measured again at the end
+    enter("idle after")  # the machine's own stalls, measured again at the end
     yield 2.0
     beat["phase"] = ""
 

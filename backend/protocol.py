@@ -403,6 +403,13 @@ FIELDS = {
         "checkpoint": _OPTIONAL_STRING,
         "source_index": _SOURCE_INDEX,
         "yaw": (lambda v: _is_number(v, -1e3, 1e3), "a finite angle in radians"),
+        "viewpoint": (
+            lambda v: (
+                v is None
+                or (isinstance(v, list) and len(v) == 3 and all(_is_number(x, -1e6, 1e6) for x in v) and any(v))
+            ),
+            "null or the scanner's direction [x, y, z]",
+        ),
     },
     "part_meshes": {"index": _STRING, "source_index": _SOURCE_INDEX},
     "cancel": {"target": (lambda v: _is_int(v, 0, MAX_ID), "the id of a request")},

@@ -12,6 +12,11 @@ centre, turned by the candidate's yaw) and compared with the target cloud:
 - ``share`` (K,): the share of target points whose nearest fitted sample lies
   on this part (the target the part explains; the shares sum to 1).
 
+For a single-view scan (the fit's ``view``: the direction towards the scanner) only
+the samples the scanner would see count in ``parts_x100``: the backs of parts are
+never in the scan, so a perfect fit would otherwise look poor there. A part it
+cannot see at all gets None.
+
 Image targets have no points: they get no residuals.
 """
 
@@ -47,7 +52,23 @@ def deformed_samples(
     return fitted_boxes[labels, :3] + local @ rotation_z(float(yaw)).T
 
 
-def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, n_parts: list[int]) -> dict[str, list]:
+def seen_by(samples: np.ndarray, centre: np.ndarray, diagonal: float, view: np.ndarray) -> np.ndarray:
+    """(C, N) which of the (C, N, 3) ``samples`` (metres) a scanner in direction ``view`` (3,) would record: the
+    fit's own visibility test (``backend.model.viewpoint.visible_from``, as ``partial_chamfer`` uses it) in the
+    target's normalised frame (box ``centre``, ``diagonal``)."""
+    import torch
+
+    from backend.model.viewpoint import visible_from
+
+    points = torch.from_numpy((np.asarray(samples, np.float64) - centre) / diagonal).float()
+    direction = torch.from_numpy(np.asarray(view, np.float64) / np.linalg.norm(view)).float()
+    grid = max(8, int(np.sqrt(points.shape[1] / 4)))
+    return visible_from(points, direction.expand(len(points), 3), grid=grid, tolerance=0.04).numpy()
+
+
+def part_residuals(
+    target: np.ndarray, samples: np.ndarray, labels: np.ndarray, n_parts: list[int], view: np.ndarray | None = None
+) -> dict[str, list]:
     """Per-part residuals of C fitted candidates against one target, all candidates at once.
 
     Args:
@@ -55,23 +76,28 @@ def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, 
         samples: (C, N, 3) each candidate's deformed samples (``deformed_samples``), same N for all.
         labels: (C, N) part of each sample.
         n_parts: (C,) parts of each candidate (labels are below it).
+        view: (3,) direction towards the scanner of a single-view scan (world frame), or None.
 
     Returns:
         ``{"parts_x100": C lists of K_c floats, "share": C lists of K_c floats}`` (see the module).
-        A part without samples gets ``parts_x100`` None.
+        A part without samples (or, for a scan, without a sample the scanner sees) gets ``parts_x100`` None.
     """
     target = np.asarray(target, np.float64)
     if len(target) > MAX_TARGET_POINTS:
         target = target[np.random.default_rng(0).choice(len(target), MAX_TARGET_POINTS, replace=False)]
-    diagonal = max(float(np.linalg.norm(target.max(axis=0) - target.min(axis=0))), 1e-9)
-    samples = np.asarray(samples, np.float64) / diagonal
+    low, high = target.min(axis=0), target.max(axis=0)
+    diagonal = max(float(np.linalg.norm(high - low)), 1e-9)
+    samples = np.asarray(samples, np.float64)
+    weight = None if view is None else seen_by(samples, (low + high) / 2, diagonal, view).reshape(-1).astype(float)
+    samples = samples / diagonal
     target = target / diagonal
     count, n = samples.shape[:2]
     k = int(max(n_parts))
     slot = np.asarray(labels, np.int64) + k * np.arange(count)[:, None]  # (C, N) candidate-and-part bins
     to_target = cKDTree(target).query(samples.reshape(-1, 3))[0] ** 2  # every candidate's samples in one query
-    sums = np.bincount(slot.reshape(-1), to_target, minlength=count * k).reshape(count, k)
-    counts = np.bincount(slot.reshape(-1), minlength=count * k).reshape(count, k)
+    counted = np.ones_like(to_target) if weight is None else weight
+    sums = np.bincount(slot.reshape(-1), to_target * counted, minlength=count * k).reshape(count, k)
+    counts = np.bincount(slot.reshape(-1), counted, minlength=count * k).reshape(count, k)
     nearest = np.stack([cKDTree(c).query(target)[1] for c in samples])  # (C, M): each target point's sample
     explained = np.take_along_axis(slot, nearest, axis=1)
     share = np.bincount(explained.reshape(-1), minlength=count * k).reshape(count, k) / len(target)
@@ -83,11 +109,12 @@ def part_residuals(target: np.ndarray, samples: np.ndarray, labels: np.ndarray, 
     return out
 
 
-def candidate_residuals(sources, target: np.ndarray, candidates: list) -> list[dict]:
+def candidate_residuals(sources, target: np.ndarray, candidates: list, view: dict | None = None) -> list[dict]:
     """Per-part residuals of each ``backend.fitting.Candidate`` against the target points (M, 3).
 
     Args:
         sources: the fitter's ``SourceTensors`` (samples in each source's normalised frame).
+        view: the fit's ``FitResult.view`` (a single-view scan: only what its scanner sees counts), or None.
 
     Returns one ``{"parts_x100": [...], "share": [...]}`` per candidate, parts in index order."""
     if not candidates:
@@ -103,5 +130,6 @@ def candidate_residuals(sources, target: np.ndarray, candidates: list) -> list[d
             for p, lab, c in zip(points, labels, candidates)
         ]
     )
-    table = part_residuals(target, samples, labels, [len(c.source_boxes) for c in candidates])
+    direction = None if view is None else np.asarray(view["direction"], np.float64)
+    table = part_residuals(target, samples, labels, [len(c.source_boxes) for c in candidates], direction)
     return [{"parts_x100": p, "share": q} for p, q in zip(table["parts_x100"], table["share"])]

@@ -240,7 +240,7 @@ class Worker:
         fields = result.to_json()
         if "points" in message.arrays:
             progress(0, 1, "measuring each part")
-            self.add_residuals(fields, fitter.sources, points, result.candidates)
+            self.add_residuals(fields, fitter.sources, points, result.candidates, result.view)
         progress(1, 1, "done")
         return fields, arrays
 
@@ -260,11 +260,12 @@ class Worker:
         return arrays
 
     @staticmethod
-    def add_residuals(fields: dict, sources, points: np.ndarray, candidates: list) -> None:
-        """Each candidate's per-part residuals (``backend.residuals``) into its JSON, as ``residuals``."""
+    def add_residuals(fields: dict, sources, points: np.ndarray, candidates: list, view: dict | None) -> None:
+        """Each candidate's per-part residuals (``backend.residuals``; a scan's ``view``: only what its scanner
+        sees) into its JSON, as ``residuals``."""
         from backend.residuals import candidate_residuals
 
-        for entry, residuals in zip(fields["candidates"], candidate_residuals(sources, points, candidates)):
+        for entry, residuals in zip(fields["candidates"], candidate_residuals(sources, points, candidates, view)):
             entry["residuals"] = residuals
 
     @staticmethod
@@ -316,12 +317,13 @@ class Worker:
             progress=lambda done, total, text: self.progress(message.id, done, total, text),
         )
         fields = result.to_json()
-        self.add_residuals(fields, fitter.sources, points, result.candidates)
+        self.add_residuals(fields, fitter.sources, points, result.candidates, result.view)
         return fields, None
 
     def handle_residuals(self, message: Message):
         """Per-part residuals (``backend.residuals``) of source ``source_index`` at ``boxes`` (the fit's
-        frame, as edited) against the target ``points``: what the add-on colours, without refitting."""
+        frame, as edited) against the target ``points`` (seen from ``viewpoint`` for a single-view scan): what the
+        add-on colours, without refitting."""
         from types import SimpleNamespace
 
         from backend.fitting import DEFAULT_CHECKPOINT
@@ -339,7 +341,9 @@ class Worker:
         fit = SimpleNamespace(
             source_index=row, source_boxes=fitter.index_boxes(row), fitted_boxes=boxes, yaw=float(message.get("yaw", 0))
         )
-        return candidate_residuals(fitter.sources, points, [fit])[0], None
+        viewpoint = message.get("viewpoint")  # the fit's view direction for a single-view scan
+        view = None if viewpoint is None else {"direction": viewpoint}
+        return candidate_residuals(fitter.sources, points, [fit], view)[0], None
 
     def handle_keep_connected(self, message: Message):
         from backend.editing import keep_connected

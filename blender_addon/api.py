@@ -635,6 +635,7 @@ def residuals_job(context, parent=None) -> Job:
         "checkpoint": info.get("checkpoint") or None,
         "source_index": int(parent[build.PROP_PREFIX + "source_index"]),
         "yaw": float(parent.rotation_euler[2]),
+        "viewpoint": (info.get("view") or {}).get("direction"),  # a scan: only what its scanner saw counts
     }
     return Job("residuals", fields, {"points": points, "boxes": boxes}, finish=done, label="measuring the parts")
 
@@ -721,6 +722,12 @@ def turn_to_view(context, parent=None, region_3d=None) -> dict:
     parent.location = shown["pivot"]
     parent.rotation_euler = (0.0, 0.0, float(shown["yaw"]))
     info["placed_at"] = [float(v) for v in target - [0.0, 0.0, size[2] / 2]]
+    turned = rotation_z(turn) @ seen  # the camera turns with the fit: pressed again, nothing turns
+    info["view"] = {
+        **view,
+        "direction": turned.tolist(),
+        "azimuth_deg": float(np.degrees(np.arctan2(turned[1], turned[0]))),
+    }
     parent[build.PROP_PREFIX + "info"] = json.dumps(info)
     for obj in build.part_objects(parent):
         obj[build.PROP_PREFIX + "applied_box"] = [float(v) for v in build.box_of(obj, parent)]

@@ -183,6 +183,10 @@ assert np.allclose(tuple(image_fit.rotation_euler)[:2], (0, 0), atol=1e-6)  # st
 assert np.allclose(facts["match_view"]["centre"][:2], (1.0, 1.5), atol=1e-4)  # where the viewport looks
 assert abs(facts["match_view"]["base"] - 0.5) < 1e-4  # resting at the 3D cursor's height
 assert not any(build_module.note_edits(image_fit)), "matching the view is no edit of the parts"
+placed = (np.array(image_fit.location), tuple(image_fit.rotation_euler))
+again = api.turn_to_view(bpy.context, image_fit, region)  # pressed a second time from the same viewport
+assert abs((again["turn_deg"] + 180) % 360 - 180) < 1e-6, again
+assert np.allclose(image_fit.location, placed[0], atol=1e-6) and np.allclose(image_fit.rotation_euler, placed[1])
 # a fit asked to match the view lands so at once (the panel's checkbox); without a view it stays at the cursor
 region = look_from([0.0, -1.0, 0.3], (-1.0, 0.0, 0.0))
 result = bpy.ops.rfit.retrieve_and_fit(image_path=image_path, top_k=2, match_view=True)

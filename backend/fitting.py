@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from backend import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported)
-from backend.geometry.frames import rotation_z
+from backend.geometry.frames import rotation_z, view_record
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
@@ -82,7 +82,7 @@ class FitOptions:
         refine: run the inner deformation optimisation (point targets only).
         headings: ``"auto"``: also try the headings the cloud's footprint suggests (its
             minimum-area rectangle and principal axes, each with its quarter turns), and
-            for the best-placed sources a ring of headings every 15 degrees;
+            for the best-placed sources a ring of headings every 5 degrees;
             ``"fixed"``: only the ``yaw_search`` turns.
         yaw_search: try the target turned by this many even angles about Z
             (1: the target's own facing).
@@ -160,7 +160,7 @@ class FitResult:
     candidates: list[Candidate]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    # Where the target was seen from, in the candidates' world frame (Z up), or None:
+    # Where the target was seen from (backend.geometry.frames.view_record), or None:
     # {"direction": [x, y, z] unit vector from the object towards the camera or scanner,
     #  "azimuth_deg": atan2(y, x), "elevation_deg": above the XY plane,
     #  "fov_deg": vertical field of view (images) or None, "estimated": bool (False when the caller gave it)}
@@ -186,18 +186,6 @@ def check_viewpoint(viewpoint) -> None:
         view = np.asarray(viewpoint, dtype=np.float64)
         if view.shape != (3,) or not np.all(np.isfinite(view)) or np.linalg.norm(view) < 1e-9:
             raise FitError(f"viewpoint must be three finite numbers, not all zero, got {viewpoint!r}")
-
-
-def scan_view(direction: np.ndarray, estimated: bool) -> dict:
-    """``FitResult.view`` of a scan seen from ``direction`` (3,), towards the scanner, world frame (Z up)."""
-    unit = np.asarray(direction, dtype=np.float64) / np.linalg.norm(direction)
-    return {
-        "direction": unit.tolist(),
-        "azimuth_deg": float(np.degrees(np.arctan2(unit[1], unit[0]))),
-        "elevation_deg": float(np.degrees(np.arcsin(np.clip(unit[2], -1.0, 1.0)))),
-        "fov_deg": None,
-        "estimated": bool(estimated),
-    }
 
 
 def clean_points(points, n_points: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -379,7 +367,7 @@ class Fitter:
             original=fit.placed,
         )
         _report(progress, 1, 1, "fitted")
-        view = None if fit.viewpoint is None else scan_view(fit.viewpoint.cpu().numpy(), fit.estimated)
+        view = None if fit.viewpoint is None else view_record(fit.viewpoint.cpu().numpy(), fit.estimated)
         return FitResult("points", candidates, notes, time.perf_counter() - started, view=view)
 
     def fit_image(self, image, options: FitOptions = FitOptions(), progress: Progress | None = None) -> FitResult:

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from backend.editing import FEASIBLE_GAP, keep_connected
-from backend.fitting import FitError, FitOptions, FitResult, check_viewpoint, clean_points, scan_view
+from backend.fitting import FitError, FitOptions, FitResult, check_viewpoint, clean_points
 from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_gaps
-from backend.geometry.frames import rotation_z
+from backend.geometry.frames import rotation_z, view_record
 from backend.model.geometry import normalisation
 from backend.model.inference import estimate_viewpoint, partial_chamfer, refine_boxes, target_extent
 
@@ -162,7 +162,7 @@ def refit_with_locks(
         # back to the fit's world frame: the heading frame turned by +yaw
         view=None
         if view is None
-        else scan_view(rotation_z(yaw) @ view.double().cpu().numpy(), options.viewpoint == "auto"),
+        else view_record(rotation_z(yaw) @ view.double().cpu().numpy(), isinstance(options.viewpoint, str)),
         chamfer_before=before,
         chamfer_start=at_start,
         chamfer_after=after,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backend.geometry.frames import view_record
 from backend.inputs import NO_FOREGROUND, foreground_mask  # noqa: F401  (the foreground's one home)
 
 RESOLUTION = 32
@@ -577,14 +578,7 @@ def image_view(azimuth: float, elevation: float, fov: float = FOV) -> dict:
     the source's own frame (Z up, front -Y): the unit direction from the object towards the camera, its
     azimuth ``atan2(y, x)`` and elevation, the assumed vertical field of view, ``estimated`` True."""
     az, el = np.radians(azimuth), np.radians(elevation)
-    direction = np.array([np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)])
-    return {
-        "direction": direction.tolist(),
-        "azimuth_deg": float(np.degrees(np.arctan2(direction[1], direction[0]))),
-        "elevation_deg": float(elevation),
-        "fov_deg": float(fov),
-        "estimated": True,
-    }
+    return view_record([np.sin(az) * np.cos(el), -np.cos(az) * np.cos(el), np.sin(el)], True, fov)
 
 
 @dataclass

@@ -449,7 +449,8 @@ def estimate_viewpoint(
 
 def _rotate_directions(direction: torch.Tensor, yaws: torch.Tensor) -> torch.Tensor:
     """(H, 3) a direction (3,) turned by ``-yaws`` (H,) about Z."""
-    return turn_about_z(direction.unsqueeze(0), yaws, torch.zeros(3, dtype=direction.dtype)).squeeze(1)
+    pivot = torch.zeros(3, dtype=direction.dtype, device=direction.device)
+    return turn_about_z(direction.unsqueeze(0), yaws.to(direction.device), pivot).squeeze(1)
 
 
 @torch.no_grad()
@@ -523,7 +524,7 @@ def fit_cloud(
     def ranked(group: SourceTensors, headings: range, views, n_points: int = RANK_POINTS) -> torch.Tensor:
         """(len(headings), len(group)) coarse chamfer of every source of ``group`` placed at each heading."""
         scores = []
-        for h in headings:  # a handful of headings; every source of a heading in one batched pass
+        for h in headings:  # one batched pass over every source per heading (the fine ring: 72 on the pool)
             report = None
             if progress is not None:
                 report = lambda d, t, _, h=h: progress(d, t, f"ranking {d} of {t} sources")  # noqa: E731

@@ -59,7 +59,8 @@ def grown_index(work: Path, base: Path, size: int) -> Path:
         row = dict(rows[k % len(rows)])
         if k >= len(rows):
             name = f"copy{k:05d}-{Path(row['path']).name}"
-            os.link(work / "library" / row["path"], work / "library" / name)
+            if not (work / "library" / name).exists():  # an earlier, smaller size made it already
+                os.link(work / "library" / row["path"], work / "library" / name)
             stat = (work / "library" / name).stat()
             row.update(path=name, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
         grown.append(row)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -82,3 +84,14 @@ def write_single_mesh(parts: dict[str, trimesh.Trimesh], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     mesh.export(str(path))
     return path
+
+
+def bench_module(name: str, script: str):
+    """A script of bench/ (``script``, e.g. ``"ood.py"``) imported as module ``name``: the benches are scripts,
+    not a package, and the tests measure with their code."""
+    path = Path(__file__).resolve().parent.parent / "bench" / script
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,12 +6,11 @@ lens), none of it from our rasteriser or the silhouettes' point splatting.
 """
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import require_tool
+from helpers import bench_module
 from test_silhouettes import shape_tensors, within_one_step
 
 from backend.model.geometry import chamfer_distance
@@ -19,24 +18,15 @@ from backend.render import Camera
 from backend.silhouettes import SilhouetteBank, ViewGrid, match_image
 from training.data.ood import CATEGORIES, generate
 
-ROOT = Path(__file__).resolve().parent.parent
 PER_CATEGORY = 30  # library models per category (seed 0)
 TARGETS = 3  # per category (seed 1: never in the library)
-
-
-def _renders():
-    spec = importlib.util.spec_from_file_location("blender_renders", ROOT / "bench" / "blender_renders.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["blender_renders"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """The library's sources and bank, and every target's Blender render, camera and 3D chamfer to each source."""
     require_tool(importlib.util.find_spec("bpy") is not None, "the bpy wheel", "pip install -e '.[bpy]'")
-    renders = _renders()
+    renders = bench_module("blender_renders", "blender_renders.py")
     folder = tmp_path_factory.mktemp("renders")
     sources = shape_tensors([generate(c, 0, i) for c in CATEGORIES for i in range(PER_CATEGORY)])
     bank = SilhouetteBank.build(sources.points)

@@ -1,28 +1,14 @@
 """The out-of-distribution generator (training/data/ood.py) and the check's metric and oracle (bench/ood.py)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import bench_module
 
 from backend.library import build_index, load_index
 from training.data import furniture
 from training.data.ood import CATEGORIES, FAMILIES, generate, write_glb
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_ood", ROOT / "bench" / "ood.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_ood"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ood = _bench()
+ood = bench_module("bench_ood", "ood.py")
 
 
 def test_same_seed_same_bytes(tmp_path):

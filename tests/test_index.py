@@ -173,6 +173,22 @@ def test_concurrent_run_is_refused(library, tmp_path):
             build_index(library, out)
 
 
+def test_a_model_whose_thumbnail_cannot_be_drawn_is_still_indexed(library, tmp_path, monkeypatch):
+    """Drawing the picture fails (odd geometry, a renderer bug): the model is indexed without one (the worker draws
+    the fit's thumbnail instead) rather than skipped."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot draw this")
+
+    monkeypatch.setattr(index_module, "model_thumbnail", broken)
+    report = build_index(library, tmp_path / "index", jobs=1)
+    assert sorted(report.added) == ["armchair.ply", "chairs/plain.glb", "chairs/screwed.obj", "partnet/1234"]
+    assert not any("draw" in s.reason for s in report.skipped), report.skipped  # only the broken files
+    index = load_index(tmp_path / "index")
+    assert len(index) == 4 and all(s.thumbnail == 0 for s in index.sources)
+    assert index.thumbnail(0, index_module.THUMBNAIL_SIZE) is None
+
+
 def test_thumbnails_are_drawn_at_index_time_and_no_fit_draws_them(library, tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -458,7 +458,10 @@ def source_from_entry(entry: LibraryEntry, root: Path, options: IndexOptions, sh
     """Load and build the source of one library entry (samples seeded by content), with its thumbnail."""
     model = _load(entry, root, options)
     source = build_source(model, options, seed=seed_from_bytes(sha256))
-    source.thumbnail = model_thumbnail(model, entry.absolute(root), root)
+    try:
+        source.thumbnail = model_thumbnail(model, entry.absolute(root), root)
+    except Exception:  # a picture must never cost the model its place in the library: the worker draws it per fit
+        source.thumbnail = None
     return source
 
 

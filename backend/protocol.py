@@ -353,6 +353,11 @@ def _is_number(value, low: float, high: float) -> bool:
     )
 
 
+def _is_direction(value) -> bool:
+    """A direction [x, y, z]: three finite numbers, not all zero."""
+    return isinstance(value, list) and len(value) == 3 and all(_is_number(v, -1e6, 1e6) for v in value) and any(value)
+
+
 def _bools(value) -> bool:
     return isinstance(value, list) and len(value) <= 4096 and all(isinstance(v, bool) for v in value)
 
@@ -403,13 +408,7 @@ FIELDS = {
         "checkpoint": _OPTIONAL_STRING,
         "source_index": _SOURCE_INDEX,
         "yaw": (lambda v: _is_number(v, -1e3, 1e3), "a finite angle in radians"),
-        "viewpoint": (
-            lambda v: (
-                v is None
-                or (isinstance(v, list) and len(v) == 3 and all(_is_number(x, -1e6, 1e6) for x in v) and any(v))
-            ),
-            "null or the scanner's direction [x, y, z]",
-        ),
+        "viewpoint": (lambda v: v is None or _is_direction(v), "null or the scanner's direction [x, y, z]"),
     },
     "part_meshes": {"index": _STRING, "source_index": _SOURCE_INDEX},
     "cancel": {"target": (lambda v: _is_int(v, 0, MAX_ID), "the id of a request")},
@@ -443,11 +442,7 @@ def validate_request(message: Message) -> None:
             elif name == "headings":
                 ok, rule = value in ("auto", "fixed"), "'auto' or 'fixed'"
             elif name == "viewpoint":
-                ok = (
-                    value is None
-                    or value == "auto"
-                    or (isinstance(value, list) and len(value) == 3 and all(_is_number(v, -1e6, 1e6) for v in value))
-                )
+                ok = value is None or value == "auto" or _is_direction(value)
                 rule = "null (a cloud from all around), 'auto' (estimate it) or the scanner's direction [x, y, z]"
             elif name in FIT_OPTION_BOUNDS:
                 low, high = FIT_OPTION_BOUNDS[name]

@@ -590,7 +590,7 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
         "locked": [bool(x) for x in locked],
         "yaw": float(parent.rotation_euler[2]),
         # a scan is refitted from the side the fit judged it was seen from (None: a cloud from all around)
-        "options": {"refine_steps": int(refine_steps), "viewpoint": (info.get("view") or {}).get("direction")},
+        "options": {"refine_steps": int(refine_steps), "viewpoint": _seen_from(info)},
     }
     return Job(
         "refit",
@@ -600,6 +600,12 @@ def refit_job(context, parent=None, keep_edited: bool = True, refine_steps: int 
         label="refitting",
         used={"keep_edited": keep_edited},
     )
+
+
+def _seen_from(info: dict) -> list[float] | None:
+    """The direction towards the scanner the fit judged (or was given) for its target, or None (a cloud from
+    all around): a refit or a residual measure of a scan keeps to the side it saw."""
+    return (info.get("view") or {}).get("direction")
 
 
 def _target_points(context, info: dict, what: str) -> np.ndarray:
@@ -635,7 +641,7 @@ def residuals_job(context, parent=None) -> Job:
         "checkpoint": info.get("checkpoint") or None,
         "source_index": int(parent[build.PROP_PREFIX + "source_index"]),
         "yaw": float(parent.rotation_euler[2]),
-        "viewpoint": (info.get("view") or {}).get("direction"),  # a scan: only what its scanner saw counts
+        "viewpoint": _seen_from(info),  # a scan: only what its scanner saw counts
     }
     return Job("residuals", fields, {"points": points, "boxes": boxes}, finish=done, label="measuring the parts")
 

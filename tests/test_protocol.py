@@ -254,5 +254,9 @@ def test_every_fit_option_the_fitter_takes_passes_the_schema():
         validate_request(request("fit", 1, index="/i", options={name: value}))  # raises FrameError when refused
     for viewpoint in (None, "auto"):
         validate_request(request("fit", 1, index="/i", options={"viewpoint": viewpoint}))
-    with pytest.raises(FrameError, match="viewpoint"):
-        validate_request(request("fit", 1, index="/i", options={"viewpoint": "behind"}))
+    for refused in ("behind", [0.0, 0.0, 0.0], [1.0, 2.0]):
+        with pytest.raises(FrameError, match="viewpoint"):
+            validate_request(request("fit", 1, index="/i", options={"viewpoint": refused}))
+        with pytest.raises(FrameError, match="viewpoint"):
+            validate_request(request("residuals", 1, index="/i", source_index=0, viewpoint=refused))
+    validate_request(request("residuals", 1, index="/i", source_index=0, viewpoint=[0.3, -0.9, 0.3]))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from backend.geometry.frames import Z_UP_TO_Y_UP, rotation_z
+from backend.geometry.frames import Z_UP_TO_Y_UP, carry_parts, fit_root, part_nodes
 from backend.library.index import LibraryIndex, LibraryIndexError, load_library_model
 from backend.library.scanning import PARTNET
 from backend.library.source import Source
@@ -107,30 +107,25 @@ def export_fit(index: LibraryIndex, candidate, path: str | Path) -> Path:
     path = Path(path)
     meshes = part_meshes(index, candidate.source_index)
     scene = trimesh.Scene()
-    root = np.eye(4)
-    root[:3, 3] = candidate.pivot
-    root[:3, :3] = root[:3, :3] @ rotation_z(candidate.yaw)
+    root = fit_root(candidate.pivot, candidate.yaw)
     scene.graph.update(frame_from=scene.graph.base_frame, frame_to="fit", matrix=Z_UP_TO_Y_UP @ root @ Z_UP_TO_Y_UP.T)
-    unturn = rotation_z(-candidate.yaw)
+    nodes = part_nodes(candidate.source_boxes, candidate.fitted_boxes, candidate.pivot, candidate.yaw)
     colours = part_colours(index, candidate.source_index)
-    for k, (mesh, source_box, fitted_box) in enumerate(zip(meshes, candidate.source_boxes, candidate.fitted_boxes)):
+    for k, (mesh, source_box) in enumerate(zip(meshes, candidate.source_boxes)):
         local = mesh.copy()
         if colours[k] is not None:
             rgba = np.round(np.asarray(colours[k]) * 255).astype(np.uint8)
             local.visual = trimesh.visual.TextureVisuals(
                 material=trimesh.visual.material.PBRMaterial(baseColorFactor=rgba)
             )
-        local.apply_translation(-source_box[:3])
+        local.apply_translation(-np.asarray(source_box[:3]))
         local.apply_transform(Z_UP_TO_Y_UP)
-        matrix = np.eye(4)
-        matrix[:3, 3] = unturn @ (fitted_box[:3] - candidate.pivot)
-        matrix[:3, :3] = np.diag(fitted_box[3:] / np.maximum(source_box[3:], 1e-9))
         scene.add_geometry(
             local,
             node_name=f"part_{k:02d}",
             geom_name=f"part_{k:02d}",
             parent_node_name="fit",
-            transform=Z_UP_TO_Y_UP @ matrix @ Z_UP_TO_Y_UP.T,
+            transform=Z_UP_TO_Y_UP @ nodes[k] @ Z_UP_TO_Y_UP.T,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(scene.export(file_type="glb"))
@@ -144,12 +139,11 @@ def render_thumbnail(index: LibraryIndex, candidate, size: int = 96) -> np.ndarr
 
     meshes = part_meshes(index, candidate.source_index)
     colours = part_colours(index, candidate.source_index)
-    unturn = rotation_z(-candidate.yaw)
+    nodes = part_nodes(candidate.source_boxes, candidate.fitted_boxes, candidate.pivot, candidate.yaw)
     vertices, faces, face_colours, offset = [], [], [], 0
-    for mesh, colour, source_box, fitted_box in zip(meshes, colours, candidate.source_boxes, candidate.fitted_boxes):
-        centre = unturn @ (fitted_box[:3] - candidate.pivot)
-        scale = fitted_box[3:] / np.maximum(source_box[3:], 1e-9)
-        vertices.append(centre + (np.asarray(mesh.vertices) - source_box[:3]) * scale)
+    for k, (mesh, colour) in enumerate(zip(meshes, colours)):
+        points = np.asarray(mesh.vertices)
+        vertices.append(carry_parts(points, np.full(len(points), k), candidate.source_boxes, nodes))
         faces.append(np.asarray(mesh.faces) + offset)
         face_colours.append(np.tile((colour[:3] if colour is not None else DEFAULT_ALBEDO), (len(mesh.faces), 1)))
         offset += len(mesh.vertices)

@@ -25,13 +25,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from backend.geometry.frames import rotation_z
+from backend.geometry.frames import carry_parts, fit_root, part_nodes
 
 MAX_TARGET_POINTS = 4096  # a larger target is subsampled (seeded): the residuals are means
 
 
 def deformed_samples(
-    points: np.ndarray, labels: np.ndarray, source_boxes: np.ndarray, fitted_boxes: np.ndarray, yaw: float
+    points: np.ndarray, labels: np.ndarray, source_boxes: np.ndarray, fitted_boxes: np.ndarray, pivot, yaw: float
 ) -> np.ndarray:
     """(N, 3) a source's samples moved with their parts' boxes, in the fit's world frame (metres).
 
@@ -41,15 +41,10 @@ def deformed_samples(
         source_boxes: (K, 6) ``[centre, half_size]`` in the file's frame.
         fitted_boxes: (K, 6) the fitted boxes (``Candidate.fitted_boxes``: centres in the world
             frame, half-sizes along the axes turned by ``yaw``).
-        yaw: the candidate's heading, radians about Z.
+        pivot: (3,) the fit's pivot; yaw: its heading, radians about Z (``backend.geometry.frames.part_nodes``).
     """
-    source_boxes = np.asarray(source_boxes, np.float64)
-    fitted_boxes = np.asarray(fitted_boxes, np.float64)
-    labels = np.asarray(labels, np.int64)
-    half = source_boxes[:, 3:]
-    scale = np.where(half > 1e-9, fitted_boxes[:, 3:] / np.maximum(half, 1e-9), 1.0)
-    local = (np.asarray(points, np.float64) - source_boxes[labels, :3]) * scale[labels]
-    return fitted_boxes[labels, :3] + local @ rotation_z(float(yaw)).T
+    world = fit_root(pivot, yaw) @ part_nodes(source_boxes, fitted_boxes, pivot, yaw)
+    return carry_parts(points, labels, source_boxes, world)
 
 
 def seen_by(samples: np.ndarray, centre: np.ndarray, diagonal: float, view: np.ndarray) -> np.ndarray:
@@ -126,7 +121,7 @@ def candidate_residuals(sources, target: np.ndarray, candidates: list, view: dic
     labels = sources.labels[rows].cpu().numpy()
     samples = np.stack(
         [
-            deformed_samples(p, lab, c.source_boxes, c.fitted_boxes, c.yaw)
+            deformed_samples(p, lab, c.source_boxes, c.fitted_boxes, c.pivot, c.yaw)
             for p, lab, c in zip(points, labels, candidates)
         ]
     )

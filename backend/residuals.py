@@ -31,7 +31,7 @@ MAX_TARGET_POINTS = 4096  # a larger target is subsampled (seeded): the residual
 
 
 def deformed_samples(
-    points: np.ndarray, labels: np.ndarray, source_boxes: np.ndarray, fitted_boxes: np.ndarray, pivot, yaw: float
+    points: np.ndarray, labels: np.ndarray, source_boxes: np.ndarray, fitted_boxes: np.ndarray, yaw: float
 ) -> np.ndarray:
     """(N, 3) a source's samples moved with their parts' boxes, in the fit's world frame (metres).
 
@@ -41,9 +41,10 @@ def deformed_samples(
         source_boxes: (K, 6) ``[centre, half_size]`` in the file's frame.
         fitted_boxes: (K, 6) the fitted boxes (``Candidate.fitted_boxes``: centres in the world
             frame, half-sizes along the axes turned by ``yaw``).
-        pivot: (3,) the fit's pivot; yaw: its heading, radians about Z (``backend.geometry.frames.part_nodes``).
+        yaw: the candidate's heading, radians about Z.
     """
-    world = fit_root(pivot, yaw) @ part_nodes(source_boxes, fitted_boxes, pivot, yaw)
+    origin = np.zeros(3)  # in the world frame a part's place does not depend on the fit's pivot
+    world = fit_root(origin, yaw) @ part_nodes(source_boxes, fitted_boxes, origin, yaw)
     return carry_parts(points, labels, source_boxes, world)
 
 
@@ -121,7 +122,7 @@ def candidate_residuals(sources, target: np.ndarray, candidates: list, view: dic
     labels = sources.labels[rows].cpu().numpy()
     samples = np.stack(
         [
-            deformed_samples(p, lab, c.source_boxes, c.fitted_boxes, c.pivot, c.yaw)
+            deformed_samples(p, lab, c.source_boxes, c.fitted_boxes, c.yaw)
             for p, lab, c in zip(points, labels, candidates)
         ]
     )

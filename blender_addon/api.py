@@ -322,13 +322,14 @@ def fit_job(
     index: str = "",
     checkpoint: str = "",
     match_view: bool | None = None,
+    image_height: float | None = None,
 ) -> Job:
     """Fit a target and build the best candidate (the finished job returns its parent empty).
 
     ``target`` is "OBJECT" (``obj``, default the active object), "IMAGE"
     (``image_path``, default the panel's file) or "PANEL" (an ``image_path``
     if given, else the panel's choice). Zero / None / "" take the panel's
-    value. ``job.used`` records what was used."""
+    value (``image_height`` 0: the library model's own size). ``job.used`` records what was used."""
     s = context.scene.rfit
     if target == "PANEL":
         target = "IMAGE" if image_path else s.target
@@ -363,6 +364,9 @@ def fit_job(
     if target == "IMAGE":  # an image says nothing about where the object is: put it at the 3D cursor
         info["placed_at"] = [float(v) for v in context.scene.cursor.location]
         used["match_view"] = bool(s.match_view if match_view is None else match_view)
+        used["image_height"] = float(s.image_height if image_height is None else image_height)
+        if used["image_height"] > 0:
+            info["height"] = used["image_height"]
     fields = {
         "index": index,
         "checkpoint": checkpoint or None,
@@ -389,8 +393,10 @@ def build_answer(context, answer, info: dict):
     if not candidates:
         raise RfitError("the library has no source to fit")
     info["view"] = answer.get("view")  # where the image's camera (or the scanner) was, if the backend knows
-    if "placed_at" in info:
-        for candidate in candidates:
+    for candidate in candidates:
+        if info.get("height"):
+            _scale_to_height(candidate, info["height"])
+        if "placed_at" in info:
             _move(candidate, np.asarray(info["placed_at"], dtype=np.float64))
     for rank, name in store_thumbnails(answer).items():
         candidates[rank]["thumbnail"] = name
@@ -417,6 +423,22 @@ def _move(candidate: dict, offset: np.ndarray, turn: float = 0.0, about=(0.0, 0.
             box = np.asarray(part[key], dtype=np.float64)
             box[:3] = moved(box[:3])
             part[key] = box.tolist()
+
+
+def _scale_to_height(candidate: dict, height: float) -> None:
+    """Scale a candidate uniformly about the middle of its base so it stands ``height`` (metres) tall: its
+    pivot, fitted and placed boxes (a uniform scale of every box keeps every joint); the source's boxes, in its
+    file's frame, stay its own, so each part object's scale carries the factor."""
+    boxes = np.array([part["fitted_box"] for part in candidate["parts"]], dtype=np.float64)
+    low, high = (boxes[:, :3] - boxes[:, 3:]).min(0), (boxes[:, :3] + boxes[:, 3:]).max(0)
+    if high[2] - low[2] <= 1e-9:
+        return
+    factor, about = height / (high[2] - low[2]), np.array([*(low[:2] + high[:2]) / 2, low[2]])
+    candidate["pivot"] = (about + factor * (np.asarray(candidate["pivot"], dtype=np.float64) - about)).tolist()
+    for part in candidate["parts"]:
+        for key in ("fitted_box", "original_box"):
+            box = np.asarray(part[key], dtype=np.float64)
+            part[key] = [*(about + factor * (box[:3] - about)), *(factor * box[3:])]
 
 
 def show_candidates(context, candidates: list[dict], active: int) -> None:

@@ -60,9 +60,7 @@ def test_residual_samples_and_thumbnail_follow_the_same_parts(turned_fit):
     points = fitter.sources.points[row].double().numpy() * float(fitter.sources.scale[row])
     points = points + fitter.sources.centre[row].double().numpy()
     labels = fitter.sources.labels[row].numpy()
-    samples = deformed_samples(
-        points, labels, candidate.source_boxes, candidate.fitted_boxes, candidate.pivot, candidate.yaw
-    )
+    samples = deformed_samples(points, labels, candidate.source_boxes, candidate.fitted_boxes, candidate.yaw)
     assert normalised_chamfer(samples, target) < 0.08
     picture = render_thumbnail(fitter.index, candidate)
     assert picture.shape == (96, 96, 3) and (picture < 250).any(axis=-1).mean() > 0.05  # something is drawn

@@ -3,7 +3,7 @@
 (the UI) sends it and polls on a timer, so Blender's UI never waits."""
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from .. import api, build, quality
 
@@ -146,7 +146,7 @@ class RFIT_OT_index_library(BackendOperator, bpy.types.Operator):
         return summary["summary"]
 
 
-FIT_SETTINGS = ("target", "object_name", "image_path", "top_k", "refine", "yaw_search", "match_view")
+FIT_SETTINGS = ("target", "object_name", "image_path", "top_k", "refine", "yaw_search", "match_view", "image_height")
 
 
 class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
@@ -176,6 +176,13 @@ class RFIT_OT_retrieve_and_fit(BackendOperator, bpy.types.Operator):
         name="Match View",
         default=False,
         description="Image fits: seen by the viewport as in the image",
+        options={"SKIP_SAVE"},
+    )
+    image_height: FloatProperty(
+        name="Height",
+        min=0.0,
+        unit="LENGTH",
+        description="Image fits: the model's height (0: the library model's own size)",
         options={"SKIP_SAVE"},
     )
 

@@ -97,6 +97,7 @@ class RFIT_PT_target(SidebarPanel, bpy.types.Panel):
         if s.target == "IMAGE":
             layout.prop(s, "image_path", text="")
             layout.prop(s, "match_view")
+            layout.prop(s, "image_height")
         else:
             obj = context.active_object
             if obj is None or api.fit_parent(obj) is not None:

@@ -57,6 +57,14 @@ class RFIT_SceneSettings(bpy.types.PropertyGroup):
         default=False,
         description="Turn an image fit so the 3D viewport sees it as the image shows it (else it faces -Y)",
     )
+    image_height: FloatProperty(
+        name="Height",
+        default=0.0,
+        min=0.0,
+        soft_max=5.0,
+        unit="LENGTH",
+        description="Image fits: the model's height (0: the library model's own size; an image shows no scale)",
+    )
     top_k: IntProperty(name="Candidates", default=5, min=1, max=50, description="How many library models to return")
     refine: BoolProperty(
         name="Refine",

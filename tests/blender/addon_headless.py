@@ -324,6 +324,29 @@ assert facts["apply_kept_shape"]
 result = bpy.ops.rfit.retrieve_and_fit(image_path=image_path, top_k=2)
 assert result == {"FINISHED"}
 facts["image_fit"] = bpy.context.view_layer.objects.active["rfit_source"]
+own_size = bpy.context.view_layer.objects.active
+# a typed height: the same fit, scaled uniformly to stand that tall on the cursor, its joints still attached
+result = bpy.ops.rfit.retrieve_and_fit(image_path=image_path, top_k=2, image_height=1.7)
+assert result == {"FINISHED"}
+tall = bpy.context.view_layer.objects.active
+
+
+def world_extent(parent):
+    """(low, high) of a fit's part objects in the world: the location and scaled source box of each part."""
+    centres = np.array([list(o.matrix_world.translation) for o in parent.children])
+    half = np.array([np.array(o["rfit_source_box"][3:]) * np.array(o.scale) for o in parent.children])
+    return (centres - half).min(0), (centres + half).max(0)
+
+
+low, high = world_extent(tall)
+own_low, own_high = world_extent(own_size)
+facts["typed_height"] = {"height": high[2] - low[2], "base": low[2], "own": own_high[2] - own_low[2]}
+facts["typed_height"] = {key: float(value) for key, value in facts["typed_height"].items()}
+assert abs(facts["typed_height"]["height"] - 1.7) < 1e-3, facts["typed_height"]
+assert abs(facts["typed_height"]["base"] - bpy.context.scene.cursor.location.z) < 1e-3, facts["typed_height"]
+assert abs(facts["typed_height"]["own"] - 1.7) > 0.05, "the library model is already 1.7 tall: no scaling seen"
+assert tall["rfit_source"] == own_size["rfit_source"]
+assert max(joint_gaps(tall), default=0.0) < 1e-3, joint_gaps(tall)
 try:
     bpy.ops.rfit.retrieve_and_fit(image_path=library + "/missing.png")
 except RuntimeError as error:

@@ -382,8 +382,11 @@ class Fitter:
             mask = foreground_mask(image)  # no usable foreground: one clear line before any work
         except ValueError as error:
             raise FitError(str(error)) from None
-        if getattr(self, "_silhouettes", None) is None:  # built once per library, kept in the index folder
-            self._silhouettes = SilhouetteBank.cached(self.sources.points, self.index.folder, progress=progress)
+        if getattr(self, "_silhouettes", None) is None:  # the indexer stores it; else built once and kept there
+            arrays = [record.arrays for record in self.index.sources]
+            self._silhouettes = SilhouetteBank.cached(
+                self.sources.points, self.index.folder, progress=progress, arrays=arrays
+            )
         _report(progress, 1, 2, f"ranking {len(self.sources)} sources by silhouette")
         with torch.no_grad():
             distance = embedding_distance(self.model, target, "images", self.codes["embedding"])[0]

@@ -18,9 +18,7 @@ with row 0 at the top.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backend import silhouette_bank as bank_files
 from backend.geometry.frames import view_record
 from backend.inputs import NO_FOREGROUND, foreground_mask  # noqa: F401  (the foreground's one home)
 
-RESOLUTION = 32
+RESOLUTION = bank_files.RESOLUTION
 RERANK_RESOLUTION = 48  # the bank's head is re-ordered at this resolution
 PROPORTION_RESOLUTION = 64  # and its best stretched to the image's proportions at this one
 SHORTLIST = 20  # sources re-ordered by mask distance
-PAD = 1
-CACHE_VERSION = 1
-FOV = 35.0  # degrees: a typical product shot (a 50 mm lens on full frame is 27 degrees vertically)
+PAD = bank_files.PAD
+FOV = bank_files.FOV  # degrees: a typical product shot (a 50 mm lens on full frame is 27 degrees vertically)
 
 Progress = Callable[[int, int, str], None]
 
@@ -77,8 +75,8 @@ def mask_grid(mask: np.ndarray | torch.Tensor, resolution: int = RESOLUTION) -> 
 class ViewGrid:
     """Viewpoints (degrees) compared against an image: every elevation with every azimuth."""
 
-    elevations: tuple[float, ...] = (10.0, 25.0, 40.0)
-    azimuths: tuple[float, ...] = tuple(float(a) for a in range(-180, 180, 15))
+    elevations: tuple[float, ...] = bank_files.ELEVATIONS
+    azimuths: tuple[float, ...] = bank_files.AZIMUTHS
 
     def __len__(self) -> int:
         return len(self.elevations) * len(self.azimuths)
@@ -308,24 +306,13 @@ def popcount(bits: torch.Tensor) -> torch.Tensor:
     return _POPCOUNT.to(bits.device)[bits.long()].sum(-1, dtype=torch.int32)
 
 
-BANK_KIND = "rfit silhouette bank"
-
-
-def _is_bank_file(path: Path) -> bool:
-    """Whether ``path`` is a bank this module wrote under that very name (a renamed copy is the user's)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return str(data["kind"]) == BANK_KIND and str(data["name"]) == path.name
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
-        return False
-
-
 class SilhouetteBank:
     """Box-aligned silhouettes of S sources from every view of a grid, bit-packed: ``bits`` (S, V, R*R/8) uint8.
 
     Built once per library from the sources' normalised surface samples (S x 9 kB at
-    the default 32 x 32 and 72 views), chunked over sources so memory stays bounded;
-    ranking reads the packed bits (AND and a bit count), never a float copy of the bank.
+    the default 32 x 32 and 72 views) by ``backend.silhouette_bank`` (numpy: the indexer
+    builds it without torch), and kept in the index folder; ranking reads the packed bits
+    (AND and a bit count), never a float copy of the bank.
     """
 
     def __init__(self, bits: torch.Tensor, grid: ViewGrid, resolution: int = RESOLUTION):
@@ -345,21 +332,20 @@ class SilhouetteBank:
         points: torch.Tensor,
         grid: ViewGrid = ViewGrid(),
         resolution: int = RESOLUTION,
-        max_points: int = 1024,
-        chunk_points: int = 4_000_000,
+        max_points: int = bank_files.MAX_POINTS,
         progress: Progress | None = None,
     ) -> SilhouetteBank:
         """From ``points`` (S, N, 3) in each source's normalised frame (first ``max_points`` used: samples
         are in random order). ``progress(done, total, text)`` is called between chunks."""
-        points = points[:, :max_points]
-        angles = grid.angles()
-        chunk = max(1, chunk_points // max(1, points.shape[1] * len(angles)))
-        bits = [torch.zeros(0, len(angles), resolution * resolution // 8, dtype=torch.uint8, device=points.device)]
-        for start in range(0, len(points), chunk):
+        cloud = points[:, :max_points].detach().cpu().numpy()
+        chunk = 256
+        bits = [np.zeros((0, len(grid), resolution * resolution // 8), np.uint8)]
+        for start in range(0, len(cloud), chunk):
             if progress is not None:
-                progress(start, len(points), f"silhouettes of {start} of {len(points)} sources")
-            bits.append(pack(silhouettes(points[start : start + chunk], angles, resolution)))
-        return cls(torch.cat(bits), grid, resolution)
+                progress(start, len(cloud), f"silhouettes of {start} of {len(cloud)} sources")
+            block = cloud[start : start + chunk]
+            bits.append(bank_files.bank_bits(block, grid.elevations, grid.azimuths, resolution))
+        return cls(torch.from_numpy(np.concatenate(bits)).to(points.device), grid, resolution)
 
     @classmethod
     def cached(
@@ -368,32 +354,35 @@ class SilhouetteBank:
         folder: str | os.PathLike,
         grid: ViewGrid = ViewGrid(),
         resolution: int = RESOLUTION,
-        max_points: int = 1024,
+        max_points: int = bank_files.MAX_POINTS,
         progress: Progress | None = None,
+        arrays: list[str] | None = None,
     ) -> SilhouetteBank:
-        """``build`` once, kept in ``folder/silhouettes-<key>.npz`` (written atomically); the key hashes the
-        samples and every setting, so a changed library or grid rebuilds and drops the stale file."""
-        digest = hashlib.sha256(np.ascontiguousarray(points[:, :max_points].detach().cpu().numpy()).tobytes())
-        digest.update(repr((CACHE_VERSION, grid, resolution, max_points, PAD, FOV)).encode())
-        path = Path(folder) / f"silhouettes-{digest.hexdigest()[:16]}.npz"
-        if path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    bits = torch.from_numpy(data["bits"]).to(points.device)
-                if bits.shape == (len(points), len(grid), resolution * resolution // 8):
-                    return cls(bits, grid, resolution)
-            except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
-                pass  # unreadable: rebuilt below
-        bank = cls.build(points, grid, resolution, max_points, progress=progress)
-        for stale in Path(folder).glob("silhouettes-*.npz"):
-            if _is_bank_file(stale):  # the project deletes only files it wrote
-                stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            np.savez(handle, bits=bank.bits.cpu().numpy(), kind=BANK_KIND, name=path.name)
-        os.replace(tmp, path)
-        return bank
+        """The bank of ``points`` kept in ``folder`` (``backend.silhouette_bank``: the indexer writes it; named
+        by the rows' sample digests and the settings, so the fitter finds it from its own samples). Rows a bank
+        there already holds (same samples, same settings) are reused; only the others are built, and the file is
+        rewritten atomically. ``arrays``: the rows' source files in the index (lets the next indexing run reuse
+        rows without reading their sources)."""
+        folder = Path(folder)
+        settings = bank_files.settings_key(grid.elevations, grid.azimuths, resolution, max_points)
+        digests = bank_files.point_digests(points[:, :max_points].detach().cpu().numpy(), max_points)
+        path = folder / bank_files.bank_name(digests, settings)
+        stored = bank_files.read_bank(path, settings, ("bits",)) if path.exists() else None
+        shape = (len(points), len(grid), resolution * resolution // 8)
+        if stored is not None and stored["bits"].shape == shape:
+            return cls(torch.from_numpy(stored["bits"]).to(points.device), grid, resolution)
+        old = bank_files.previous_rows(folder, settings)
+        missing = [i for i, d in enumerate(digests) if str(d) not in old]
+        bits = np.zeros(shape, np.uint8)
+        for i, digest in enumerate(digests):
+            if str(digest) in old:
+                bits[i] = old[str(digest)][0]
+        if missing:
+            built = cls.build(points[missing], grid, resolution, max_points, progress)
+            bits[missing] = built.bits.cpu().numpy()
+        names = arrays if arrays is not None and len(arrays) == len(points) else [""] * len(points)
+        bank_files.write_bank(folder, bits, digests, np.array(names, np.str_), settings)
+        return cls(torch.from_numpy(bits).to(points.device), grid, resolution)
 
     def __len__(self) -> int:
         return self.bits.shape[0]

@@ -1,6 +1,11 @@
 """Image-fit latency against library size (100 and 1,000 sources), CPU, in-process and through the worker.
 
     python bench/bench_image.py [--sizes 100 1000] [--targets 5] [--repeats 1] [--write]
+    python bench/bench_image.py --indexing 120 [--sizes]
+
+``--indexing N``: bench/bench_indexing.py's N dense meshes (about 5k triangles) indexed with 1 and 2 worker
+processes, now that the index stores the silhouette bank: meshes/s, and the bank's share of the wall time (issue:
+at least 20 meshes/s on the 2-core machine). ``--sizes`` with no value skips the latency rows.
 
 The library is bench/bench_worker.py's: 100 generated models indexed once, beyond 100 sources the same files
 under new names (hard links; every row is its own source, so the ranking's work is that of ``size`` sources). Per
@@ -51,13 +56,62 @@ def timed(call, *args) -> float:
     return time.perf_counter() - started
 
 
+def indexing_rate(meshes: int) -> list[str]:
+    """Rows of the indexing table: ``meshes`` dense generated meshes indexed from scratch with 1 and 2 jobs."""
+    from bench_indexing import dense_shape
+
+    import backend.library.index as index_module
+    from training.data.export import write_glb
+
+    work = Path(tempfile.mkdtemp(prefix="rfit-index-"))
+    spent = []
+    store = index_module._store_silhouettes
+
+    def timed_store(*args):
+        started = time.perf_counter()
+        try:
+            return store(*args)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    index_module._store_silhouettes = timed_store
+    rows = []
+    try:
+        for i in range(meshes):
+            write_glb(dense_shape(CATEGORIES[i % 3], i // 3), work / "library" / f"{i:04d}.glb")
+        for jobs in (1, 2):
+            for bank in (False, True):  # interleaved, so the machine's load falls on both alike
+                index_module._store_silhouettes = timed_store if bank else (lambda *args: "")
+                folder = work / f"index{jobs}{'-bank' if bank else ''}"
+                started = time.perf_counter()
+                report = index_module.build_index(work / "library", folder, jobs=jobs)
+                seconds = time.perf_counter() - started
+                assert len(report.added) == meshes and not report.silhouettes, report.summary()
+                assert len(list(folder.glob("silhouettes-*.npz"))) == int(bank)
+                rerun = timed(index_module.build_index, work / "library", folder)
+                share = f"{spent[-2]:.2f} s" if bank else "none stored"
+                rows.append(f"| {jobs} | {meshes / seconds:.1f} | {seconds:.2f} s | {share} | {rerun:.2f} s |")
+                print(rows[-1], flush=True)
+    finally:
+        index_module._store_silhouettes = store
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100, 1000])
+    parser.add_argument("--indexing", type=int, default=0, help="meshes to index (0: no indexing rows)")
     parser.add_argument("--targets", type=int, default=5)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--write", action="store_true", help="rewrite the image section of docs/benchmarks.md")
     args = parser.parse_args()
+    if args.indexing:
+        rows = indexing_rate(args.indexing)
+        print("| worker processes | meshes/s | wall time | of it, silhouettes | re-run with nothing changed |")
+        print("\n".join(rows))
+    if not args.sizes:
+        return
     work = Path(tempfile.mkdtemp(prefix="rfit-image-"))
     rng = np.random.default_rng(0)
     images = [

@@ -222,3 +222,76 @@ def test_thumbnails_are_drawn_at_index_time_and_no_fit_draws_them(library, tmp_p
     assert sorted(report.updated) == sorted(s.path for s in index.sources), report.summary()
     assert np.array_equal(load_index(out).thumbnail(plain, size), pictures[plain])
     assert build_index(library, out).unchanged and not build_index(library, out).updated
+
+
+# -- the silhouette bank (image fits) ----------------------------------------------------------------
+
+
+def _fitter_bank(out, monkeypatch):
+    """The bank as the fitter opens it (its own samples, ``SilhouetteBank.cached``), failing if it had to build."""
+    from backend.model.sources import stack_sources
+    from backend.silhouettes import SilhouetteBank
+
+    index = load_index(out)
+    sources = stack_sources([index.load_source(i) for i in range(len(index))])
+    with monkeypatch.context() as patch:
+        patch.setattr(SilhouetteBank, "build", lambda *a, **k: pytest.fail("the fit had to build the silhouettes"))
+        return sources, SilhouetteBank.cached(sources.points, out)
+
+
+def test_silhouettes_are_stored_at_index_time_and_updated_only_where_the_library_changed(
+    library, tmp_path, monkeypatch
+):
+    """Indexing stores the silhouettes image fits rank by, as the fitter would make them from its own samples;
+    a re-run projects only new or changed models and leaves the file alone when nothing changed."""
+    from backend import silhouette_bank
+    from backend.silhouettes import ViewGrid, pack, silhouettes
+
+    out = tmp_path / "index"
+    report = build_index(library, out)
+    assert report.silhouettes == "" and "silhouettes" not in report.summary()
+    (bank,) = out.glob("silhouettes-*.npz")
+    sources, loaded = _fitter_bank(out, monkeypatch)
+    assert torch_equal(loaded.bits, pack(silhouettes(sources.points[:, :1024], ViewGrid().angles())))
+    written = bank.stat().st_mtime_ns
+
+    projected = []
+    original = silhouette_bank.bank_bits
+    monkeypatch.setattr(silhouette_bank, "bank_bits", lambda p, *a, **k: projected.append(len(p)) or original(p))
+    build_index(library, out)
+    assert projected == [] and bank.stat().st_mtime_ns == written  # nothing changed: not even read again
+
+    write_scene(chair_parts(arms=True), library / "chairs" / "plain.glb")  # one model changed
+    (library / "armchair.ply").unlink()  # one removed
+    report = build_index(library, out)
+    assert report.updated == ["chairs/plain.glb"] and report.removed == ["armchair.ply"]
+    assert projected == [1] and not bank.exists()  # only the changed model projected; the stale bank dropped
+    sources, loaded = _fitter_bank(out, monkeypatch)
+    assert len(loaded) == 3 == len(sources)
+    assert torch_equal(loaded.bits, pack(silhouettes(sources.points[:, :1024], ViewGrid().angles())))
+
+
+def test_silhouettes_that_cannot_be_stored_never_fail_indexing(library, tmp_path, monkeypatch):
+    from backend import silhouette_bank
+    from backend.silhouettes import SilhouetteBank
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for silhouettes")
+
+    monkeypatch.setattr(silhouette_bank, "bank_bits", broken)
+    out = tmp_path / "index"
+    report = build_index(library, out)
+    assert len(report.added) == 4 and len(load_index(out)) == 4
+    assert "no room for silhouettes" in report.summary() and "first image fit" in report.summary()
+    assert list(out.glob("silhouettes-*.npz")) == []
+    monkeypatch.undo()
+    from backend.model.sources import stack_sources
+
+    index = load_index(out)
+    points = stack_sources([index.load_source(i) for i in range(len(index))]).points
+    assert len(SilhouetteBank.cached(points, out)) == 4  # the fit builds them as before
+    assert len(list(out.glob("silhouettes-*.npz"))) == 1
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.cpu() == b.cpu()).all()) and a.shape == b.shape

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend import __version__
+from backend import __version__, silhouette_bank
 from backend.geometry.sampling import seed_from_bytes
 from backend.library.loading import MESH_EXTENSIONS, UnreadableModel, load_model
 from backend.library.partnet import is_partnet_folder, load_partnet
@@ -119,6 +119,7 @@ class IndexReport:
     repaired: list[str] = field(default_factory=list)
     relocated_from: str | None = None
     seconds: float = 0.0
+    silhouettes: str = ""  # why the silhouette bank could not be stored ("": stored)
 
     def summary(self) -> str:
         text = (
@@ -129,6 +130,8 @@ class IndexReport:
             text += f"; {len(self.repaired)} damaged source files rebuilt"
         if self.relocated_from:
             text += f"; library moved from {self.relocated_from}"
+        if self.silhouettes:
+            text += f"; silhouettes for image fits not stored ({self.silhouettes}): the first image fit makes them"
         return text
 
     def to_json(self) -> dict:
@@ -789,8 +792,31 @@ def build_index(
             target = (folder / name).resolve()
             if target.parent == (folder / SOURCES_DIR).resolve():
                 target.unlink(missing_ok=True)
+        report.silhouettes = _store_silhouettes(folder, [rows[p]["arrays"] for p in sorted(rows)])
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _bank_samples(folder: Path, arrays: str) -> np.ndarray:
+    """(N, 3) float32 samples of a source file in its normalised frame, computed as
+    ``backend.model.sources.stack_sources`` does (a test checks the fitter finds the bank written from them)."""
+    with np.load(folder / arrays, allow_pickle=False) as data:
+        points, boxes = data["points"], data["boxes"]
+    lo = (boxes[:, :3] - boxes[:, 3:]).min(axis=0)
+    hi = (boxes[:, :3] + boxes[:, 3:]).max(axis=0)
+    centre, scale = (lo + hi) / 2, float(np.linalg.norm(hi - lo))
+    return ((points[: silhouette_bank.MAX_POINTS] - centre) / scale).astype(np.float32)
+
+
+def _store_silhouettes(folder: Path, arrays: list[str]) -> str:
+    """Bring the index's silhouette bank (``backend.silhouette_bank``, what image fits rank by) up to date:
+    only new or changed sources are projected. A failure never fails indexing: it is returned as text and the
+    first image fit builds the bank itself."""
+    try:
+        silhouette_bank.update_bank(folder, arrays, lambda i: _bank_samples(folder, arrays[i]))
+    except Exception as error:  # noqa: BLE001 - any failure here only costs the first image fit time
+        return f"{type(error).__name__}: {error}"
+    return ""
 
 
 class _Committer:

@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -312,3 +313,124 @@ def test_placement_sampling_draws_the_sources_a_fit_would_refine(dataset):
     candidates = placement_candidates(sources, target, 3)
     assert candidates.shape == (3, 3) and torch.equal(candidates[:, 0], rows)
     assert all(len(set(row.tolist())) == 3 for row in candidates)
+
+
+def _box_aligned(mask: np.ndarray, size: int = 32) -> np.ndarray:
+    """(size, size) bool: ``mask``'s bounding box, aspect kept, scaled into a square (nearest cell)."""
+    rows, cols = np.nonzero(mask)
+    top, left = rows.min(), cols.min()
+    side = max(rows.max() - top, cols.max() - left) + 1
+    grid = np.zeros((size, size), bool)
+    cells = ((rows - top) * size // side, (cols - left) * size // side)
+    grid[cells] = True
+    return grid
+
+
+def test_randomised_renders_differ_in_look_and_framing_but_keep_the_shape():
+    """Domain randomisation: one chair in 24 looks differs in background, colour, field of view, elevation,
+    size and place in the frame (some touching the border); each render's object sits where its look says, and
+    its mask matches the plain render from the same camera after box alignment (the shape stays recognisable)."""
+    from scipy.ndimage import binary_dilation
+
+    from backend.render import rasterize
+    from training.data.furniture import generate
+    from training.data.randomise import random_look, randomised_render, render_look
+    from training.data.views import mesh_arrays
+
+    shape = generate("chair", 0, 5)
+    vertices, faces, _ = mesh_arrays(shape)
+    rng = np.random.default_rng(7)
+    looks = [random_look(shape, rng) for _ in range(24)]
+    renders = [render_look(shape, look, 128) for look in looks]
+    corners = np.array([image[0, 0] for image, _ in renders], float)
+    assert len({tuple(c) for c in corners}) >= 8 and (corners == 255).all(axis=1).any()
+    foreground = np.array([image[mask].mean(axis=0) for image, mask in renders])
+    assert foreground.std(axis=0).max() > 30  # materials and lights: mean object colour (0-255) varies
+    fovs, elevations = [look.camera.fov for look in looks], [look.camera.elevation for look in looks]
+    assert max(fovs) - min(fovs) > 20 and max(elevations) - min(elevations) > 25
+    sides, touching, covered = [], 0, []
+    for (_, mask), look in zip(renders, looks):
+        rows, cols = np.nonzero(mask)
+        if rows.min() == 0 or cols.min() == 0 or rows.max() == 127 or cols.max() == 127:
+            touching += 1
+            continue
+        side = max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) / 128
+        sides.append(side)
+        centre = np.array([(cols.min() + cols.max() + 1) / 128 - 1, 1 - (rows.min() + rows.max() + 1) / 128])
+        half = np.array([cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]) / 128
+        room = np.maximum(1.0 - half * 0.9, 0.0)
+        np.testing.assert_allclose(side, look.fill_share, rtol=0.15)
+        np.testing.assert_allclose(centre, look.offset * room, atol=0.12)
+        plain = rasterize(vertices, faces, look.camera, 128, cull_back=True).face >= 0
+        a, b = _box_aligned(mask), _box_aligned(plain)
+        # Thin legs and slats of a small render miss cells: each mask's share within one cell of the other.
+        covered.append(min((a & binary_dilation(b)).sum() / a.sum(), (b & binary_dilation(a)).sum() / b.sum()))
+    assert touching >= 1 and min(sides) < 0.5 and max(sides) > 0.8
+    assert min(covered) > 0.88 and np.median(covered) > 0.97, covered
+    # Deterministic per seed, different across seeds.
+    again = randomised_render(shape, np.random.default_rng(11))
+    assert np.array_equal(again, randomised_render(shape, np.random.default_rng(11)))
+    assert not np.array_equal(again, randomised_render(shape, np.random.default_rng(12)))
+
+
+def test_randomised_views_feed_image_batches_deterministically(dataset):
+    from training.joint.data import with_randomised_views
+
+    data = prepare(dataset, 0.4, 0.2, 128, 1)
+    targets = with_randomised_views(data.train, dataset, 64, seed=0)
+    rows = torch.arange(4)
+    first = target_batch(targets, rows, "images", 128, 0.0, torch.Generator().manual_seed(1))[0]
+    second = target_batch(targets, rows, "images", 128, 0.0, torch.Generator().manual_seed(1))[0]
+    other = target_batch(targets, rows, "images", 128, 0.0, torch.Generator().manual_seed(2))[0]
+    assert first.shape == (4, 3, 64, 64) and 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    assert torch.equal(first, second) and not torch.equal(first, other)
+
+
+def test_image_finetune_moves_only_the_image_encoders(dataset, tmp_path):
+    """``steps = 0`` with ``init`` and ``image_alignment_steps``: only the image encoders of the loaded
+    checkpoint change, on randomised renders; every other weight and buffer is bit-identical (point fits are)."""
+    from backend.model.checkpoint import save_checkpoint
+
+    base = TrainConfig.from_toml(SMOKE, data=str(dataset))
+    init = tmp_path / "init.pt"
+    torch.manual_seed(5)
+    save_checkpoint(init, JointModel(base.model), {"step": 0, "config": base.to_json()})
+    config = TrainConfig.from_toml(
+        SMOKE,
+        data=str(dataset),
+        out=str(tmp_path / "ft"),
+        init=str(init),
+        steps=0,
+        warmup=0,
+        views=0,
+        image_alignment_steps=4,
+        image_randomisation=True,
+    )
+    best = train(config)
+    before, after = load_checkpoint(init)[0].state_dict(), load_checkpoint(best)[0].state_dict()
+    moved = {name for name, value in after.items() if not torch.equal(value, before[name])}
+    assert moved and all(".images." in name for name in moved), sorted(moved)
+    assert any(name.startswith("retrieval.images.") for name in moved)
+    assert any(name.startswith("deformation.images.") for name in moved)
+    assert {json.loads(line)["phase"] for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()} == {
+        "alignment"
+    }
+
+
+def test_write_views_renders_what_the_data_set_writer_would(tmp_path):
+    from PIL import Image
+
+    from training.data.dataset import write_views
+
+    written = tmp_path / "written"
+    write_dataset(written, DatasetSpec(per_category=1, views=2, seed=4, test_fraction=0.0))
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "meta.json").write_text((written / "meta.json").read_text())
+    names = [row["name"] for row in json.loads((written / "meta.json").read_text())["shapes"]]
+    assert write_views(again, names, views=2) == 2 * len(names)
+    for name in names:
+        for view in range(2):
+            a = np.asarray(Image.open(written / "images" / f"{name}_{view}.png"))
+            b = np.asarray(Image.open(again / "images" / f"{name}_{view}.png"))
+            assert np.array_equal(a, b), (name, view)

@@ -73,6 +73,24 @@ def write_shape(out: Path, spec: DatasetSpec, category: str, index: int) -> dict
     }
 
 
+def write_views(out: Path, names: list[str], views: int = 2, image_size: int = 128) -> int:
+    """Render the views of already written shapes (``<category>_<index>`` names of ``out/meta.json``) into
+    ``out/images``, the same images ``write_shape`` writes with ``views`` (its generator seed and random draws:
+    the views are drawn first), without writing the meshes again. Returns how many images were written."""
+    from PIL import Image
+
+    seed = json.loads((out / "meta.json").read_text())["spec"]["seed"]
+    (out / "images").mkdir(exist_ok=True)
+    for name in names:
+        category, index = name.rsplit("_", 1)
+        shape = generate(category, seed, int(index))
+        rng = np.random.default_rng([seed, 1 + len(CATEGORIES), CATEGORIES.index(category), int(index)])
+        for view in range(views):
+            image = render_image(shape, rng, size=image_size, random_background=view % 2 == 1)
+            Image.fromarray(image).save(out / "images" / f"{name}_{view}.png", optimize=False)
+    return len(names) * views
+
+
 def _write_star(args) -> dict:
     return write_shape(*args)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,14 @@ class Targets:
         names: shape names.
         points: (T, P, 3) float32 clean surface samples, each in its own normalised frame.
         images: (T, V, 3, H, W) uint8 rendered views, or None.
+        render: ``(rows (B,), generator) -> (B, 3, H, W)`` uint8 fresh views of those rows' shapes
+            (``with_randomised_views``), used instead of ``images`` when set.
     """
 
     names: list[str]
     points: torch.Tensor
     images: torch.Tensor | None
+    render: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -126,6 +130,21 @@ def prepare(
     return TrainingData(
         stack_sources(sources, n_points=source_points), source_names, targets(*groups["train"]), targets(*groups["val"])
     )
+
+
+def with_randomised_views(targets: Targets, dataset: Path, size: int, seed: int) -> Targets:
+    """``targets`` whose image views are rendered afresh for every batch with domain randomisation
+    (``training.data.randomise``): each shape is generated again from ``dataset/meta.json``'s generator seed
+    and its name (``<category>_<index>``)."""
+    from training.data.furniture import generate
+    from training.data.randomise import view_renderer
+
+    generator_seed = json.loads((Path(dataset) / "meta.json").read_text())["spec"]["seed"]
+    shapes = []
+    for name in targets.names:
+        category, index = name.rsplit("_", 1)
+        shapes.append(generate(category, generator_seed, int(index)))
+    return replace(targets, render=view_renderer(shapes, size, seed))
 
 
 def log_uniform(shape: tuple[int, ...], limit: float, generator: torch.Generator) -> torch.Tensor:

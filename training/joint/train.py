@@ -36,7 +36,14 @@ from backend.model.inference import (
 )
 from backend.model.networks import JointModel, ModelConfig, deformed_points
 from backend.model.sources import SourceTensors
-from training.joint.data import Targets, TrainingData, augment_sources, log_uniform, prepare
+from training.joint.data import (
+    Targets,
+    TrainingData,
+    augment_sources,
+    log_uniform,
+    prepare,
+    with_randomised_views,
+)
 from training.joint.objectives import (
     cross_modal_loss,
     deformation_loss,
@@ -67,6 +74,10 @@ class TrainConfig:
     # its (then fixed) point encoder gives the same shape's clean points: a
     # target for every training image, where L_emb and L_def give weaker ones.
     image_alignment_steps: int = 0
+    # Image targets rendered afresh for every batch with domain randomisation (materials, lights, field of
+    # view, elevation and azimuth, background colour or transparency, crop and placement in the frame:
+    # ``training.data.randomise``) instead of the data set's fixed views; off in the shipped recipe.
+    image_randomisation: bool = False
     noise: float = 0.01
     partial: float = 0.5  # share of point targets given as single-view scans
     # Training for transfer to libraries made elsewhere (1.0 / empty: off). Point targets and the
@@ -170,6 +181,8 @@ def target_batch(
         centre, diagonal = normalisation(noisy)
         frame = lambda x: (x - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)  # noqa: E731
         return frame(noisy), frame(truth)
+    if targets.render is not None:
+        return targets.render(rows, generator).float() / 255.0, truth
     view = torch.randint(targets.images.shape[1], (len(rows),), generator=generator)
     return targets.images[rows, view].float() / 255.0, truth
 
@@ -334,7 +347,11 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
                 build=False,
                 held_out_structures=config.held_out_structures,
             )
-    modalities = [m for m in config.modalities if m == "points" or data.train.images is not None]
+    if config.image_randomisation and "images" in config.modalities:
+        data.train = with_randomised_views(data.train, Path(config.data), config.model.image_size, config.seed)
+    modalities = [
+        m for m in config.modalities if m == "points" or data.train.images is not None or data.train.render is not None
+    ]
     sources = data.sources.to(device)
     model = JointModel(config.model).to(device)
     optim_r = torch.optim.Adam(model.retrieval.parameters(), lr=config.lr_retrieval or config.lr)
@@ -461,7 +478,8 @@ def train(config: TrainConfig, data: TrainingData | None = None) -> Path:
             out_of_time = bool(flag.item())
         last_step = step == config.steps - 1 or out_of_time
         if rank == 0 and ((step + 1) % config.val_every == 0 or last_step) and len(data.val):
-            scores = {m: evaluate(model, sources, data.val, m, config.model.n_points) for m in modalities}
+            scored = [m for m in modalities if m == "points" or data.val.images is not None]
+            scores = {m: evaluate(model, sources, data.val, m, config.model.n_points) for m in scored}
             score = float(np.mean([s["chamfer_x100"] for s in scores.values()]))
             logger.step(
                 step,

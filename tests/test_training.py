@@ -405,6 +405,7 @@ def test_image_finetune_moves_only_the_image_encoders(dataset, tmp_path):
         views=0,
         image_alignment_steps=4,
         image_randomisation=True,
+        image_teacher="source",
     )
     best = train(config)
     before, after = load_checkpoint(init)[0].state_dict(), load_checkpoint(best)[0].state_dict()

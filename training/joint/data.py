@@ -147,6 +147,14 @@ def with_randomised_views(targets: Targets, dataset: Path, size: int, seed: int)
     return replace(targets, render=view_renderer(shapes, size, seed))
 
 
+def target_sources(dataset: Path, names: list[str], source_points: int = 512) -> SourceTensors:
+    """The shapes ``names`` of ``dataset/index-train`` as sources (part boxes, labelled samples), in that order:
+    what the source encoder needs to place a training target where it would place it in a library."""
+    index = load_index(Path(dataset) / "index-train")
+    rows = {Path(record.path).stem: i for i, record in enumerate(index.sources)}
+    return stack_sources([index.load_source(rows[name]) for name in names], n_points=source_points)
+
+
 def log_uniform(shape: tuple[int, ...], limit: float, generator: torch.Generator) -> torch.Tensor:
     """Factors in [1 / limit, limit], uniform in log (``limit`` 1: all ones)."""
     return torch.exp((torch.rand(shape, generator=generator) * 2 - 1) * math.log(max(limit, 1.0)))

@@ -42,6 +42,7 @@ from training.joint.data import (
     augment_sources,
     log_uniform,
     prepare,
+    target_sources,
     with_randomised_views,
 )
 from training.joint.objectives import (
@@ -78,6 +79,11 @@ class TrainConfig:
     # view, elevation and azimuth, background colour or transparency, crop and placement in the frame:
     # ``training.data.randomise``) instead of the data set's fixed views; off in the shipped recipe.
     image_randomisation: bool = False
+    # What the retrieval module's image encoder is aligned to: "points", the code its point encoder gives the
+    # shape's clean points (the target side of the space), or "source", the place its source encoder gives the
+    # same shape as a library source (the side images are ranked against; for the shipped model, whose point
+    # targets have their own encoder, that place is far more faithful: docs/model.md).
+    image_teacher: str = "points"
     noise: float = 0.01
     partial: float = 0.5  # share of point targets given as single-view scans
     # Training for transfer to libraries made elsewhere (1.0 / empty: off). Point targets and the
@@ -556,8 +562,22 @@ def align_images(
     learning rate falls over the stage's last ``lr_decay`` share, and the
     image encoders' BatchNorm uses batch statistics (which their running
     statistics then follow), as in the main steps; everything else is fixed.
+    With ``config.image_teacher`` "source" the retrieval encoder's targets are the training shapes' own
+    places as sources (``target_sources``, encoded once by the fixed source encoder) instead.
     """
     model.eval()
+    if config.image_teacher not in ("points", "source"):
+        raise ValueError(f"unknown image_teacher {config.image_teacher!r}")
+    source_teacher = None
+    if config.image_teacher == "source" and config.mode != "deformation":
+        own = target_sources(Path(config.data), targets.names, config.model.source_points).to(sources.points.device)
+        with torch.no_grad():
+            source_teacher = torch.cat(
+                [
+                    model.retrieval.embed_sources(own.select(torch.arange(s, min(s + 256, len(own)))))[0]
+                    for s in range(0, len(own), 256)
+                ]
+            )
     # log suffix -> (the module's target encoding ``(target, modality) -> code``,
     # its image encoder, the sources' codes to rank by or None: no ranking term)
     modules = {"d": (model.deformation.encode_target, model.deformation.images, None)}
@@ -592,7 +612,7 @@ def align_images(
             losses = {}
             for name, (code, _, source_codes) in modules.items():
                 with torch.no_grad():
-                    teacher = code(clean, "points")
+                    teacher = code(clean, "points") if name != "r" or source_teacher is None else source_teacher[rows]
                 student = code(images, "images")
                 losses[f"align_{name}"] = cross_modal_loss(student, teacher)
                 if source_codes is not None:

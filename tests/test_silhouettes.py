@@ -256,6 +256,22 @@ def test_bank_cache_is_reused_and_rebuilt_when_the_library_changes(library, tmp_
     assert len(list(tmp_path.glob("silhouettes-*.npz"))) == 2
 
 
+def test_bank_projects_only_sources_it_does_not_hold(library, tmp_path, monkeypatch):
+    """A library grown by two sources (or reordered) reuses every row the folder's bank holds, by the samples'
+    digest: only the new sources are projected, and the bank equals one built from scratch."""
+    from backend import silhouette_bank
+
+    _, sources = library
+    SilhouetteBank.cached(sources.points[:-2], tmp_path)
+    projected = []
+    original = silhouette_bank.bank_bits
+    monkeypatch.setattr(silhouette_bank, "bank_bits", lambda p, *a, **k: projected.append(len(p)) or original(p, *a))
+    reordered = sources.points.flip(0)  # the two new sources first, the others in reverse
+    grown = SilhouetteBank.cached(reordered, tmp_path)
+    assert projected == [2]
+    assert torch.equal(grown.bits, SilhouetteBank.build(reordered).bits)
+
+
 # -- through the fitter -----------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -164,9 +165,10 @@ def write_bank(folder: Path, bits: np.ndarray, digests: np.ndarray, arrays: np.n
     name = bank_name(digests, settings)
     path = folder / name
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.tmp")
+    handle_no, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")  # own name: two writers
+    tmp = Path(tmp_name)
     try:
-        with open(tmp, "wb") as handle:
+        with os.fdopen(handle_no, "wb") as handle:
             np.savez(
                 handle,
                 bits=bits,

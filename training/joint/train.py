@@ -84,6 +84,9 @@ class TrainConfig:
     # same shape as a library source (the side images are ranked against; for the shipped model, whose point
     # targets have their own encoder, that place is far more faithful: docs/model.md).
     image_teacher: str = "points"
+    # The ranking term's scale in the alignment stage (0: sigma0). The shipped model's sources lie 0.03 apart in
+    # a cloud 0.13 across at radius 8, where sigma0 = 100 makes P_R uniform and the term inert.
+    alignment_sigma: float = 0.0
     noise: float = 0.01
     partial: float = 0.5  # share of point targets given as single-view scans
     # Training for transfer to libraries made elsewhere (1.0 / empty: off). Point targets and the
@@ -616,7 +619,9 @@ def align_images(
                 student = code(images, "images")
                 losses[f"align_{name}"] = cross_modal_loss(student, teacher)
                 if source_codes is not None:
-                    losses[f"rank_{name}"] = ranking_alignment_loss(student, teacher, source_codes, config.sigma0)
+                    losses[f"rank_{name}"] = ranking_alignment_loss(
+                        student, teacher, source_codes, config.alignment_sigma or config.sigma0
+                    )
             optimiser.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             if distributed:

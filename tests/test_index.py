@@ -295,3 +295,19 @@ def test_silhouettes_that_cannot_be_stored_never_fail_indexing(library, tmp_path
 
 def torch_equal(a, b) -> bool:
     return bool((a.cpu() == b.cpu()).all()) and a.shape == b.shape
+
+
+def test_indexing_with_silhouettes_never_imports_torch(library, tmp_path):
+    """Importing torch costs more than a hundred meshes' silhouettes: the indexer stores them with numpy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from backend.library import build_index; "
+        f"r = build_index({str(library)!r}, {str(tmp_path / 'index')!r}); "
+        "assert not r.silhouettes, r.summary(); print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+    assert len(list((tmp_path / "index").glob("silhouettes-*.npz"))) == 1

@@ -1,7 +1,7 @@
 """Out-of-distribution check: fit quality on furniture made by a second, independent generator.
 
     .venv/bin/python bench/ood.py [--per-category 100] [--targets 5] [--modes full scan full_turned scan_turned]
-        [--mixed] [--tell-viewpoint] [--fit-options '{"refine": true}'] [--no-pipeline] [--threads 1]
+        [--target-seed 1] [--mixed] [--tell-viewpoint] [--fit-options '{"refine": true}'] [--no-pipeline] [--threads 1]
         [--checkpoint backend/checkpoints/default.pt] [--out bench/out/ood] [--json PATH] [--write docs/ood.md]
     .venv/bin/python bench/ood.py --report RESULTS.json [--write docs/ood.md]     # tables of a saved run
 
@@ -512,6 +512,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-category", type=int, default=100, help="library models per category")
     parser.add_argument("--targets", type=int, default=5, help="targets per category (5: one per family)")
+    parser.add_argument(
+        "--target-seed", type=int, default=TARGET_SEED, help="seed of the targets (not the library's: 0)"
+    )
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--mixed", action="store_true", help="also fit every target in the all-category library")
     parser.add_argument("--fit-options", default="{}", help="JSON of FitOptions fields for the product row")
@@ -555,7 +558,9 @@ def main(argv=None) -> int:
         methods["product_told_viewpoint"] = product_fit(options, tell_viewpoint=True)
     if not args.no_pipeline:
         methods["pipeline"] = pipeline_fit
-    targets = make_targets(args.targets)
+    if args.target_seed == LIBRARY_SEED:
+        parser.error(f"--target-seed {LIBRARY_SEED} is the library's seed: its targets would be in the library")
+    targets = make_targets(args.targets, args.target_seed)
     results = evaluate(fitters, libraries, targets, methods, tuple(args.modes), log=lambda s: print(s, file=sys.stderr))
     seconds = time.perf_counter() - started
     results["config"] = {
@@ -570,7 +575,7 @@ def main(argv=None) -> int:
         "code": _code_version(),
         "seconds": seconds,
         "library_seed": LIBRARY_SEED,
-        "target_seed": TARGET_SEED,
+        "target_seed": args.target_seed,
         "truth_points": TRUTH_POINTS,
         "cloud_points": CLOUD_POINTS,
     }

@@ -35,6 +35,9 @@ RESOLUTION = bank_files.RESOLUTION
 RERANK_RESOLUTION = 48  # the bank's head is re-ordered at this resolution
 PROPORTION_RESOLUTION = 64  # and its best stretched to the image's proportions at this one
 SHORTLIST = 20  # sources re-ordered by mask distance
+VIEW_HYPOTHESES = 3  # views of the IoU consensus whose shortlists the mask distance chooses among
+HYPOTHESIS_MARGIN = 0.05  # a view is a hypothesis within this much of the best consensus IoU
+SWITCH_MARGIN = 0.0005  # mask distance (grid widths) by which another view's shortlist must beat the consensus'
 PAD = bank_files.PAD
 FOV = bank_files.FOV  # degrees: a typical product shot (a 50 mm lens on full frame is 27 degrees vertically)
 
@@ -265,6 +268,7 @@ class SilhouetteRanking:
         table: (S, V) IoU of every source from every view.
         view: the view on which the best sources agree best (index into the grid).
         azimuth, elevation: that view, degrees.
+        consensus: (V,) the mean IoU of the best sources from each view, plus the front half's bonus.
     """
 
     scores: torch.Tensor
@@ -273,11 +277,35 @@ class SilhouetteRanking:
     view: int
     azimuth: float
     elevation: float
+    consensus: torch.Tensor
 
-    def order(self, prior: torch.Tensor | None = None, prior_weight: float = 0.01) -> torch.Tensor:
+    def hypotheses(self, grid: ViewGrid, count: int = VIEW_HYPOTHESES, margin: float = HYPOTHESIS_MARGIN) -> list[int]:
+        """Up to ``count`` views (grid indices), ``view`` first: the next best front-half views of ``consensus``
+        more than one grid step from those chosen, within ``margin`` of the best."""
+        front = grid.angles()[:, 0].abs() <= 90
+        near = grid.neighbours()
+        chosen = [self.view]
+        for v in torch.argsort(self.consensus.cpu(), descending=True).tolist():
+            if len(chosen) >= count or self.consensus[v] < self.consensus[self.view] - margin:
+                break
+            if front[v] and not near[v, chosen].any():
+                chosen.append(v)
+        return chosen
+
+    def order(
+        self,
+        prior: torch.Tensor | None = None,
+        prior_weight: float = 0.01,
+        view: int | None = None,
+        grid: ViewGrid | None = None,
+    ) -> torch.Tensor:
         """(S,) source indices, best first. ``prior`` (S,) is a learned distance (lower is better); it
-        enters standardised and weighted so it decides between near-equal silhouettes only."""
+        enters standardised and weighted so it decides between near-equal silhouettes only. With ``view`` (and
+        its ``grid``) each source scores its best IoU within one grid step of that view instead of ``view``'s."""
         score = self.scores.double()
+        if view is not None and view != self.view:
+            near = grid.neighbours()[view].to(self.table.device)
+            score = self.table[:, near].max(dim=1).values.double()
         if prior is not None and len(prior) > 1:
             p = prior.double().to(score.device)
             score = score - prior_weight * (p - p.mean()) / p.std().clamp_min(1e-12)
@@ -413,7 +441,7 @@ class SilhouetteBank:
         scores, local = table[:, near].max(dim=1)
         views = torch.nonzero(near).squeeze(1)[local]
         az, el = angles[view].tolist()
-        return SilhouetteRanking(scores, views, table, view, az, el)
+        return SilhouetteRanking(scores, views, table, view, az, el, best)
 
 
 @dataclass
@@ -421,8 +449,9 @@ class Reranking:
     """The bank's ranking with its head re-ordered by ``mask_distance`` at a finer resolution.
 
     Attributes:
-        order: (S,) every source, best first: the shortlist by mask distance, then the rest in the bank's order.
-        distance: (L,) mask distance of the shortlist (in ``order``'s order), grid widths.
+        order: (S,) every source, best first: the shortlists by mask distance, then the rest in the bank's order.
+        distance: (L,) mask distance of the shortlists' sources (in ``order``'s order), grid widths, plus
+            ``switch_margin`` for those whose best view is not near the consensus view.
         angles: (S, 2) each source's best view (azimuth, elevation), degrees, in ``order``'s order.
     """
 
@@ -439,28 +468,45 @@ def rerank(
     shortlist: int = SHORTLIST,
     resolution: int = RERANK_RESOLUTION,
     prior: torch.Tensor | None = None,
+    hypotheses: int = VIEW_HYPOTHESES,
+    switch_margin: float = SWITCH_MARGIN,
 ) -> Reranking:
     """Re-order the ``shortlist`` best of ``ranking`` (IoU at the bank's 32 x 32, ``prior`` breaking near-ties)
     by the chamfer of their silhouettes to the image's ``mask`` (H, W) at ``resolution``, each from its best
-    view within one grid step of the image's.
+    view within one grid step of the image's; with ``hypotheses`` > 1 the ``shortlist`` best around each of
+    that many views of the IoU consensus (``SilhouetteRanking.hypotheses``) compete, a source counting its
+    least distance, those of the other views ``switch_margin`` more.
 
     ``points`` (S, N, 3): every source's samples, normalised frame (all N are projected: at 48 x 48 the bank's
     1,024 leave holes). IoU at 32 x 32 finds the right kind of shape cheaply for every source, but between
     shapes of one kind it is decided by the bulk: on Blender renders of out-of-distribution furniture the
     closest 3D shape was in its top 20 for every target and its first for 5 of 15; the mask distance
-    (``mask_distance``) sees legs, rails and the gaps between shelves (docs/images.md).
+    (``mask_distance``) sees legs, rails and the gaps between shelves (docs/images.md). The consensus of five
+    sources' IoU can settle on a wrong view (a tripod table seen at -75 degrees for +21), which the finer
+    distance then cannot undo: so it chooses among the views too.
     """
-    order = ranking.order(prior)
-    head = order[:shortlist]
+    base = ranking.order(prior)
     angles = grid.angles()
-    near = torch.nonzero(grid.neighbours()[ranking.view]).squeeze(1)
-    masks = silhouettes(points[head.to(points.device)], angles[near], resolution, packed=True)  # (L, V, R)
-    distance, view = mask_distance(masks, mask_grid(mask, resolution)).min(dim=1)
-    better = torch.argsort(distance.cpu(), stable=True)
-    order = torch.cat([head[better], order[shortlist:]])
+    goal = mask_grid(mask, resolution)
+    heads, distances, views = [], [], []
+    for k, view in enumerate(ranking.hypotheses(grid, hypotheses)):
+        head = (base if k == 0 else ranking.order(prior, view=view, grid=grid))[:shortlist]
+        near = torch.nonzero(grid.neighbours()[view]).squeeze(1)
+        masks = silhouettes(points[head.to(points.device)], angles[near], resolution, packed=True)  # (L, V, R)
+        distance, where = mask_distance(masks, goal).min(dim=1)
+        heads.append(head)
+        distances.append(distance.cpu().double() + (switch_margin if k else 0.0))
+        views.append(angles[near][where.cpu()])
+    head, distance, view = torch.cat(heads), torch.cat(distances), torch.cat(views)
+    better = torch.argsort(distance, stable=True)  # the consensus view's shortlist first between equals
+    rows = head[better]
+    first = ~(rows[:, None] == rows[None, :]).tril(-1).any(dim=1)  # each source once, at its least distance
+    better, rows = better[first], rows[first]
+    rest = base[~torch.isin(base, rows)]
+    order = torch.cat([rows, rest])
     best_angles = angles[ranking.views.cpu()[order.cpu()]]
-    best_angles[: len(head)] = angles[near][view.cpu()[better]]
-    return Reranking(order, distance.cpu()[better], best_angles)
+    best_angles[: len(rows)] = view[better]
+    return Reranking(order, distance[better].to(torch.float32), best_angles)
 
 
 # -- proportions -----------------------------------------------------------------------------
@@ -607,6 +653,8 @@ def match_image(
     prior: torch.Tensor | None = None,
     mask: np.ndarray | None = None,
     shortlist: int = SHORTLIST,
+    hypotheses: int = VIEW_HYPOTHESES,
+    switch_margin: float = SWITCH_MARGIN,
 ) -> ImageMatch:
     """Rank every source of ``sources`` (``SourceTensors``, the rows of ``bank``) against ``image``.
 
@@ -619,7 +667,16 @@ def match_image(
     """
     mask = foreground_mask(image) if mask is None else mask
     ranking = bank.rank(mask_grid(mask, bank.resolution).to(bank.bits.device))
-    reranked = rerank(ranking, sources.points, mask, bank.grid, shortlist, prior=prior)
+    reranked = rerank(
+        ranking,
+        sources.points,
+        mask,
+        bank.grid,
+        shortlist,
+        prior=prior,
+        hypotheses=hypotheses,
+        switch_margin=switch_margin,
+    )
     order = reranked.order[:top_k]
     chosen = sources.select(order.to(sources.points.device))
     target = mask_grid(mask, PROPORTION_RESOLUTION)

@@ -1,20 +1,26 @@
-"""Variants of the image fit that were measured on the Blender renders and not kept (docs/images.md).
+"""Variants of the image fit measured on the Blender renders (docs/images.md): the shipped one and those not kept.
 
     .venv/bin/python bench/image_variants.py [--first 0] [--variants baseline refine refine_z soft hypotheses]
 
 Each variant replaces ``match_image``'s top-1 for the renders of bench/blender_renders.py (run that first: it
 renders and caches the targets and writes the oracle per target), measured as that bench measures it (bench/ood.py
-``dense_chamfer`` x10^-2, placed on the true box with one uniform scale). ``--first``: 0 is set A (tuned on), 5 set B
-and 10 set C (held out).
+``dense_chamfer`` x10^-2, placed on the true box with one uniform scale). ``--first``: 0 is set A (tuned on), 5 set B,
+10 set C and 15 set D (held out). The refinements start from ``baseline``'s top-1, as they were measured.
 
 - ``refine``: the top-1's part boxes refined in image space (``refine_to_image``): Adam in the connectivity
   subspace, with the symmetry error, the half-size barrier and ``size_penalty``, on the distance of projected
   samples to the mask (its distance transform) plus the distance of mask cells to the nearest sample, 64 x 64, 512
   samples, 60 steps; ``refine_z`` moves only the vertical coordinates (heights of legs, seats, shelves) with an
   anchor; ``soft``: a soft silhouette (a Gaussian per sample) against the mask at 48 x 48, 2,048 samples.
-- ``hypotheses``: the view not fixed by the IoU consensus before re-ranking: the three best front-half consensus
-  views (one grid step apart at least, within 0.05 of the best) each shortlist 20 sources, and the mask distance
-  at 48 x 48 chooses among all of them.
+- ``baseline``: ``match_image`` with one view (``hypotheses=1``: the method before view hypotheses).
+  ``hypotheses``: ``match_image`` as shipped (``rerank``): the view not fixed by the IoU consensus before
+  re-ranking: the three best front-half consensus views (one grid step apart at least, within 0.05 of the best)
+  each shortlist 20 sources, and the mask distance at 48 x 48 chooses among all of them, another view's sources
+  charged ``SWITCH_MARGIN`` (0.0005) more; ``hypotheses@M`` charges M instead (``hypotheses@0``: no tie-break).
+
+Each variant prints its mean, its ratio to the per-axis box oracle and how close its views' azimuths are to the
+cameras' (within 15 and 30 degrees; the wrong ones' left/right and front/back mirror views), and writes its rows to
+``bench/out/images/variants-from-<first>.json``.
 """
 
 from __future__ import annotations
@@ -42,18 +48,15 @@ from backend.model.inference import size_penalty  # noqa: E402
 from backend.model.sources import SourceTensors  # noqa: E402
 from backend.render import Camera  # noqa: E402
 from backend.silhouettes import (  # noqa: E402
-    PROPORTION_RESOLUTION,
-    RERANK_RESOLUTION,
+    SWITCH_MARGIN,
+    VIEW_HYPOTHESES,
     SilhouetteBank,
     box_aligned,
-    fit_proportions,
     foreground_mask,
-    mask_distance,
     mask_grid,
     match_image,
     project,
     scale_boxes,
-    silhouettes,
 )
 from training.data.ood import CATEGORIES, generate  # noqa: E402
 
@@ -115,29 +118,37 @@ def refine_to_image(
         return project_positive(final, basis, sub.min_half.to(boxes), sub.part_mask)
 
 
-def view_hypotheses(ranking, grid, count: int = 3, margin: float = 0.05, consensus: int = 5) -> list[int]:
-    """Up to ``count`` views (grid indices): the IoU consensus view (``SilhouetteBank.rank``) and the next best
-    front-half views at least one grid step from those chosen, within ``margin`` of the best consensus."""
-    angles = grid.angles()
-    score = ranking.table.topk(min(consensus, len(ranking.table)), dim=0).values.mean(0)
-    score = score + 0.02 * (angles[:, 0].abs() <= 90).to(score)
-    near = grid.neighbours()
-    chosen: list[int] = []
-    for v in torch.argsort(score, descending=True).tolist():
-        if len(chosen) >= count or score[v] < score.max() - margin:
-            break
-        if chosen and abs(float(angles[v, 0])) > 90:
-            continue
-        if not any(bool(near[v, c]) for c in chosen):
-            chosen.append(v)
-    return chosen
+def wrapped(degrees: float) -> float:
+    """An angle difference in (-180, 180]."""
+    return -((-degrees + 180) % 360 - 180)
+
+
+def view_summary(views: list[tuple[float, float]], cameras: list[tuple[float, float]]) -> str:
+    """How close the estimated azimuths are to the cameras': within 15 and 30 degrees, and of the wrong ones
+    (over 15) how many are the left/right mirror view (-a) or the front/back mirror view (180 - a or a + 180)."""
+    error = [abs(wrapped(v[0] - c[0])) for v, c in zip(views, cameras)]
+    wrong = [(v, c) for v, c, e in zip(views, cameras, error) if e > 15]
+    sides = sum(abs(wrapped(v[0] + c[0])) <= 15 for v, c in wrong)
+    behind = sum(min(abs(wrapped(v[0] - 180 + c[0])), abs(wrapped(v[0] - 180 - c[0]))) <= 15 for v, c in wrong)
+    n, high = len(views), sum(abs(v[1] - c[1]) <= 15 for v, c in zip(views, cameras))
+    return (
+        f"azimuth within 15 deg {sum(e <= 15 for e in error)}/{n}, within 30 deg {sum(e <= 30 for e in error)}/{n}, "
+        f"elevation within 15 deg {high}/{n}; "
+        f"wrong (over 15) {len(wrong)}: left/right mirror {sides}, front/back mirror {behind}"
+    )
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--targets", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["baseline", "refine", "refine_z", "soft", "hypotheses"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["baseline", "refine", "refine_z", "soft", "hypotheses"],
+        help="baseline: one view (the IoU consensus); hypotheses[@MARGIN]: the shipped view hypotheses, "
+        "the other views' shortlists charged MARGIN (default SWITCH_MARGIN) more mask distance",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = ROOT / "bench" / "out" / "images"
@@ -155,45 +166,50 @@ def main(argv=None) -> int:
             side = rng.choice([-1.0, 1.0])
             camera = Camera(side * rng.uniform(20, 60), rng.uniform(20, 35), fov=renders.LENS_FOV)
             image = renders.cached_render(generate(category, 1, i).parts, camera, out / f"{category}_{i:02d}.png", 16)
-            items.append((f"{category}_{i:02d}", make_target(category, i), image))
+            items.append((f"{category}_{i:02d}", make_target(category, i), image, (camera.azimuth, camera.elevation)))
 
-    def top1(variant: str, image: np.ndarray) -> tuple[int, torch.Tensor]:
+    def top1(variant: str, image: np.ndarray) -> tuple[int, torch.Tensor, tuple[float, float]]:
+        """The variant's top-1 source row, its boxes and the view it reports (azimuth, elevation)."""
         mask = foreground_mask(image)
-        if variant == "hypotheses":
-            ranking = bank.rank(mask_grid(mask, bank.resolution))
-            angles, goal, best = bank.grid.angles(), mask_grid(mask, RERANK_RESOLUTION), {}
-            for view in view_hypotheses(ranking, bank.grid):
-                near = torch.nonzero(bank.grid.neighbours()[view]).squeeze(1)
-                head = torch.argsort(ranking.table[:, near].max(dim=1).values.double(), descending=True)[:20]
-                masks = silhouettes(sources.points[head], angles[near], RERANK_RESOLUTION, packed=True)
-                distance, where = mask_distance(masks, goal).min(dim=1)
-                for row, d, v in zip(head.tolist(), distance.tolist(), where.tolist()):
-                    if row not in best or d < best[row][0]:
-                        best[row] = (d, angles[near][v])
-            row = min(best, key=lambda r: best[r][0])
-            chosen = sources.select(torch.tensor([row]))
-            scales, _, _ = fit_proportions(chosen.points, mask_grid(mask, PROPORTION_RESOLUTION), best[row][1][None])
-            return row, scale_boxes(chosen.boxes, chosen.part_mask, scales)[0]
-        match = match_image(image, sources, bank, top_k=1, mask=mask)
-        if variant == "baseline":
-            return int(match.order[0]), match.boxes[0]
+        if variant == "baseline" or variant.startswith("hypotheses"):  # hypotheses[@margin]: the product's views
+            margin = float(variant.partition("@")[2] or SWITCH_MARGIN)
+            count = 1 if variant == "baseline" else VIEW_HYPOTHESES
+            match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=count, switch_margin=margin)
+            return int(match.order[0]), match.boxes[0], (match.azimuth, match.elevation)
+        match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=1)
         chosen = sources.select(match.order[:1])
         options = {"refine": {}, "refine_z": {"vertical_only": True, "anchor": 10.0}}.get(variant)
         if variant == "soft":
             options = {"soft": True, "points": 2048, "resolution": 48}
         refined = refine_to_image(chosen, match.boxes[:1], match.views[:1], mask, **options)
-        return int(match.order[0]), scale_boxes(refined, chosen.part_mask, torch.ones(1, 3))[0]
+        boxes = scale_boxes(refined, chosen.part_mask, torch.ones(1, 3))[0]
+        return int(match.order[0]), boxes, (match.azimuth, match.elevation)
 
+    cameras = [camera for _, _, _, camera in items]
+    record = {}
     for variant in args.variants:
-        values = []
-        for key, target, image in items:
-            row, boxes = top1(variant, image)
+        values, views = [], []
+        for key, target, image, _ in items:
+            row, boxes, view = top1(variant, image)
             k = int(library.n_parts[row])
             fit = Fit(row, renders.placed_on_box(boxes[:k].double().numpy(), target.bounds))
             values.append(dense_chamfer(fitted_surface(library, fit), target.truth, target.diagonal))
-            print(f"  {variant} {key} {values[-1]:.3f} (oracle {oracle[key]:.3f}) {library.paths[row]}", flush=True)
-        mean, reference = np.mean(values), np.mean([oracle[key] for key, _, _ in items])
-        print(f"{variant} (first {args.first}): mean {mean:.4f}, {mean / reference:.2f}x the per-axis box oracle")
+            views.append(view)
+            print(
+                f"  {variant} {key} {values[-1]:.3f} (oracle {oracle[key]:.3f}) {library.paths[row]} view "
+                f"{view[0]:.1f}/{view[1]:.1f}",
+                flush=True,
+            )
+        mean, reference = np.mean(values), np.mean([oracle[key] for key, _, _, _ in items])
+        print(
+            f"{variant} (first {args.first}): mean {mean:.4f}, {mean / reference:.2f}x the per-axis box oracle; "
+            f"{view_summary(views, cameras)}",
+            flush=True,
+        )
+        record[variant] = {"chamfer": values, "views": views}
+    keys = [key for key, _, _, _ in items]
+    rows = {"targets": keys, "cameras": cameras, "oracle": [oracle[k] for k in keys], "variants": record}
+    (out / f"variants-from-{args.first}.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

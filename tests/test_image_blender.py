@@ -89,19 +89,21 @@ def test_the_estimated_view_points_at_the_camera(scene):
     assert sum(e < 15 for e in errors) >= 5 and max(errors) < 25, errors
 
 
-@pytest.mark.parametrize("hypotheses", [3, pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="one view"))])
+@pytest.mark.parametrize("hypotheses", [None, pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="one view"))])
 def test_a_wrong_consensus_view_is_undone_by_the_view_hypotheses(library, hypotheses):
-    """When the five best sources' IoU agree on a wrong view (a chair at 55 degrees taken for -64 from above, a
-    table at 48 for 90), the mask distance choosing among the consensus' next views finds the camera and, for the
-    chair, the closest shape in 3D (one view, ``hypotheses=1``: the wrong source, 7 times as far, and both views
-    over 30 degrees off). The outline is the targets' own surface samples projected, not a Blender render: on these
-    90 models the renders of docs/images.md's failures came out right with one view as well."""
+    """When the five best sources' IoU agree on a wrong view (a chair seen from 55/20 and a table from 48/20, both
+    taken for views from the other side), the mask distance choosing among the consensus' next views finds the
+    camera and, for the chair, the closest shape in 3D (one view, ``hypotheses=1``: the chair's azimuth 130 degrees
+    off; with ``SWITCH_MARGIN`` 0.002 the table's is 42 off). The outline is the targets' own surface samples
+    projected, not a Blender render: on these 90 models the renders of docs/images.md's failures came out right
+    with one view as well."""
     sources, bank = library
     for category, seed, camera, close in [("chair", 3, (55.0, 20.0), True), ("table", 5, (48.0, 20.0), False)]:
         shape = generate(category, 1, seed)
         outline = shape_tensors([shape], 8192).points  # dense enough for a 64 x 64 mask without holes
         mask = silhouettes(outline, torch.tensor([camera], dtype=torch.float64), 64)[0, 0].numpy()
-        match = match_image(None, sources, bank, top_k=1, mask=mask, hypotheses=hypotheses)
+        options = {} if hypotheses is None else {"hypotheses": hypotheses}  # None: as shipped
+        match = match_image(None, sources, bank, top_k=1, mask=mask, **options)
         assert abs((match.azimuth - camera[0] + 180) % 360 - 180) <= 15, (category, match.azimuth)
         if close:
             truth = shape_tensors([shape], 2048).points[0]

@@ -48,8 +48,11 @@ def test_tables_for_every_method_and_a_trained_model_beats_an_untrained_one(tmp_
         assert np.all(np.isfinite(scores["top1"])), key
         if key.endswith("+IDO"):  # refined: top-1 only
             assert np.all(np.isnan(scores["top10"])), key
-    # Retrieval does better than a source drawn at random (fails when the ranking is reversed or shuffled).
-    for key in ("points/Ours", "images/Ours", "points/Uniform"):
+    # Retrieval does better than a source drawn at random (fails when the ranking is reversed or shuffled; the
+    # ranking is one code for both modalities). Not asserted on images: after 40 steps their retrieval is at
+    # chance, and which side of random it lands depends on the thread count (top-1 2.92 with one thread, 1.91
+    # with two, random 2.40); the image ranking a user gets is asserted in test_silhouettes / test_image_blender.
+    for key in ("points/Ours", "points/Uniform"):
         assert np.mean(seed[key]["top1"]) < np.mean(seed[key]["random"]), key
     # The learning-free pipeline sits beside them on point targets (none for images: it fits clouds).
     assert "points/Pipeline" in seed and "images/Pipeline" not in seed

@@ -304,6 +304,8 @@ class SilhouetteRanking:
         its ``grid``) each source scores its best IoU within one grid step of that view instead of ``view``'s."""
         score = self.scores.double()
         if view is not None and view != self.view:
+            if grid is None:
+                raise ValueError("ranking at another view needs that view's grid")
             near = grid.neighbours()[view].to(self.table.device)
             score = self.table[:, near].max(dim=1).values.double()
         if prior is not None and len(prior) > 1:
@@ -409,7 +411,10 @@ class SilhouetteBank:
             built = cls.build(points[missing], grid, resolution, max_points, progress)
             bits[missing] = built.bits.cpu().numpy()
         names = arrays if arrays is not None and len(arrays) == len(points) else [""] * len(points)
-        bank_files.write_bank(folder, bits, digests, np.array(names, np.str_), settings)
+        try:
+            bank_files.write_bank(folder, bits, digests, np.array(names, np.str_), settings)
+        except OSError:  # a full or read-only index folder: this fit uses the bank it built, the next builds again
+            pass
         return cls(torch.from_numpy(bits).to(points.device), grid, resolution)
 
     def __len__(self) -> int:

@@ -46,7 +46,6 @@ def scene(library, tmp_path_factory):
             camera = Camera(side * float(rng.uniform(20, 55)), float(rng.uniform(20, 35)), fov=renders.LENS_FOV)
             image = renders.render_blender(shape.parts, camera, folder / f"{category}_{i}.png", size=128, samples=8)
             truth = shape_tensors([shape], 2048).points[0]  # normalised frame, as the sources
-            truth = shape_tensors([shape], 2048).points[0]
             chamfer = chamfer_distance(sources.points, truth.expand(len(sources), -1, -1))
             targets.append((c, image, camera, chamfer))
     return sources, bank, targets

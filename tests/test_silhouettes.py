@@ -272,6 +272,21 @@ def test_bank_projects_only_sources_it_does_not_hold(library, tmp_path, monkeypa
     assert torch.equal(grown.bits, SilhouetteBank.build(reordered).bits)
 
 
+def test_an_index_folder_that_cannot_be_written_still_gives_the_bank(library, tmp_path, monkeypatch):
+    """A full or read-only index folder costs the next fit the build again, never this fit."""
+    from backend import silhouette_bank
+
+    _, sources = library
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(silhouette_bank, "write_bank", full)
+    bank = SilhouetteBank.cached(sources.points, tmp_path)
+    assert torch.equal(bank.bits, SilhouetteBank.build(sources.points).bits)
+    assert not list(tmp_path.glob("silhouettes-*.npz"))
+
+
 # -- through the fitter -----------------------------------------------------------------------------------
 
 

@@ -792,7 +792,7 @@ def build_index(
             target = (folder / name).resolve()
             if target.parent == (folder / SOURCES_DIR).resolve():
                 target.unlink(missing_ok=True)
-        report.silhouettes = _store_silhouettes(folder, [rows[p]["arrays"] for p in sorted(rows)])
+        report.silhouettes = _store_silhouettes(folder, [rows[p]["arrays"] for p in sorted(rows)], progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -808,12 +808,12 @@ def _bank_samples(folder: Path, arrays: str) -> np.ndarray:
     return ((points[: silhouette_bank.MAX_POINTS] - centre) / scale).astype(np.float32)
 
 
-def _store_silhouettes(folder: Path, arrays: list[str]) -> str:
+def _store_silhouettes(folder: Path, arrays: list[str], progress: Progress | None = None) -> str:
     """Bring the index's silhouette bank (``backend.silhouette_bank``, what image fits rank by) up to date:
-    only new or changed sources are projected. A failure never fails indexing: it is returned as text and the
-    first image fit builds the bank itself."""
+    only new or changed sources are projected, with ``progress`` told every chunk. A failure (or a cancel raised
+    from ``progress``) never fails indexing: it is returned as text and the first image fit builds the bank."""
     try:
-        silhouette_bank.update_bank(folder, arrays, lambda i: _bank_samples(folder, arrays[i]))
+        silhouette_bank.update_bank(folder, arrays, lambda i: _bank_samples(folder, arrays[i]), progress)
     except Exception as error:  # noqa: BLE001 - any failure here only costs the first image fit time
         return f"{type(error).__name__}: {error}"
     return ""

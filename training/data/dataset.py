@@ -52,12 +52,7 @@ def write_shape(out: Path, spec: DatasetSpec, category: str, index: int) -> dict
     glb = write_glb(shape, out / split / category / f"{name}.glb")
     rng = np.random.default_rng([spec.seed, 1 + len(CATEGORIES), CATEGORIES.index(category), index])
     if spec.views:
-        from PIL import Image
-
-        (out / "images").mkdir(exist_ok=True)
-        for view in range(spec.views):
-            image = render_image(shape, rng, size=spec.image_size, random_background=view % 2 == 1)
-            Image.fromarray(image).save(out / "images" / f"{name}_{view}.png", optimize=False)
+        _write_images(out, shape, name, rng, spec.views, spec.image_size)
     if spec.points:
         (out / "points").mkdir(exist_ok=True)
         np.save(out / "points" / f"{name}.npy", full_cloud(shape, spec.points, rng))
@@ -73,21 +68,27 @@ def write_shape(out: Path, spec: DatasetSpec, category: str, index: int) -> dict
     }
 
 
-def write_views(out: Path, names: list[str], views: int = 2, image_size: int = 128) -> int:
-    """Render the views of already written shapes (``<category>_<index>`` names of ``out/meta.json``) into
-    ``out/images``, the same images ``write_shape`` writes with ``views`` (its generator seed and random draws:
-    the views are drawn first), without writing the meshes again. Returns how many images were written."""
+def _write_images(out: Path, shape, name: str, rng: np.random.Generator, views: int, image_size: int) -> None:
+    """``views`` renders of ``shape`` as ``out/images/<name>_<view>.png`` (every other one on a random
+    background), drawn from ``rng`` (the shape's own generator, views first)."""
     from PIL import Image
 
-    seed = json.loads((out / "meta.json").read_text())["spec"]["seed"]
     (out / "images").mkdir(exist_ok=True)
+    for view in range(views):
+        image = render_image(shape, rng, size=image_size, random_background=view % 2 == 1)
+        Image.fromarray(image).save(out / "images" / f"{name}_{view}.png", optimize=False)
+
+
+def write_views(out: Path, names: list[str], views: int = 2) -> int:
+    """Render the views of already written shapes (``<category>_<index>`` names of ``out/meta.json``) into
+    ``out/images``, the same images ``write_shape`` writes with ``views`` (its generator seed, image size and
+    random draws: the views are drawn first), without writing the meshes again. Returns how many were written."""
+    spec = json.loads((out / "meta.json").read_text())["spec"]
     for name in names:
         category, index = name.rsplit("_", 1)
-        shape = generate(category, seed, int(index))
-        rng = np.random.default_rng([seed, 1 + len(CATEGORIES), CATEGORIES.index(category), int(index)])
-        for view in range(views):
-            image = render_image(shape, rng, size=image_size, random_background=view % 2 == 1)
-            Image.fromarray(image).save(out / "images" / f"{name}_{view}.png", optimize=False)
+        shape = generate(category, spec["seed"], int(index))
+        rng = np.random.default_rng([spec["seed"], 1 + len(CATEGORIES), CATEGORIES.index(category), int(index)])
+        _write_images(out, shape, name, rng, views, int(spec.get("image_size", 128)))
     return len(names) * views
 
 

@@ -230,5 +230,7 @@ def update_bank(
         digests = point_digests(points)
         for i, bits, digest in zip(part, bank_bits(points), digests):
             rows[i] = old.get(str(digest), (bits, str(digest), names[i]))[:2] + (names[i],)
+    if progress is not None and missing:  # a run's progress ends complete
+        progress(len(missing), len(missing), f"silhouettes of {len(missing)} new sources")
     bits = np.stack([r[0] for r in rows]) if rows else np.zeros((0, len(ELEVATIONS) * len(AZIMUTHS), 128), np.uint8)
     return write_bank(folder, bits, np.array([r[1] for r in rows], np.str_), np.array(names, np.str_), settings)

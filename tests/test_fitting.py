@@ -341,17 +341,3 @@ def test_a_scan_with_its_viewpoint_fits_the_whole_shape(setup, category):
         error_to(fitted_surface(index, plain), truth),
     )
     assert aware_error < 0.15 and aware_error < 0.5 * plain_error
-
-
-def test_placement_stretch_measures_how_a_placement_changes_proportions(setup):
-    """``placement_stretch`` is 1 for a placement that scales a source uniformly and grows with one axis'
-    stretch against the others (the ranking charges placements beyond ``MAX_STRETCH``, issue 14 item 8)."""
-    from backend.model.inference import MAX_STRETCH, placement_stretch, source_extent
-
-    sources = Fitter.open(setup / "model.pt", setup / "index").sources
-    own = source_extent(sources)
-    np.testing.assert_allclose(placement_stretch(sources, own).numpy(), 1.0, atol=1e-4)
-    np.testing.assert_allclose(placement_stretch(sources, 0.5 * own).numpy(), 1.0, atol=1e-4)
-    taller = own * torch.tensor([1.0, 1.0, 4.0])  # z against the mean of log scales: 4 ** (2 / 3)
-    np.testing.assert_allclose(placement_stretch(sources, taller).numpy(), 4 ** (2 / 3), rtol=1e-4)
-    assert (placement_stretch(sources, own * torch.tensor([1.0, 1.0, 8.0])) > MAX_STRETCH).all()

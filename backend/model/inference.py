@@ -88,24 +88,6 @@ def box_placement(sources: SourceTensors, extent: torch.Tensor, floor: float = 1
     return torch.where(sources.part_mask.unsqueeze(-1), placed, sources.boxes)
 
 
-# A per-axis placement that changes a source's proportions by more than this (one axis against the others' mean
-# scale) makes an implausible shape (issue 14 item 8): such placements rank as if their chamfer were
-# (stretch / MAX_STRETCH) ** 4 times worse, so a source of the target's own proportions wins unless none fits.
-MAX_STRETCH = 3.0
-
-
-def placement_stretch(sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
-    """(S,) how far ``box_placement`` changes each source's proportions: the largest factor (>= 1, growing or
-    shrinking) of one axis' scale against the geometric mean of the three (a uniform scale gives 1).
-
-    Args:
-        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units (as ``box_placement``).
-    """
-    scale = extent.clamp_min(floor).expand(len(sources), 3) / source_extent(sources).clamp_min(1e-6)
-    relative = scale.log() - scale.log().mean(dim=-1, keepdim=True)
-    return relative.abs().max(dim=-1).values.exp()
-
-
 def coarse_chamfer(
     sources: SourceTensors,
     boxes: torch.Tensor,
@@ -590,8 +572,7 @@ def fit_cloud(
             view = None if views is None else views[h]
             target = targets[h].expand(len(group), -1, -1)
             placed = box_placement(group, extents[h])
-            score = coarse_chamfer(group, placed, target, None, view, n_points, progress=report)
-            scores.append(score * (placement_stretch(group, extents[h]) / MAX_STRETCH).clamp_min(1.0) ** 4)
+            scores.append(coarse_chamfer(group, placed, target, None, view, n_points, progress=report))
         return torch.stack(scores) * common[list(headings)].unsqueeze(1)
 
     def pooled(rows: torch.Tensor, views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

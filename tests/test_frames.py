@@ -9,11 +9,12 @@ import pytest
 import torch
 import trimesh
 
-from backend.export import export_fit, render_thumbnail
+from backend.export import export_fit, part_colours, render_thumbnail
 from backend.fitting import FitOptions, Fitter
 from backend.geometry.frames import Z_UP_TO_Y_UP, rotation_z
 from backend.library import build_index
 from backend.model.geometry import chamfer_distance
+from backend.render import DEFAULT_ALBEDO, thumbnail
 from backend.residuals import deformed_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +56,25 @@ def test_the_exported_glb_of_a_turned_fit_lies_on_the_target(turned_fit):
 
 
 def test_residual_samples_and_thumbnail_follow_the_same_parts(turned_fit):
-    fitter, target, candidate, _ = turned_fit
+    fitter, target, candidate, folder = turned_fit
     row = candidate.source_index
     points = fitter.sources.points[row].double().numpy() * float(fitter.sources.scale[row])
     points = points + fitter.sources.centre[row].double().numpy()
     labels = fitter.sources.labels[row].numpy()
     samples = deformed_samples(points, labels, candidate.source_boxes, candidate.fitted_boxes, candidate.yaw)
     assert normalised_chamfer(samples, target) < 0.08
+    # the thumbnail shows the parts where the .glb (checked on the target above) puts them in the fit's frame
+    scene = trimesh.load_scene(str(export_fit(fitter.index, candidate, folder / "thumb.glb")))
+    vertices, faces, colours, offset = [], [], [], 0
+    for k, colour in enumerate(part_colours(fitter.index, row)):
+        transform, name = scene.graph.get(f"part_{k:02d}", frame_from="fit")
+        mesh = scene.geometry[name]
+        y_up = np.asarray(mesh.vertices) @ transform[:3, :3].T + transform[:3, 3]
+        vertices.append(y_up @ Z_UP_TO_Y_UP[:3, :3])
+        faces.append(np.asarray(mesh.faces) + offset)
+        colours.append(np.tile(colour[:3] if colour is not None else DEFAULT_ALBEDO, (len(mesh.faces), 1)))
+        offset += len(mesh.vertices)
+    from_glb = thumbnail(np.concatenate(vertices), np.concatenate(faces), np.concatenate(colours), 96)
     picture = render_thumbnail(fitter.index, candidate)
-    assert picture.shape == (96, 96, 3) and (picture < 250).any(axis=-1).mean() > 0.05  # something is drawn
+    assert (picture < 250).any(axis=-1).mean() > 0.05  # something is drawn
+    assert np.abs(picture.astype(int) - from_glb.astype(int)).max(axis=-1).mean() < 0.01  # the same picture

@@ -48,6 +48,9 @@ from backend.model.inference import size_penalty  # noqa: E402
 from backend.model.sources import SourceTensors  # noqa: E402
 from backend.render import Camera  # noqa: E402
 from backend.silhouettes import (  # noqa: E402
+    EDGE_CHOICE,
+    EDGE_MARGIN,
+    EDGE_WEIGHT,
     SWITCH_MARGIN,
     VIEW_HYPOTHESES,
     SilhouetteBank,
@@ -174,9 +177,25 @@ def main(argv=None) -> int:
         if variant == "baseline" or variant.startswith("hypotheses"):  # hypotheses[@margin]: the product's views
             margin = float(variant.partition("@")[2] or SWITCH_MARGIN)
             count = 1 if variant == "baseline" else VIEW_HYPOTHESES
-            match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=count, switch_margin=margin)
+            match = match_image(
+                image, sources, bank, top_k=1, mask=mask, hypotheses=count, switch_margin=margin, edge_weight=0.0
+            )
             return int(match.order[0]), match.boxes[0], (match.azimuth, match.elevation)
-        match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=1)
+        if variant.startswith("edges"):  # edges[@WEIGHT[,MARGIN[,CHOICE]]]: the shipped choice by interior edges
+            given = [float(v) for v in variant.partition("@")[2].split(",") if v]
+            weight, margin, choice = given + [EDGE_WEIGHT, EDGE_MARGIN, EDGE_CHOICE][len(given) :]
+            match = match_image(
+                image,
+                sources,
+                bank,
+                top_k=1,
+                mask=mask,
+                edge_weight=weight,
+                edge_margin=margin,
+                edge_choice=int(choice),
+            )
+            return int(match.order[0]), match.boxes[0], (match.azimuth, match.elevation)
+        match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=1, edge_weight=0.0)
         chosen = sources.select(match.order[:1])
         options = {"refine": {}, "refine_z": {"vertical_only": True, "anchor": 10.0}}.get(variant)
         if variant == "soft":

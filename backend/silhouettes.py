@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from backend import silhouette_bank as bank_files
 from backend.geometry.frames import view_record
-from backend.inputs import NO_FOREGROUND, foreground_mask  # noqa: F401  (the foreground's one home)
+from backend.inputs import NO_FOREGROUND, foreground_mask, pixels  # noqa: F401  (the foreground's one home)
 
 RESOLUTION = bank_files.RESOLUTION
 RERANK_RESOLUTION = 48  # the bank's head is re-ordered at this resolution
@@ -38,6 +38,12 @@ SHORTLIST = 20  # sources re-ordered by mask distance
 VIEW_HYPOTHESES = 3  # views of the IoU consensus whose shortlists the mask distance chooses among
 HYPOTHESIS_MARGIN = 0.05  # a view is a hypothesis within this much of the best consensus IoU
 SWITCH_MARGIN = 0.0005  # mask distance (grid widths) by which another view's shortlist must beat the consensus'
+EDGE_CHOICE = 8  # stretched candidates the interior edges choose among
+EDGE_RESOLUTION = 64  # grid of the interior edges (that of the proportions)
+EDGE_THRESHOLD = 0.02  # grey-level gradient (per pixel of the object's working crop, grey in 0..1) of an image edge
+EDGE_STEPS = 2  # cells of ``mask_distance``'s truncation between edge maps
+EDGE_WEIGHT = 0.1  # the edge distance's weight against the outline's mask distance
+EDGE_MARGIN = 0.0005  # by which another stretched candidate must beat the re-ranked first to take its place
 PAD = bank_files.PAD
 FOV = bank_files.FOV  # degrees: a typical product shot (a 50 mm lens on full frame is 27 degrees vertically)
 
@@ -47,28 +53,75 @@ Progress = Callable[[int, int, str], None]
 # -- the target's foreground ---------------------------------------------------------------
 
 
+def grid_placement(mask: np.ndarray | torch.Tensor, resolution: int) -> tuple[slice, slice, int, int, int, int]:
+    """Where ``mask`` (H, W)'s bounding box goes in an R x R grid: its rows and columns (slices of the image), its
+    size in cells (th, tw) and the cell of its top-left corner (top, left). The longer side spans ``R - 2 PAD``
+    cells, centred: the alignment ``splat`` gives the silhouettes."""
+    rows, cols = np.nonzero(np.asarray(mask, bool))
+    if len(rows) == 0:
+        raise ValueError(f"{NO_FOREGROUND}: the mask is empty")
+    h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+    inner, side = resolution - 2 * PAD, max(h, w)
+    th, tw = max(1, round(h * inner / side)), max(1, round(w * inner / side))
+    crop = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    return crop[0], crop[1], th, tw, PAD + (inner - th) // 2, PAD + (inner - tw) // 2
+
+
 def mask_grid(mask: np.ndarray | torch.Tensor, resolution: int = RESOLUTION) -> torch.Tensor:
     """(R, R) bool: ``mask`` (H, W) cropped to its bounding box and fitted, aspect kept, into the grid.
 
-    The longer side spans ``R - 2 PAD`` cells, centred: the same alignment as ``splat``.
+    The longer side spans ``R - 2 PAD`` cells, centred: the same alignment as ``splat`` (``grid_placement``).
     A cell is set when more than 15% of it is foreground (the silhouettes set a cell
     holding any sample, so thin parts survive on both sides).
     """
     mask = torch.as_tensor(np.asarray(mask, bool))
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    if len(rows) == 0:
-        raise ValueError(f"{NO_FOREGROUND}: the mask is empty")
-    crop = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].float()[None, None]
-    h, w = crop.shape[2:]
-    inner = resolution - 2 * PAD
-    side = max(h, w)
-    th, tw = max(1, round(h * inner / side)), max(1, round(w * inner / side))
-    mode = "area" if side >= inner else "nearest"
+    rows, cols, th, tw, top, left = grid_placement(mask, resolution)
+    crop = mask[rows, cols].float()[None, None]
+    mode = "area" if max(crop.shape[2:]) >= resolution - 2 * PAD else "nearest"
     small = F.interpolate(crop, size=(th, tw), mode=mode)[0, 0] > 0.15
     out = torch.zeros(resolution, resolution, dtype=torch.bool)
-    top, left = PAD + (inner - th) // 2, PAD + (inner - tw) // 2
     out[top : top + th, left : left + tw] = small
     return out
+
+
+def inset(masks: torch.Tensor, cells: int = 2) -> torch.Tensor:
+    """(..., R, R) bool: ``masks`` eroded by ``cells`` 3 x 3 steps (their outline and what lies near it left out)."""
+    r, rows = masks.shape[-1], pack_rows(masks)
+    for _ in range(cells):
+        rows = erode_rows(rows, r)
+    return unpack_rows(rows, r)
+
+
+_SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 4  # per pixel, both directions
+_GAUSS = torch.exp(-torch.arange(-2.0, 3.0).square() / 2)  # sigma one pixel
+
+
+def image_edges(
+    image, mask: np.ndarray, resolution: int = EDGE_RESOLUTION, threshold: float = EDGE_THRESHOLD, oversample: int = 4
+) -> torch.Tensor:
+    """(R, R) bool: cells, aligned as ``mask_grid(mask, R)``, holding an edge inside the object of ``image`` (any
+    array ``pixels`` accepts) whose foreground is ``mask`` (H, W): a grey-level gradient above ``threshold``.
+
+    The object's box is resampled to ``oversample`` pixels a cell first (so a photo of any size is seen alike),
+    blurred by a Gaussian of one pixel; its Sobel gradient is max-pooled into cells; cells within two of the
+    outline are left out (the outline is the silhouettes' cue). What is left are the lines a plain material shows
+    inside the silhouette under any light: creases between faces, where a part passes in front of another, shelf
+    fronts, drawer gaps.
+    """
+    rows, cols, th, tw, top, left = grid_placement(mask, resolution)
+    grey = torch.from_numpy(pixels(image)[rows, cols, :3].astype(np.float32).mean(-1) / 255.0)
+    inside = torch.from_numpy(np.asarray(mask, bool)[rows, cols]).float()
+    size = (th * oversample, tw * oversample)
+    work = F.interpolate(torch.stack([grey * inside, inside])[None], size=size, mode="area")[0]
+    grey = torch.where(work[1] > 0.5, work[0] / work[1].clamp_min(1e-6), 1.0)  # beyond the object: its background
+    g = (_GAUSS / _GAUSS.sum()).view(1, 1, 1, -1)
+    blurred = F.conv2d(F.conv2d(F.pad(grey[None, None], (2, 2, 2, 2), mode="replicate"), g), g.transpose(2, 3))
+    padded = F.pad(blurred, (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(padded, _SOBEL.view(1, 1, 3, 3)), F.conv2d(padded, _SOBEL.T.reshape(1, 1, 3, 3))
+    strength = F.max_pool2d(torch.hypot(gx, gy), oversample)[0, 0]  # (th, tw)
+    out = torch.zeros(resolution, resolution, dtype=torch.bool)
+    out[top : top + th, left : left + tw] = strength > threshold
+    return out & inset(mask_grid(mask, resolution))
 
 
 # -- views and splatting -------------------------------------------------------------------
@@ -220,6 +273,66 @@ def silhouettes(
     b, v, n, _ = xy.shape
     masks = splat(xy.reshape(b * v, n, 2), resolution, packed)
     return masks.view(b, v, resolution) if packed else masks.view(b, v, resolution, resolution)
+
+
+def box_render(
+    points: torch.Tensor,
+    boxes: torch.Tensor,
+    part_mask: torch.Tensor,
+    angles: torch.Tensor,
+    resolution: int = EDGE_RESOLUTION,
+    fov: float = FOV,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which part box, and which face of it, each cell of P candidates' views sees.
+
+    ``boxes`` (P, K, 6) axis-aligned part boxes and ``points`` (P, N, 3) surface samples in one frame (the
+    samples place the grid as ``silhouettes`` does: ``box_aligned`` of their projection), ``part_mask`` (P, K)
+    the real parts, ``angles`` (P, 2) each candidate's view (degrees), the camera of ``project``. A ray through
+    each cell's centre meets every box (slab test); the nearest entry wins. Rendering the boxes (what a fit
+    deforms) rather than a z-buffer of the 2,048 samples: the samples leave holes for the parts behind to show
+    through, which scatters false edges over every large panel (docs/images.md).
+
+    Returns:
+        part (P, R, R) long, -1 where no box is seen; face (P, R, R) long, axis * 2 + (1 if the face looks
+        towards -axis), -1 where none.
+    """
+    p, r = len(points), resolution
+    axes = view_axes(angles.to(torch.float64)).to(points)  # (P, 3, 3): right, up, forward
+    xy = project(points, angles[:, None], fov)[:, 0]  # (P, N, 2)
+    lo, hi = torch.aminmax(xy, dim=1)
+    inner = r - 2 * PAD
+    scale = inner / (hi - lo).max(dim=1, keepdim=True).values.clamp_min(1e-9)  # (P, 1) cells per screen unit
+    offset = PAD + (inner - (hi - lo) * scale) / 2  # (P, 2), the inverse of ``box_aligned``
+    centre = torch.arange(r, dtype=points.dtype, device=points.device) + 0.5
+    col, row = (c.reshape(1, -1) for c in torch.meshgrid(centre, centre, indexing="xy"))  # (1, R*R)
+    x = (col - offset[:, :1]) / scale + lo[:, :1]  # (P, R*R) screen coordinates of the cell centres
+    y = hi[:, 1:] - (row - offset[:, 1:]) / scale
+    distance = 1.05 * 0.5 / np.sin(np.radians(fov) / 2)  # as ``project``
+    direction = x[..., None] * axes[:, None, 0] + y[..., None] * axes[:, None, 1] + axes[:, None, 2]  # (P, R*R, 3)
+    origin = (-distance * axes[:, 2])[:, None, None]  # (P, 1, 1, 3)
+    tiny = torch.full_like(direction, 1e-12)
+    inverse = (1 / torch.where(direction.abs() < 1e-12, tiny, direction))[:, :, None]  # (P, R*R, 1, 3)
+    low = (boxes[:, None, :, :3] - boxes[:, None, :, 3:] - origin) * inverse
+    high = (boxes[:, None, :, :3] + boxes[:, None, :, 3:] - origin) * inverse
+    entry, axis = torch.minimum(low, high).max(dim=-1)  # (P, R*R, K)
+    hit = (entry <= torch.maximum(low, high).min(dim=-1).values) & part_mask[:, None]
+    first, part = torch.where(hit, entry, torch.full_like(entry, float("inf"))).min(dim=-1)  # (P, R*R)
+    seen = torch.isfinite(first)
+    axis = torch.gather(axis, 2, part[..., None])[..., 0]
+    side = (torch.gather(direction, 2, axis[..., None])[..., 0] > 0).long()  # a ray along +axis meets the -axis face
+    part = torch.where(seen, part, -1).view(p, r, r)
+    return part, torch.where(seen, axis * 2 + side, -1).view(p, r, r)
+
+
+def box_edges(part: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """(P, R, R) bool interior edges of ``box_render``'s views: seen cells next to a seen cell of another part or
+    another face (occlusions, contacts, creases), two cells in from the rendered outline (as ``image_edges``)."""
+    key = part * 6 + face
+    seen = part >= 0
+    edges = torch.zeros_like(seen)
+    edges[:, :-1] |= (key[:, :-1] != key[:, 1:]) & seen[:, :-1] & seen[:, 1:]
+    edges[:, :, :-1] |= (key[:, :, :-1] != key[:, :, 1:]) & seen[:, :, :-1] & seen[:, :, 1:]
+    return edges & inset(seen)
 
 
 def iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -650,6 +763,17 @@ class ImageMatch:
         return image_view(self.azimuth, self.elevation)
 
 
+def edge_distance(
+    image, mask: np.ndarray, points: torch.Tensor, boxes: torch.Tensor, part_mask: torch.Tensor, angles: torch.Tensor
+) -> torch.Tensor:
+    """(P,) how far the interior edges of P stretched candidates, seen from their views, are from the image's:
+    ``mask_distance`` (truncated at ``EDGE_STEPS`` cells) between ``box_edges`` of their ``box_render`` and
+    ``image_edges``, at ``EDGE_RESOLUTION``. ``points`` (P, N, 3) and ``boxes`` (P, K, 6) in one frame,
+    ``part_mask`` (P, K), ``angles`` (P, 2) degrees."""
+    part, face = box_render(points, boxes, part_mask, angles)
+    return mask_distance(box_edges(part, face), image_edges(image, mask), EDGE_STEPS)
+
+
 def match_image(
     image,
     sources,
@@ -660,15 +784,23 @@ def match_image(
     shortlist: int = SHORTLIST,
     hypotheses: int = VIEW_HYPOTHESES,
     switch_margin: float = SWITCH_MARGIN,
+    edge_weight: float = EDGE_WEIGHT,
+    edge_choice: int = EDGE_CHOICE,
+    edge_margin: float = EDGE_MARGIN,
 ) -> ImageMatch:
     """Rank every source of ``sources`` (``SourceTensors``, the rows of ``bank``) against ``image``.
 
     The foreground comes first (``foreground_mask``, unless the caller passes its
     ``mask``: a clear ``ValueError`` before any work when there is none); the bank ranks every source by IoU,
     ``prior`` (S,) (a learned distance) breaking near-ties; its ``shortlist`` best are re-ordered by mask
-    distance at 48 x 48 (``rerank``) and the best ``top_k`` stretched to the image's proportions
-    (``fit_proportions``, 64 x 64), which also refines each one's view. They keep the re-ranked order:
-    re-ranking by the stretched outline lets a stretched wrong shape overtake the right one.
+    distance at 48 x 48 (``rerank``) and the best ``max(top_k, edge_choice)`` stretched to the image's proportions
+    (``fit_proportions``, 64 x 64), which also refines each one's view. The first ``edge_choice`` are then
+    ordered by their stretched mask distance plus ``edge_weight`` times the distance of their interior edges to
+    the image's (``edge_distance``), all but the re-ranked first charged ``edge_margin`` more (the re-ranking saw
+    the outline around several views; a near-tie keeps its choice): the outline cannot tell an open bookshelf
+    from a closed cabinet or a desk with drawers from one without, the lines inside it can. ``edge_weight`` 0
+    keeps the re-ranked order (by the stretched outline alone a stretched wrong shape overtakes the right one), as
+    does a ``mask`` given without an ``image`` (``image`` None).
     """
     mask = foreground_mask(image) if mask is None else mask
     ranking = bank.rank(mask_grid(mask, bank.resolution).to(bank.bits.device))
@@ -682,10 +814,22 @@ def match_image(
         hypotheses=hypotheses,
         switch_margin=switch_margin,
     )
-    order = reranked.order[:top_k]
+    by_edges = edge_weight > 0 and image is not None  # a mask alone has no inside to compare
+    count = max(top_k, edge_choice) if by_edges else top_k
+    order = reranked.order[:count]
     chosen = sources.select(order.to(sources.points.device))
     target = mask_grid(mask, PROPORTION_RESOLUTION)
-    scales, scores, views = fit_proportions(chosen.points, target, reranked.angles[:top_k])
+    scales, scores, views = fit_proportions(chosen.points, target, reranked.angles[:count])
+    if by_edges:
+        head = min(edge_choice, count)
+        stretch = scales[:head, None]
+        boxes = torch.cat([chosen.boxes[:head, :, :3] * stretch, chosen.boxes[:head, :, 3:] * stretch], dim=-1)
+        edges = edge_distance(image, mask, chosen.points[:head] * stretch, boxes, chosen.part_mask[:head], views[:head])
+        choice = scores[:head].double() + edge_weight * edges.cpu().double()
+        choice[1:] += edge_margin
+        better = torch.argsort(choice, stable=True)
+        keep = torch.cat([better, torch.arange(head, count)])[:top_k]
+        order, scales, scores, views, chosen = order[keep], scales[keep], scores[keep], views[keep], chosen.select(keep)
     boxes = scale_boxes(chosen.boxes, chosen.part_mask, scales)
     azimuth, elevation = views[0].tolist()
     return ImageMatch(order, scores, scales, boxes, views, azimuth, elevation, ranking)

@@ -11,8 +11,9 @@ mixed OOD library (every category: an image does not say which). Every fit is me
 are placed on the true shape's box with one uniform scale (centre and diagonal), their proportions their own.
 
 Rows: image top-1 by silhouettes (``backend.silhouettes.match_image``: IoU ranking of every source, the shortlist
-re-ranked by mask distance, view and proportions), the same source without the proportions, the IoU ranking's top-1
-alone (no re-ranking, own proportions), the ranking oracle (the library model closest in 3D with its own proportions,
+re-ranked by mask distance, view and proportions, the best eight stretched ordered with their interior edges),
+the same source without the proportions, the IoU ranking's top-1 alone (no re-ranking, own proportions), the
+ranking oracle (the library model closest in 3D with its own proportions,
 placed the same way: the best any ranking can do without proportions), ``Fitter.fit_image`` as it stands, the
 product's point-cloud top-1 on the full cloud (``Fitter.fit_points``), and the per-axis box oracle (bench/ood.py
 ``per_axis_oracle``).
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|",
     ]
     labels = {
-        "silhouettes": "image top-1, `match_image` (IoU ranking, re-ranked by mask distance, view, proportions)",
+        "silhouettes": "image top-1, `match_image` (IoU, mask distance, view, proportions, interior edges)",
         "silhouettes_no_proportions": "same source, its own proportions",
         "iou_top1": "IoU ranking's top-1 alone, own proportions (no re-ranking)",
         "ranking_oracle": "ranking oracle: the closest library shape in 3D, own proportions",

@@ -1,11 +1,12 @@
 """Variants of the image fit measured on the Blender renders (docs/images.md): the shipped one and those not kept.
 
-    .venv/bin/python bench/image_variants.py [--first 0] [--variants baseline refine refine_z soft hypotheses]
+    .venv/bin/python bench/image_variants.py [--first 0] [--variants baseline refine refine_z soft hypotheses edges]
 
 Each variant replaces ``match_image``'s top-1 for the renders of bench/blender_renders.py (run that first: it
 renders and caches the targets and writes the oracle per target), measured as that bench measures it (bench/ood.py
 ``dense_chamfer`` x10^-2, placed on the true box with one uniform scale). ``--first``: 0 is set A (tuned on), 5 set B,
-10 set C and 15 set D (held out). The refinements start from ``baseline``'s top-1, as they were measured.
+10 set C, 15 set D and 20 set E (held out). All of them but ``edges`` without the interior edges
+(``edge_weight=0``). The refinements start from ``baseline``'s top-1, as they were measured.
 
 - ``refine``: the top-1's part boxes refined in image space (``refine_to_image``): Adam in the connectivity
   subspace, with the symmetry error, the half-size barrier and ``size_penalty``, on the distance of projected
@@ -13,10 +14,14 @@ renders and caches the targets and writes the oracle per target), measured as th
   samples, 60 steps; ``refine_z`` moves only the vertical coordinates (heights of legs, seats, shelves) with an
   anchor; ``soft``: a soft silhouette (a Gaussian per sample) against the mask at 48 x 48, 2,048 samples.
 - ``baseline``: ``match_image`` with one view (``hypotheses=1``: the method before view hypotheses).
-  ``hypotheses``: ``match_image`` as shipped (``rerank``): the view not fixed by the IoU consensus before
+  ``hypotheses``: the method of commit 78c9735 (``rerank``): the view not fixed by the IoU consensus before
   re-ranking: the three best front-half consensus views (one grid step apart at least, within 0.05 of the best)
   each shortlist 20 sources, and the mask distance at 48 x 48 chooses among all of them, another view's sources
   charged ``SWITCH_MARGIN`` (0.0005) more; ``hypotheses@M`` charges M instead (``hypotheses@0``: no tie-break).
+- ``edges``: ``match_image`` as shipped: ``hypotheses``, then the best ``EDGE_CHOICE`` stretched candidates ordered
+  by mask distance plus ``EDGE_WEIGHT`` times the distance of their box renders' interior edges to the image's,
+  all but the first charged ``EDGE_MARGIN``; ``edges@W``, ``edges@W,M`` and ``edges@W,M,K`` set the weight, the
+  margin and the number of candidates (``edges@0``: ``hypotheses``).
 
 Each variant prints its mean, its ratio to the per-axis box oracle and how close its views' azimuths are to the
 cameras' (within 15 and 30 degrees; the wrong ones' left/right and front/back mirror views), and writes its rows to
@@ -48,6 +53,9 @@ from backend.model.inference import size_penalty  # noqa: E402
 from backend.model.sources import SourceTensors  # noqa: E402
 from backend.render import Camera  # noqa: E402
 from backend.silhouettes import (  # noqa: E402
+    EDGE_CHOICE,
+    EDGE_MARGIN,
+    EDGE_WEIGHT,
     SWITCH_MARGIN,
     VIEW_HYPOTHESES,
     SilhouetteBank,
@@ -145,7 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["baseline", "refine", "refine_z", "soft", "hypotheses"],
+        default=["baseline", "refine", "refine_z", "soft", "hypotheses", "edges"],
         help="baseline: one view (the IoU consensus); hypotheses[@MARGIN]: the shipped view hypotheses, "
         "the other views' shortlists charged MARGIN (default SWITCH_MARGIN) more mask distance",
     )
@@ -174,9 +182,25 @@ def main(argv=None) -> int:
         if variant == "baseline" or variant.startswith("hypotheses"):  # hypotheses[@margin]: the product's views
             margin = float(variant.partition("@")[2] or SWITCH_MARGIN)
             count = 1 if variant == "baseline" else VIEW_HYPOTHESES
-            match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=count, switch_margin=margin)
+            match = match_image(
+                image, sources, bank, top_k=1, mask=mask, hypotheses=count, switch_margin=margin, edge_weight=0.0
+            )
             return int(match.order[0]), match.boxes[0], (match.azimuth, match.elevation)
-        match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=1)
+        if variant.startswith("edges"):  # edges[@WEIGHT[,MARGIN[,CHOICE]]]: the shipped choice by interior edges
+            given = [float(v) for v in variant.partition("@")[2].split(",") if v]
+            weight, margin, choice = given + [EDGE_WEIGHT, EDGE_MARGIN, EDGE_CHOICE][len(given) :]
+            match = match_image(
+                image,
+                sources,
+                bank,
+                top_k=1,
+                mask=mask,
+                edge_weight=weight,
+                edge_margin=margin,
+                edge_choice=int(choice),
+            )
+            return int(match.order[0]), match.boxes[0], (match.azimuth, match.elevation)
+        match = match_image(image, sources, bank, top_k=1, mask=mask, hypotheses=1, edge_weight=0.0)
         chosen = sources.select(match.order[:1])
         options = {"refine": {}, "refine_z": {"vertical_only": True, "anchor": 10.0}}.get(variant)
         if variant == "soft":

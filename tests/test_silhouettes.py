@@ -1,8 +1,11 @@
 """Image targets by silhouettes: the foreground of a user's picture, retrieval and view, proportions."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import trimesh
 from scipy import ndimage
 
 from backend.geometry.sampling import sample_surface
@@ -12,6 +15,8 @@ from backend.silhouettes import (
     PROPORTION_RESOLUTION,
     SilhouetteBank,
     ViewGrid,
+    box_render,
+    edge_distance,
     fit_proportions,
     foreground_mask,
     iou,
@@ -225,6 +230,90 @@ def test_scale_boxes_stretch_about_the_centre_and_renormalise(library):
     ratio = out[0, mask[0], 3:] / boxes[0, mask[0], 3:]
     assert torch.allclose(ratio[:, 0] / ratio[:, 1], torch.tensor(1.5), atol=1e-4)
     assert torch.equal(out[0, ~mask[0]], boxes[0, ~mask[0]])  # padding untouched
+
+
+# -- inside the outline: interior edges --------------------------------------------------------------
+
+
+def slab(lo, hi) -> trimesh.Trimesh:
+    """An axis-aligned box mesh from corner ``lo`` to corner ``hi``."""
+    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
+    return trimesh.creation.box(extents=hi - lo, transform=trimesh.transformations.translation_matrix((lo + hi) / 2))
+
+
+def open_shelf(width=0.8, depth=0.4, height=1.2, board=0.03, shelves=(0.3, 0.6, 0.9)) -> SimpleNamespace:
+    """A bookshelf open at the front (-Y): sides, top, bottom, back and shelves, each a part."""
+    w, d, t = width / 2, depth / 2, board
+    parts = {
+        "left": slab((-w, -d, 0), (-w + t, d, height)),
+        "right": slab((w - t, -d, 0), (w, d, height)),
+        "bottom": slab((-w + t, -d, 0), (w - t, d, t)),
+        "top": slab((-w + t, -d, height - t), (w - t, d, height)),
+        "back": slab((-w + t, d - t, t), (w - t, d, height - t)),
+    }
+    parts.update(
+        {f"shelf {i}": slab((-w + t, -d, z - t / 2), (w - t, d - t, z + t / 2)) for i, z in enumerate(shelves)}
+    )
+    return SimpleNamespace(parts=parts)
+
+
+def test_box_render_sees_the_nearest_box_and_the_face_turned_to_the_camera():
+    """From the front (azimuth 0: the camera on -Y) a small box in front of a large one is seen at the centre on
+    its -Y face, the large one around it, nothing beyond; from above (elevation 90) mostly +Z faces, never a
+    face turned away. Fails when the farthest entry wins (the centre shows the large box) or the side is
+    flipped."""
+    boxes = torch.tensor([[[0.0, -0.2, 0.0, 0.1, 0.05, 0.1], [0.0, 0.2, 0.0, 0.3, 0.05, 0.3]]])
+    corners = torch.tensor([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=torch.float32)
+    points = (boxes[0, :, None, :3] + corners * boxes[0, :, None, 3:]).reshape(1, -1, 3)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    part, face = box_render(points, boxes, mask, torch.tensor([[0.0, 0.0]]), 32)
+    assert int(part[0, 16, 16]) == 0 and int(face[0, 16, 16]) == 2 * 1 + 1  # the -Y face of the front box
+    assert int(part[0, 16, 5]) == 1 and int(part[0, 5, 16]) == 1  # the large box around it
+    assert int(part[0, 0, 0]) == -1 and int(face[0, 0, 0]) == -1
+    part, face = box_render(points, boxes, mask, torch.tensor([[0.0, 90.0]]), 32)
+    seen = face[0][part[0] >= 0]
+    assert float((seen == 2 * 2).float().mean()) > 0.7  # from above: mostly the boxes' +Z faces
+    assert set(seen.unique().tolist()) <= {2 * 2, 2 * 1 + 1}  # and the rear box's -Y face past the front one
+
+
+def test_interior_edges_choose_an_open_shelf_over_a_closed_box_of_the_same_outline():
+    """A flat-shaded render of an open bookshelf against two sources with the very same samples (so the same
+    outline, cell for cell): one with the shelf's part boxes, one a single closed box, listed first. The outline
+    ties and keeps the first; the interior edges (shelf fronts, the inner sides) choose the shelf. Fails with
+    ``edge_weight=0`` (asserted) and when ``box_edges`` sees no face changes (the closed box is then as good)."""
+    shelf = open_shelf()
+    vertices, faces, _ = mesh_arrays(shelf)
+    camera = Camera(azimuth=30, elevation=20, fov=35)
+    image = shade(vertices, faces, np.full((len(faces), 3), 0.6), camera, size=256, cull_back=True)
+    one = shape_tensors([shelf], count=2048)
+    k = one.boxes.shape[1]
+    lo, hi = (
+        (one.boxes[0, :, :3] - one.boxes[0, :, 3:]).min(0).values,
+        (one.boxes[0, :, :3] + one.boxes[0, :, 3:]).max(0).values,
+    )
+    closed = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0]]).repeat(k, 1) * torch.cat([torch.zeros(3), torch.ones(3)])
+    closed[0] = torch.cat([(lo + hi) / 2, (hi - lo) / 2])
+    sources = SourceTensors(
+        points=one.points.repeat(2, 1, 1),
+        labels=torch.stack([torch.zeros_like(one.labels[0]), one.labels[0]]),
+        boxes=torch.stack([closed, one.boxes[0]]),
+        part_mask=torch.stack([torch.arange(k) == 0, one.part_mask[0]]),
+        basis=one.basis.repeat(2, 1, 1),
+        mirror=one.mirror.repeat(2, 1),
+        axis=one.axis.repeat(2),
+        centre=one.centre.repeat(2, 1),
+        scale=one.scale.repeat(2),
+        min_half=one.min_half.repeat(2),
+    )
+    bank = SilhouetteBank.build(sources.points)
+    mask = foreground_mask(image)
+    views = torch.tensor([[30.0, 20.0], [30.0, 20.0]])
+    edges = edge_distance(image, mask, sources.points, sources.boxes, sources.part_mask, views)
+    assert float(edges[1]) < 0.85 * float(edges[0])
+    match = match_image(image, sources, bank, top_k=2)
+    assert torch.equal(match.scores[0], match.scores[1])  # the outline cannot tell them apart
+    assert int(match.order[0]) == 1
+    assert int(match_image(image, sources, bank, top_k=2, edge_weight=0.0).order[0]) == 0
 
 
 # -- one image against a library, and the bank's cache ------------------------------------------------

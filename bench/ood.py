@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ood.py [--per-category 100] [--targets 5] [--modes full scan full_turned scan_turned]
         [--target-seed 1] [--mixed] [--tell-viewpoint] [--fit-options '{"refine": true}'] [--no-pipeline] [--threads 1]
+        [--placement-ranking]
         [--checkpoint backend/checkpoints/default.pt] [--out bench/out/ood] [--json PATH] [--write docs/ood.md]
     .venv/bin/python bench/ood.py --report RESULTS.json [--write docs/ood.md]     # tables of a saved run
 
@@ -17,7 +18,8 @@ What it does (see docs/ood.md):
    ``--fit-options``) and, unless ``--no-pipeline``, the learning-free pipeline
    (``backend.model.inference.fit_cloud`` with no model: per-axis placement of every source, coarse chamfer on 256
    points, refinement of the top 5 from that placement, heading trusted). ``--tell-viewpoint`` adds a
-   ``product_told_viewpoint`` row: the product given each scan's true scanner direction (``FitOptions.viewpoint``).
+   ``product_told_viewpoint`` row: the product given each scan's true scanner direction (``FitOptions.viewpoint``);
+   ``--placement-ranking`` a diagnostic ``placement_ranking`` row (``placement_ranking_fit``).
 4. Measures every fit against a dense sample of the true surface: chamfer x10^-2 (squared distances, mean per
    direction, summed) on coordinates divided by the true shape's box diagonal; the fitted shape is ``FIT_POINTS``
    samples of the source's own part meshes carried by the fitted part boxes. Reference: the per-axis box oracle, the
@@ -62,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.export import part_meshes  # noqa: E402
-from backend.fitting import DEFAULT_CHECKPOINT, FitOptions, Fitter  # noqa: E402
+from backend.fitting import DEFAULT_CHECKPOINT, FitOptions, Fitter, clean_points  # noqa: E402
 from backend.geometry.frames import rotation_z  # noqa: E402
 from backend.geometry.sampling import sample_surface, seed_from_bytes  # noqa: E402
 from backend.library import LibraryIndex, build_index, load_index  # noqa: E402
@@ -347,6 +349,35 @@ def pipeline_fit(fitter: Fitter, cloud: np.ndarray) -> Fit:
     return Fit(int(result.rows[0]), world, yaw, time.perf_counter() - started)
 
 
+def placement_ranking_fit(fitter: Fitter, cloud: np.ndarray, viewpoint: np.ndarray | None = None) -> Fit:
+    """Diagnostic row (``--placement-ranking``): every source placed per axis on the cloud's box at the cloud's own
+    heading, ranked by ``measured_chamfer`` (``partial_chamfer`` from a scan's true scanner direction, plain chamfer
+    for a full cloud), the best placement returned unrefined. The OOD scans' boxes are the true boxes, so a perfect
+    ranking of these placements is the per-axis box oracle: what this row misses, the scan objective misses."""
+    from backend.model.inference import box_placement, measured_chamfer, target_extent
+
+    started = time.perf_counter()
+    points = torch.from_numpy(clean_points(cloud, fitter.model.config.n_points)[0]).float()
+    lo, hi = points.min(dim=0).values, points.max(dim=0).values
+    centre, diagonal = (lo + hi) / 2, float((hi - lo).norm())
+    target = (points - centre) / diagonal
+    sources = fitter.sources
+    placed = box_placement(sources, target_extent(target.unsqueeze(0))[0])
+    view = None if viewpoint is None else torch.nn.functional.normalize(torch.as_tensor(viewpoint).float(), dim=0)
+    with torch.no_grad():  # batches of 16 sources: a (16, cloud, 1,024) distance matrix at a time
+        scores = torch.cat(
+            [
+                measured_chamfer(sources.select(rows), placed[rows], target.expand(len(rows), -1, -1), view)
+                for rows in torch.arange(len(sources)).split(16)
+            ]
+        )
+    row = int(scores.argmin())
+    k = fitter.index.sources[row].n_parts
+    boxes = placed[row, :k].double()
+    world = torch.cat([boxes[:, :3] * diagonal + centre.double(), boxes[:, 3:] * diagonal], dim=-1).numpy()
+    return Fit(row, world, 0.0, time.perf_counter() - started)
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 def evaluate(
     fitters: dict[str, Fitter],
@@ -522,6 +553,12 @@ def main(argv=None) -> int:
         "--tell-viewpoint", action="store_true", help="add a product row told each scan's true scanner direction"
     )
     parser.add_argument("--no-pipeline", action="store_true", help="skip the learning-free pipeline row")
+    parser.add_argument(
+        "--placement-ranking",
+        action="store_true",
+        help="add a diagnostic row: every source placed per axis, ranked by the scan objective with the true "
+        "viewpoint, top-1 unrefined (placement_ranking_fit)",
+    )
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ood"))
     parser.add_argument(
@@ -558,6 +595,8 @@ def main(argv=None) -> int:
         methods["product_told_viewpoint"] = product_fit(options, tell_viewpoint=True)
     if not args.no_pipeline:
         methods["pipeline"] = pipeline_fit
+    if args.placement_ranking:
+        methods["placement_ranking"] = placement_ranking_fit
     if args.target_seed == LIBRARY_SEED:
         parser.error(f"--target-seed {LIBRARY_SEED} is the library's seed: its targets would be in the library")
     targets = make_targets(args.targets, args.target_seed)

@@ -101,7 +101,13 @@ def ood_cloud(category: str, index: int) -> np.ndarray:
 
 def test_no_close_match_for_a_category_absent_from_the_library(fitter):
     """The library holds tables and storage: chairs (a windsor chair, a bench with a backrest) fit poorly and the
-    panel's note says so; tables of families the library does not have (round on splayed legs, tripod) still fit."""
+    panel's note says so; tables of families the library does not have (round on splayed legs, tripod) still fit.
+
+    Judged (docs/ood.md, "Proportions"): every candidate for the bench measures 0.58-0.96 x1e-2 against its true
+    surface (16,384 samples each, typical distance 7.6-9.8%: poor), so "no close match" is the truth. The "fair"
+    0.235 that 4a3e884's ranking charge reported was a one-sided chamfer, not the fit's: the bench's full cloud is
+    judged a scan from 60 degrees azimuth, 0 elevation (so is it here; the viewpoint estimate is left as it was),
+    and that fit, a console table (table_06), measured 0.609 against the truth."""
     absent = [fitter.fit_points(ood_cloud("chair", i), FitOptions(top_k=3)) for i in (0, 4)]
     present = [fitter.fit_points(ood_cloud("table", i), FitOptions(top_k=3)) for i in (0, 1)]
     measured = [[[c.measured_chamfer * 100 for c in r.candidates] for r in fits] for fits in (absent, present)]

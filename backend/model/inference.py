@@ -45,13 +45,28 @@ RANK_POINTS = 256
 # Libraries larger than this are first ranked on this many points, and only the best kept.
 PREFILTER_KEEP = 64
 PREFILTER_POINTS = 64
-REFINE_POINTS = 256  # source samples per candidate during refinement (the target keeps 512)
+# Samples per candidate during refinement: source and target. More measured better but costs: bench/ood.py full
+# clouds with this file's other settings, target seeds 2 / 1 / 3, chamfer x10^-2 (docs/ood.md, "Proportions"):
+# 256 / 512 0.0142 / 0.0141 / 0.0213; 512 / 1,024 0.0131 / 0.0130 / 0.0195 but about 1.7x the fit's time at
+# 1,000 sources (interleaved A/B under load), over the worker's 1.5 s; 512 / 512 and 384 / 768 were mixed.
+REFINE_POINTS = 256
 REFINE_TARGET_POINTS = 512
+# A full cloud's refined candidate keeps its refined boxes only where they measure better than its start times this
+# (``measured_chamfer``): on 256 / 512 points refinement fits the sampling as much as the shape, and made good
+# placements worse (OOD seed 2, the per-axis oracle's own sources: x-base table 0.0048 placed -> 0.0062 refined,
+# console 0.0045 -> 0.0064, wardrobe 0.0097 -> 0.0106, chamfer x10^-2 against the true surface).
+REFINE_GAIN = 1.0
 MEASURE_POINTS = 1024
 # Two sizes of a part differ "implausibly" beyond this factor on some axis (reported, and the
 # dead zone of the size penalty starts well below it).
 IMPLAUSIBLE_FACTOR = 3.0
 SIZE_DEAD_ZONE = math.log(1.5)
+# How steeply the ranking charges a placement beyond IMPLAUSIBLE_FACTOR (``proportion_charge``): at 5x a placement's
+# coarse chamfer counts 7.7 times.
+RANK_PROPORTION_POWER = 4
+# Weight of ``implausible_growth`` in refinement, relative to ``size_weight`` (a barrier: 100 x 0.01 = 1, against
+# chamfers of about 1e-4 to 1e-3).
+REFINE_GROWTH_WEIGHT = 100.0
 
 
 def source_extent(sources: SourceTensors) -> torch.Tensor:
@@ -86,6 +101,30 @@ def box_placement(sources: SourceTensors, extent: torch.Tensor, floor: float = 1
     factor = torch.cat([scale, scale], dim=-1).unsqueeze(1)
     placed = sources.boxes * factor
     return torch.where(sources.part_mask.unsqueeze(-1), placed, sources.boxes)
+
+
+def placement_factor(sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """(S,) the largest per-axis factor (>= 1, growing or shrinking) by which ``box_placement`` scales each source's
+    parts, relative to the shapes' diagonals: what ``part_scale_factors`` reports for every part of that placement
+    (a uniform scaling gives 1; a source turned a quarter so its depth has to fill the target's width gives its
+    width-to-depth ratio or more).
+
+    Args:
+        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units (as ``box_placement``).
+    """
+    ratio = extent.clamp_min(floor).expand(len(sources), 3) / source_extent(sources).clamp_min(1e-6)
+    return torch.maximum(ratio, 1 / ratio).max(dim=-1).values
+
+
+def proportion_charge(sources: SourceTensors, extent: torch.Tensor) -> torch.Tensor:
+    """(S,) factor (>= 1) on each placement's coarse chamfer in the ranking: 1 up to ``IMPLAUSIBLE_FACTOR``, then
+    ``(placement_factor / IMPLAUSIBLE_FACTOR) ** RANK_PROPORTION_POWER``, so a placement that stretches a source's
+    parts beyond 3x wins only where no source of plausible proportions fits nearly as well (issue 14 item 8).
+
+    Args:
+        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units.
+    """
+    return (placement_factor(sources, extent) / IMPLAUSIBLE_FACTOR).clamp_min(1.0) ** RANK_PROPORTION_POWER
 
 
 def coarse_chamfer(
@@ -203,6 +242,25 @@ def size_penalty(boxes: torch.Tensor, reference: torch.Tensor, part_mask: torch.
     return excess.sum(1) / part_mask.sum(1).clamp_min(1)
 
 
+def implausible_growth(boxes: torch.Tensor, reference: torch.Tensor, sources: SourceTensors) -> torch.Tensor:
+    """(P,) how far parts' sizes went beyond ``IMPLAUSIBLE_FACTOR`` of their source sizes (growing or shrinking,
+    the measure of ``part_scale_factors``) where the reference had not already taken them there.
+
+    Mean over real parts of the squared excess of ``|log(half / source_half)|`` over
+    ``max(log 3, |log(reference_half / source_half)|)``, summed over axes: refinement may not make a part
+    implausible that its start (the per-axis placement, charged in the ranking) left plausible.
+
+    Args:
+        boxes, reference: (P, K, 6) in the targets' normalised frames; sources: P sources (their own normalised
+            boxes).
+    """
+    own = sources.boxes[..., 3:].clamp_min(1e-6)
+    ratio = torch.log(boxes[..., 3:].clamp_min(1e-6) / own).abs()
+    allowed = torch.log(reference[..., 3:].clamp_min(1e-6) / own).abs().clamp_min(math.log(IMPLAUSIBLE_FACTOR))
+    excess = torch.relu(ratio - allowed).square().sum(-1) * sources.part_mask
+    return excess.sum(1) / sources.part_mask.sum(1).clamp_min(1)
+
+
 def part_scale_factors(boxes: torch.Tensor, sources: SourceTensors) -> torch.Tensor:
     """(P, K) largest per-axis factor (>= 1, growing or shrinking) between each part's fitted
     size and its source size, both in their normalised frames (so a uniform scaling is 1);
@@ -314,6 +372,7 @@ def refine_boxes(
                 each = each + symmetry_weight * box_symmetry_loss(current, sources.mirror, sources.axis)
             if size_weight:
                 each = each + size_weight * size_penalty(current, reference, sources.part_mask)
+                each = each + size_weight * REFINE_GROWTH_WEIGHT * implausible_growth(current, reference, sources)
             if keep_best:  # the boxes before this step: keep each candidate's best valid one
                 better = (each.detach() < best) & (shortfall.detach().flatten(1).amax(1) <= 0)
                 best = torch.where(better, each.detach(), best)
@@ -516,9 +575,12 @@ def fit_cloud(
        in a common unit (the unturned cloud's diagonal); each source keeps its best heading.
     3. The ``pool`` best sources get two starts, the placement and the network's prediction
        (``model`` None: placement only), refined (``refine_boxes``) and measured
-       (``measured_chamfer``); each keeps its better start, and they are ranked by that refined fit. For a scan, a
-       candidate's boxes fall back to its start unless refinement at least halved its measured chamfer
-       (``SCAN_REFINE_GAIN``; ``CloudFit.chamfer`` is then the start's, so a scan's chamfers need not be in order).
+       (``measured_chamfer``); each keeps its better start. For a full cloud a candidate keeps its refined boxes
+       only where they measure better than its unrefined start (``REFINE_GAIN``), and candidates are ranked by what
+       they return. For a scan, a candidate's boxes fall back to its start unless refinement at least halved its
+       measured chamfer (``SCAN_REFINE_GAIN``), and candidates are ranked by their refined fits (``CloudFit.chamfer``
+       is then the start's, so a scan's chamfers need not be in order). The ranking charges placements that stretch
+       a source's parts beyond 3x (``proportion_charge``).
     4. With ``viewpoint="auto"``, a cloud judged from all around on weak evidence (``DUAL_EVIDENCE``) is fitted
        again as a scan from the best scan hypothesis (refined with ``DUAL_STEP_SHARE`` of the steps), and the
        refined fits decide (``DUAL_MARGIN``).
@@ -575,32 +637,43 @@ def fit_cloud(
             scores.append(coarse_chamfer(group, placed, target, None, view, n_points, progress=report))
         return torch.stack(scores) * common[list(headings)].unsqueeze(1)
 
-    def pooled(rows: torch.Tensor, views) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The ``pool`` best sources of ``rows`` with their best headings and coarse scores, best first, and the
-        rows that passed the cheap first pass."""
+    def charges(group: SourceTensors, headings: range) -> torch.Tensor:
+        """(len(headings), len(group)) ``proportion_charge`` of every source of ``group`` placed at each heading."""
+        return torch.stack([proportion_charge(group, extents[h]) for h in headings])
+
+    def pooled(rows: torch.Tensor, views):
+        """The ``pool`` best sources of ``rows`` with their best headings and coarse scores (charged for
+        implausible proportions), best first; the rows that passed the cheap first pass; and the
+        ``EVIDENCE_SOURCES`` best placements by coarse chamfer alone with their headings (they judge the viewpoint:
+        judged on charged placements, the demo chair's full cloud in a 9-source library was taken for a scan)."""
         if len(rows) > PREFILTER_KEEP:  # a cheap first pass on a few points keeps the most promising sources
             few = sources.first_points(PREFILTER_POINTS).select(rows)
             rough = ranked(few, range(n_given), views, PREFILTER_POINTS).min(dim=0).values
             rows = rows[torch.argsort(rough)[:PREFILTER_KEEP]]
         candidates = sources.first_points(RANK_POINTS).select(rows)
-        best_score, best_heading = ranked(candidates, range(n_given), views).min(dim=0)
+        plain = ranked(candidates, range(n_given), views)
+        best_score, best_heading = (plain * charges(candidates, range(n_given))).min(dim=0)
         keep = torch.argsort(best_score)[: min(pool, len(rows))]
         heading = best_heading[keep]
         if len(yaws) > n_given:
             ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)
+            ring = ring * charges(candidates.select(keep), range(n_given, len(yaws)))
             better = ring.min(dim=0).values < RING_MARGIN * best_score[keep]
             heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
-        return rows[keep], heading, best_score[keep], rows
+        plain_score, plain_heading = plain.min(dim=0)
+        evidence = torch.argsort(plain_score)[:EVIDENCE_SOURCES]
+        return rows[keep], heading, best_score[keep], rows, (rows[evidence], plain_heading[evidence])
 
-    pooled_rows, heading, coarse, shortlisted = pooled(rows, views)
+    pooled_rows, heading, coarse, shortlisted, (evidence_rows, evidence_heading) = pooled(rows, views)
     other = None
     if estimate:  # is it a scan, and from where: judged on the best placements, then ranked again if a scan
+        h = evidence_heading
         viewpoint, scan, evidence = estimate_viewpoint(
-            sources, pooled_rows, targets[heading], extents[heading], yaws[heading], with_evidence=True
+            sources, evidence_rows, targets[h], extents[h], yaws[h], with_evidence=True
         )
         if viewpoint is not None:  # the first pass's shortlist is ranked again with the scan's objective
             views = _rotate_directions(viewpoint, yaws)
-            pooled_rows, heading, coarse, _ = pooled(shortlisted, views)
+            pooled_rows, heading, coarse = pooled(shortlisted, views)[:3]
         elif evidence > DUAL_EVIDENCE:  # open pieces look alike either way: fit both, decide on the fits
             other = scan
 
@@ -640,7 +713,7 @@ def fit_cloud(
             return (measured_chamfer(every, b, pair_target, pair_view) * common[pair_heading]).view(n_starts, n_pool)
 
         initial = boxes
-        before = None if pair_view is None else measure(boxes)
+        before = measure(boxes)
         if refine and n_starts > 1:
             # Successive halving: every start gets a first share of the steps, then each source's
             # better start alone goes on with the rest.
@@ -651,13 +724,15 @@ def fit_cloud(
             boxes[leader] = refined(leader, boxes[leader], steps - steps // 4)
         elif refine:
             boxes = refined(torch.arange(n_pool, device=cloud.device), boxes, steps)
-        # Candidates are ranked by their refined fits (deformation-aware); for a scan, a candidate's boxes fall
-        # back to its start unless refinement earned its keep (SCAN_REFINE_GAIN).
+        # A candidate's boxes fall back to its start unless refinement earned its keep (a full cloud: measured
+        # better, REFINE_GAIN; a scan: SCAN_REFINE_GAIN). Full clouds rank by what they return; scans by their
+        # refined fits (deformation-aware).
         measured = ranking = measure(boxes)
-        if before is not None:
-            revert = (measured > SCAN_REFINE_GAIN * before).reshape(-1)
-            boxes = torch.where(revert.view(-1, 1, 1), initial, boxes)
-            measured = torch.where(revert.view(n_starts, n_pool), before, measured)
+        revert = measured > (REFINE_GAIN if pair_view is None else SCAN_REFINE_GAIN) * before
+        boxes = torch.where(revert.reshape(-1, 1, 1), initial, boxes)
+        measured = torch.where(revert, before, measured)
+        if pair_view is None:
+            ranking = measured
         winner = ranking.argmin(dim=0)
         pick = winner * n_pool + torch.arange(n_pool, device=cloud.device)
         order = torch.argsort(ranking.min(dim=0).values)[: min(top_k, n_pool)]

@@ -56,6 +56,7 @@ from backend.silhouettes import (  # noqa: E402
     EDGE_CHOICE,
     EDGE_MARGIN,
     EDGE_WEIGHT,
+    PROPORTION_RESOLUTION,
     SWITCH_MARGIN,
     VIEW_HYPOTHESES,
     SilhouetteBank,
@@ -65,6 +66,7 @@ from backend.silhouettes import (  # noqa: E402
     match_image,
     project,
     scale_boxes,
+    stretched_distance,
 )
 from training.data.ood import CATEGORIES, generate  # noqa: E402
 
@@ -124,6 +126,36 @@ def refine_to_image(
     with torch.no_grad():
         final = boxes + (basis @ w).reshape(boxes.shape) * free
         return project_positive(final, basis, sub.min_half.to(boxes), sub.part_mask)
+
+
+def polish_stretch(
+    points: torch.Tensor,
+    scales: torch.Tensor,
+    view: torch.Tensor,
+    mask: np.ndarray,
+    span: float = 0.12,
+    turn: float = 5.0,
+    prior: float = 0.002,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One candidate's stretch ``scales`` (3,) and ``view`` (2,) (degrees) searched again against ``mask``: X and Y
+    times exp of 5 steps over +-``span``, the azimuth over 5 steps within +-``turn`` degrees; the least
+    ``stretched_distance`` at 64 x 64 plus ``prior`` times the squared log of the (unit geometric mean) stretch
+    wins, as in ``fit_proportions``. ``points`` (N, 3) the candidate's samples, normalised frame.
+
+    Returns:
+        scales (3,) with a unit geometric mean and the view (2,), degrees.
+    """
+    steps = torch.linspace(-span, span, 5, dtype=torch.float64)
+    fx, fy = torch.meshgrid(steps, steps, indexing="ij")
+    factor = torch.stack([fx.reshape(-1), fy.reshape(-1), torch.zeros(25, dtype=torch.float64)], dim=1).exp()
+    tried = scales.to(torch.float64) * factor  # (G, 3)
+    turns = torch.linspace(-turn, turn, 5, dtype=torch.float64)
+    views = torch.stack([view[0].double() + turns, view[1].double().expand(5)], dim=1)  # (A, 2)
+    score = stretched_distance(points[None], tried[None], views[None], mask_grid(mask, PROPORTION_RESOLUTION))[0]
+    score = score.double() + prior * torch.log(tried).square().sum(-1, keepdim=True)  # (G, A)
+    best = int(score.argmin())
+    chosen = tried[best // len(views)]
+    return (chosen / chosen.prod().pow(1 / 3)).to(points), views[best % len(views)].to(points)
 
 
 def wrapped(degrees: float) -> float:
@@ -186,6 +218,12 @@ def main(argv=None) -> int:
                 image, sources, bank, top_k=1, mask=mask, hypotheses=count, switch_margin=margin, edge_weight=0.0
             )
             return int(match.order[0]), match.boxes[0], (match.azimuth, match.elevation)
+        if variant == "polish":
+            match = match_image(image, sources, bank, top_k=1, mask=mask)
+            chosen = sources.select(match.order[:1])
+            scales, view = polish_stretch(chosen.points[0], match.scales[0], match.views[0], mask)
+            boxes = scale_boxes(chosen.boxes, chosen.part_mask, scales[None])[0]
+            return int(match.order[0]), boxes, (float(view[0]), float(view[1]))
         if variant.startswith("edges"):  # edges[@WEIGHT[,MARGIN[,CHOICE]]]: the shipped choice by interior edges
             given = [float(v) for v in variant.partition("@")[2].split(",") if v]
             weight, margin, choice = given + [EDGE_WEIGHT, EDGE_MARGIN, EDGE_CHOICE][len(given) :]

@@ -4,9 +4,10 @@
 
 Each variant replaces ``match_image``'s top-1 for the renders of bench/blender_renders.py (run that first: it
 renders and caches the targets and writes the oracle per target), measured as that bench measures it (bench/ood.py
-``dense_chamfer`` x10^-2, placed on the true box with one uniform scale). ``--first``: 0 is set A (tuned on), 5 set B,
-10 set C, 15 set D and 20 set E (held out). All of them but ``edges`` without the interior edges
-(``edge_weight=0``). The refinements start from ``baseline``'s top-1, as they were measured.
+``dense_chamfer`` x10^-2, placed on the true box with one uniform scale). ``--first``: 0 is set A, 5 set B, 10 set
+C, 15 set D, 20 set E (all tuned on by round 2) and 25 set F (rendered once in round 2, held out). All of them but
+``edges`` and ``polish`` without the interior edges (``edge_weight=0``). The refinements start from ``baseline``'s
+top-1, as they were measured.
 
 - ``refine``: the top-1's part boxes refined in image space (``refine_to_image``): Adam in the connectivity
   subspace, with the symmetry error, the half-size barrier and ``size_penalty``, on the distance of projected

@@ -40,7 +40,7 @@ HYPOTHESIS_MARGIN = 0.05  # a view is a hypothesis within this much of the best 
 SWITCH_MARGIN = 0.0005  # mask distance (grid widths) by which another view's shortlist must beat the consensus'
 EDGE_CHOICE = 8  # stretched candidates the interior edges choose among
 EDGE_RESOLUTION = 64  # grid of the interior edges (that of the proportions)
-EDGE_THRESHOLD = 0.02  # grey-level gradient (per pixel of the object's working crop, grey in 0..1) of an image edge
+EDGE_THRESHOLD = 0.02  # Sobel response (grey in 0..1; the difference across two pixels of the working crop) of an edge
 EDGE_STEPS = 2  # cells of ``mask_distance``'s truncation between edge maps
 EDGE_WEIGHT = 0.1  # the edge distance's weight against the outline's mask distance
 EDGE_MARGIN = 0.0005  # by which another stretched candidate must beat the re-ranked first to take its place
@@ -92,7 +92,7 @@ def inset(masks: torch.Tensor, cells: int = 2) -> torch.Tensor:
     return unpack_rows(rows, r)
 
 
-_SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 4  # per pixel, both directions
+_SOBEL = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]) / 4  # grey difference across two pixels
 _GAUSS = torch.exp(-torch.arange(-2.0, 3.0).square() / 2)  # sigma one pixel
 
 
@@ -195,6 +195,8 @@ def pack_rows(masks: torch.Tensor) -> torch.Tensor:
     float max-pools over every cell.
     """
     r = masks.shape[-1]
+    if r > 64:  # one int64 a row: wider rows would wrap silently
+        raise ValueError(f"packed masks hold at most 64 cells a row, got {r}")
     weights = torch.ones(r, dtype=torch.int64, device=masks.device) << torch.arange(r, device=masks.device)
     return (masks.to(torch.int64) * weights).sum(-1)  # distinct bits: the sum is their OR
 
@@ -815,8 +817,8 @@ def match_image(
         switch_margin=switch_margin,
     )
     by_edges = edge_weight > 0 and image is not None  # a mask alone has no inside to compare
-    count = max(top_k, edge_choice) if by_edges else top_k
-    order = reranked.order[:count]
+    order = reranked.order[: max(top_k, edge_choice) if by_edges else top_k]
+    count = len(order)  # a library smaller than the choice gives every source once
     chosen = sources.select(order.to(sources.points.device))
     target = mask_grid(mask, PROPORTION_RESOLUTION)
     scales, scores, views = fit_proportions(chosen.points, target, reranked.angles[:count])

@@ -12,6 +12,7 @@ from backend.geometry.sampling import sample_surface
 from backend.model.sources import SourceTensors
 from backend.render import Camera, rasterize, shade
 from backend.silhouettes import (
+    EDGE_WEIGHT,
     PROPORTION_RESOLUTION,
     SilhouetteBank,
     ViewGrid,
@@ -330,6 +331,20 @@ def test_match_image_fails_first_on_no_foreground_then_matches(library, tmp_path
     assert match.boxes.shape == (3, *sources.boxes.shape[1:]) and match.views.shape == (3, 2)
     assert (match.azimuth, match.elevation) == tuple(match.views[0].tolist())
     assert match.view["direction"][2] == pytest.approx(np.sin(np.radians(match.elevation)))
+
+
+def test_a_small_library_gives_each_source_once_when_more_candidates_are_asked(library):
+    """Ten sources and twelve candidates asked (the add-on allows 50): every source comes back once, with the
+    interior-edge choice on and off (it failed with an index past the end when the choice was on)."""
+    shapes, sources = library
+    rows = torch.arange(10)
+    small = sources.select(rows)
+    bank = SilhouetteBank.build(small.points)
+    image, _ = photo(shapes[2], Camera(azimuth=25, elevation=20, fov=40))
+    for weight in (EDGE_WEIGHT, 0.0):
+        match = match_image(image, small, bank, top_k=12, edge_weight=weight)
+        assert sorted(match.order.tolist()) == rows.tolist(), weight
+        assert match.boxes.shape == (10, *small.boxes.shape[1:]) and match.views.shape == (10, 2)
 
 
 def test_bank_cache_is_reused_and_rebuilt_when_the_library_changes(library, tmp_path):

@@ -413,3 +413,33 @@ def test_a_full_cloud_keeps_refinement_only_where_it_measures_better(setup, name
     refined = {c.source_index: c.measured_chamfer for c in fitter.fit_points(cloud, options).candidates}
     assert set(refined) == set(plain)
     assert all(refined[r] <= plain[r] * (1 + 1e-5) for r in refined), (refined, plain)
+
+
+def test_fits_training_and_evaluation_rank_placements_alike(setup):
+    """One home for the ranking (``placement_scores``): on a chair stretched 5x upwards, where the proportion charge
+    reorders the library (asserted), ``fit_cloud``'s coarse scores, training's pairs (``placement_candidates``) and
+    the evaluation's ranking (``evaluate_pipeline``, for recall@k) are the charged score. Fails with training's or
+    the evaluation's ranking on the uncharged coarse chamfer (their code before this test)."""
+    from backend.model.inference import PREFILTER_POINTS, fit_cloud, placement_scores, target_extent
+    from training.evaluate import evaluate_pipeline
+    from training.joint.data import Targets
+    from training.joint.train import placement_candidates, target_batch
+
+    sources = Fitter.open(setup / "model.pt", setup / "index").sources
+    stretched = sources.points[:1] * torch.tensor([1.0, 1.0, 5.0])
+    lo, hi = stretched.min(dim=1).values, stretched.max(dim=1).values
+    targets = Targets(["stretched chair"], (stretched - (lo + hi) / 2) / (hi - lo).norm(), None)
+    n = len(sources)
+    # evaluate_pipeline's own draw of its first target
+    target, _ = target_batch(targets, torch.tensor([0]), "points", 1024, 0.0, torch.Generator().manual_seed(0))
+    extent, every = target_extent(target)[0], target.expand(n, -1, -1)
+    plain, charged = placement_scores(sources, extent, every)
+    assert not torch.equal(torch.argsort(plain), torch.argsort(charged))
+    few_plain, few_charged = placement_scores(sources, extent, every, n_points=PREFILTER_POINTS)
+    assert not torch.equal(torch.argsort(few_plain), torch.argsort(few_charged))
+
+    assert torch.equal(placement_candidates(sources, target, n)[0], torch.argsort(few_charged))
+    ranking = evaluate_pipeline(sources, targets, 1024, pool=1, steps=1)["ranking"][0]
+    np.testing.assert_array_equal(ranking, torch.argsort(charged).numpy())
+    fit = fit_cloud(None, sources, None, target[0], torch.zeros(1), top_k=n, pool=n, refine=False)
+    np.testing.assert_allclose(fit.coarse.numpy(), charged[fit.rows].numpy(), rtol=1e-4)

@@ -167,6 +167,33 @@ def coarse_chamfer(
     return distance if weights is None else distance * weights
 
 
+def placement_scores(
+    sources: SourceTensors,
+    extent: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    viewpoint: torch.Tensor | None = None,
+    n_points: int = RANK_POINTS,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How a fit ranks sources: each placed per axis on a target box (``box_placement``), scored by its
+    ``coarse_chamfer`` times its ``proportion_charge``. The one home of that score: ``fit_cloud``'s ranking,
+    training's pairs (``training.joint.train.placement_candidates``) and the evaluation's ranking
+    (``training.evaluate.evaluate_pipeline``) all call it, so they rank alike.
+
+    Args:
+        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units.
+        targets: (S, M, 3) the target of each source (an expanded view costs nothing).
+        weights, viewpoint, n_points, progress: as ``coarse_chamfer``.
+
+    Returns:
+        (S,) the placements' coarse chamfer and (S,) their ranking score (lower ranks first).
+    """
+    placed = box_placement(sources, extent)
+    chamfer = coarse_chamfer(sources, placed, targets, weights, viewpoint, n_points, progress=progress)
+    return chamfer, chamfer * proportion_charge(sources, extent)
+
+
 def network_boxes(
     model: JointModel, sources: SourceTensors, global_code: torch.Tensor, part_code: torch.Tensor, target_code
 ) -> torch.Tensor:
@@ -624,40 +651,37 @@ def fit_cloud(
         prior = embedding_distance(model, targets, "points", codes["embedding"]).min(dim=0).values
         rows = torch.argsort(prior)[:shortlist]
 
-    def ranked(group: SourceTensors, headings: range, views, n_points: int = RANK_POINTS) -> torch.Tensor:
-        """(len(headings), len(group)) coarse chamfer of every source of ``group`` placed at each heading."""
+    def ranked(group: SourceTensors, headings: range, views, n_points: int = RANK_POINTS):
+        """(len(headings), len(group)) ``placement_scores`` of every source of ``group`` placed at each heading:
+        coarse chamfer and ranking score."""
         scores = []
         for h in headings:  # one batched pass over every source per heading (the fine ring: 72 on the pool)
             report = None
             if progress is not None:
                 report = lambda d, t, _, h=h: progress(d, t, f"ranking {d} of {t} sources")  # noqa: E731
             view = None if views is None else views[h]
-            target = targets[h].expand(len(group), -1, -1)
-            placed = box_placement(group, extents[h])
-            scores.append(coarse_chamfer(group, placed, target, None, view, n_points, progress=report))
-        return torch.stack(scores) * common[list(headings)].unsqueeze(1)
-
-    def charges(group: SourceTensors, headings: range) -> torch.Tensor:
-        """(len(headings), len(group)) ``proportion_charge`` of every source of ``group`` placed at each heading."""
-        return torch.stack([proportion_charge(group, extents[h]) for h in headings])
+            target, weight = targets[h].expand(len(group), -1, -1), common[h].expand(len(group))
+            scores.append(placement_scores(group, extents[h], target, weight, view, n_points, progress=report))
+        return tuple(torch.stack(s) for s in zip(*scores))
 
     def pooled(rows: torch.Tensor, views):
         """The ``pool`` best sources of ``rows`` with their best headings and coarse scores (charged for
         implausible proportions), best first; the rows that passed the cheap first pass; and the
         ``EVIDENCE_SOURCES`` best placements by coarse chamfer alone with their headings (they judge the viewpoint:
         judged on charged placements, the demo chair's full cloud in a 9-source library was taken for a scan)."""
-        if len(rows) > PREFILTER_KEEP:  # a cheap first pass on a few points keeps the most promising sources
+        # A cheap first pass on a few points keeps the most promising sources, by chamfer alone (uncharged), so
+        # that the viewpoint's evidence (the best placements by chamfer alone) is among them.
+        if len(rows) > PREFILTER_KEEP:
             few = sources.first_points(PREFILTER_POINTS).select(rows)
-            rough = ranked(few, range(n_given), views, PREFILTER_POINTS).min(dim=0).values
+            rough = ranked(few, range(n_given), views, PREFILTER_POINTS)[0].min(dim=0).values
             rows = rows[torch.argsort(rough)[:PREFILTER_KEEP]]
         candidates = sources.first_points(RANK_POINTS).select(rows)
-        plain = ranked(candidates, range(n_given), views)
-        best_score, best_heading = (plain * charges(candidates, range(n_given))).min(dim=0)
+        plain, charged = ranked(candidates, range(n_given), views)
+        best_score, best_heading = charged.min(dim=0)
         keep = torch.argsort(best_score)[: min(pool, len(rows))]
         heading = best_heading[keep]
         if len(yaws) > n_given:
-            ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)
-            ring = ring * charges(candidates.select(keep), range(n_given, len(yaws)))
+            ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)[1]
             better = ring.min(dim=0).values < RING_MARGIN * best_score[keep]
             heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
         plain_score, plain_heading = plain.min(dim=0)

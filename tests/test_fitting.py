@@ -413,3 +413,60 @@ def test_a_full_cloud_keeps_refinement_only_where_it_measures_better(setup, name
     refined = {c.source_index: c.measured_chamfer for c in fitter.fit_points(cloud, options).candidates}
     assert set(refined) == set(plain)
     assert all(refined[r] <= plain[r] * (1 + 1e-5) for r in refined), (refined, plain)
+
+
+def test_fits_training_and_evaluation_rank_placements_alike(setup):
+    """One home for the ranking (``placement_scores``): on a chair stretched 5x upwards, where the proportion charge
+    reorders the library (asserted), ``fit_cloud``'s coarse scores, training's pairs (``placement_candidates``) and
+    the evaluation's ranking (``evaluate_pipeline``, for recall@k) are the charged score. Fails with training's or
+    the evaluation's ranking on the uncharged coarse chamfer (their code before this test)."""
+    from backend.model.inference import PREFILTER_POINTS, fit_cloud, placement_scores, target_extent
+    from training.evaluate import evaluate_pipeline
+    from training.joint.data import Targets
+    from training.joint.train import placement_candidates, target_batch
+
+    sources = Fitter.open(setup / "model.pt", setup / "index").sources
+    stretched = sources.points[:1] * torch.tensor([1.0, 1.0, 5.0])
+    lo, hi = stretched.min(dim=1).values, stretched.max(dim=1).values
+    targets = Targets(["stretched chair"], (stretched - (lo + hi) / 2) / (hi - lo).norm(), None)
+    n = len(sources)
+    # evaluate_pipeline's own draw of its first target
+    target, _ = target_batch(targets, torch.tensor([0]), "points", 1024, 0.0, torch.Generator().manual_seed(0))
+    extent, every = target_extent(target)[0], target.expand(n, -1, -1)
+    plain, charged = placement_scores(sources, extent, every)
+    assert not torch.equal(torch.argsort(plain), torch.argsort(charged))
+    few_plain, few_charged = placement_scores(sources, extent, every, n_points=PREFILTER_POINTS)
+    assert not torch.equal(torch.argsort(few_plain), torch.argsort(few_charged))
+
+    assert torch.equal(placement_candidates(sources, target, n)[0], torch.argsort(few_charged))
+    ranking = evaluate_pipeline(sources, targets, 1024, pool=1, steps=1)["ranking"][0]
+    np.testing.assert_array_equal(ranking, torch.argsort(charged).numpy())
+    fit = fit_cloud(None, sources, None, target[0], torch.zeros(1), top_k=n, pool=n, refine=False)
+    np.testing.assert_allclose(fit.coarse.numpy(), charged[fit.rows].numpy(), rtol=1e-4)
+
+
+def test_a_full_clouds_leader_is_refined_again_on_finer_points_where_that_measures_better(setup, monkeypatch):
+    """The leader's second refinement on finer points (``REFINE_POLISH_SHARE``) is kept only where it measures
+    better: the leader is the same source with and without it, and measures at most what it measures without it,
+    strictly less on at least one of the clouds (the demo chair, a generated one, library sources' own surfaces,
+    whose exact placement refinement can only make worse in the measure). Fails with the polish kept
+    unconditionally and with it never kept (each checked on these clouds)."""
+    import backend.model.inference as inference
+    from backend.export import part_meshes
+
+    fitter = Fitter.open(setup / "model.pt", setup / "index")
+    paths = [s.path for s in fitter.index.sources]
+    clouds = [chair_target(), generated_chair(0)]
+    for name in ("chair/chair_00.glb", "table/table_00.glb", "storage/storage_01.glb"):
+        mesh = trimesh.util.concatenate(part_meshes(fitter.index, paths.index(name)))
+        clouds.append(np.asarray(trimesh.sample.sample_surface(mesh, 4096, seed=7)[0]))
+    options = FitOptions(top_k=2, rerank_pool=3, viewpoint=None, refine_steps=60)
+    gains = []
+    for cloud in clouds:
+        polished = fitter.fit_points(cloud, options).candidates[0]
+        monkeypatch.setattr(inference, "REFINE_POLISH_SHARE", 0.0)
+        plain = fitter.fit_points(cloud, options).candidates[0]
+        monkeypatch.undo()
+        assert polished.source_index == plain.source_index
+        gains.append(plain.measured_chamfer / polished.measured_chamfer)
+    assert min(gains) >= 1 - 1e-6 and max(gains) > 1.01, gains

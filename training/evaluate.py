@@ -37,12 +37,11 @@ from backend.library import build_index, load_index
 from backend.model.checkpoint import load_checkpoint
 from backend.model.geometry import chamfer_distance
 from backend.model.inference import (
-    RANK_POINTS,
     box_placement,
-    coarse_chamfer,
     embedding_distance,
     fit_cloud,
     network_boxes,
+    placement_scores,
     refine_boxes,
     target_extent,
 )
@@ -165,7 +164,8 @@ def evaluate_pipeline(
     - ``top1``: the pipeline's fit (Table 1; refined, so compare it with Ours+IDO as well as Ours);
     - ``oracle``: the best per-axis placement of any source, unrefined (Table 2: oracle retrieval with the
       placement as the deformation; the per-axis box oracle), ``oracle_source`` which, ``random`` the mean;
-    - ``ranking``: the pipeline's coarse order of all sources (for recall@k against that oracle).
+    - ``ranking``: the pipeline's coarse order of all sources (``placement_scores``, as ``fit_cloud`` ranks; for
+      recall@k against that oracle).
     """
     generator = torch.Generator().manual_seed(0)
     out: dict[str, list] = {"top1": [], "top10": [], "oracle": [], "oracle_source": [], "random": [], "ranking": []}
@@ -177,7 +177,7 @@ def evaluate_pipeline(
         out["top10"].append(float("nan"))
         placed = box_placement(sources, target_extent(target)[0])
         every = chamfer_distance(deformed_points(sources, placed), truth.expand(len(sources), -1, -1))
-        coarse = coarse_chamfer(sources, placed, target.expand(len(sources), -1, -1), n_points=RANK_POINTS)
+        coarse = placement_scores(sources, target_extent(target)[0], target.expand(len(sources), -1, -1))[1]
         out["oracle"].append(float(every.min()) * 100)
         out["oracle_source"].append(int(every.argmin()))
         out["random"].append(float(every.mean()) * 100)

@@ -27,10 +27,9 @@ from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
 from backend.model.inference import (
     PREFILTER_POINTS,
-    box_placement,
-    coarse_chamfer,
     embedding_distance,
     network_boxes,
+    placement_scores,
     target_extent,
     visible_from,
 )
@@ -198,12 +197,13 @@ def target_batch(
 
 @torch.no_grad()
 def placement_candidates(sources: SourceTensors, target: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) the sources whose per-axis placement on each of B point targets (B, N, 3) fits best, by
-    ``coarse_chamfer`` on a few points: the sources a fit ranks first and refines (``fit_cloud``)."""
+    """(B, k) the sources whose per-axis placement on each of B point targets (B, N, 3) ranks best, by
+    ``placement_scores`` (coarse chamfer charged for implausible proportions) on a few points: the sources a fit
+    ranks first and refines (``fit_cloud``)."""
     few = sources.first_points(PREFILTER_POINTS)
     scores = torch.stack(
         [
-            coarse_chamfer(few, box_placement(few, extent), one.expand(len(few), -1, -1), n_points=PREFILTER_POINTS)
+            placement_scores(few, extent, one.expand(len(few), -1, -1), n_points=PREFILTER_POINTS)[1]
             for one, extent in zip(target, target_extent(target))
         ]
     )

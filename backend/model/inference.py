@@ -111,7 +111,9 @@ def box_placement(sources: SourceTensors, extent: torch.Tensor, floor: float = 1
     return torch.where(sources.part_mask.unsqueeze(-1), placed, sources.boxes)
 
 
-def placement_factor(sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+def placement_factor(
+    sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3, lower_bound: bool = False
+) -> torch.Tensor:
     """(S,) the largest per-axis factor (>= 1, growing or shrinking) by which ``box_placement`` scales each source's
     parts, relative to the shapes' diagonals: what ``part_scale_factors`` reports for every part of that placement
     (a uniform scaling gives 1; a source turned a quarter so its depth has to fill the target's width gives its
@@ -119,20 +121,27 @@ def placement_factor(sources: SourceTensors, extent: torch.Tensor, floor: float 
 
     Args:
         sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units (as ``box_placement``).
+        lower_bound: the extent may fall short of the true one (a single-view scan: seen from the front at eye
+            level, a wardrobe is as deep as its doors), so only growth counts; shrinking to it is no evidence.
     """
     ratio = extent.clamp_min(floor).expand(len(sources), 3) / source_extent(sources).clamp_min(1e-6)
+    if lower_bound:
+        return ratio.max(dim=-1).values.clamp_min(1.0)
     return torch.maximum(ratio, 1 / ratio).max(dim=-1).values
 
 
-def proportion_charge(sources: SourceTensors, extent: torch.Tensor) -> torch.Tensor:
+def proportion_charge(sources: SourceTensors, extent: torch.Tensor, lower_bound: bool = False) -> torch.Tensor:
     """(S,) factor (>= 1) on each placement's coarse chamfer in the ranking: 1 up to ``IMPLAUSIBLE_FACTOR``, then
-    ``(placement_factor / IMPLAUSIBLE_FACTOR) ** RANK_PROPORTION_POWER``, so a placement that stretches a source's
-    parts beyond 3x wins only where no source of plausible proportions fits nearly as well (issue 14 item 8).
+    ``(placement_factor / IMPLAUSIBLE_FACTOR) ** RANK_PROPORTION_POWER``. It decides which sources enter a fit's
+    pool and at which heading (issue 14 item 8): a placement that stretches a source's parts beyond 3x enters only
+    where no source of plausible proportions fits nearly as well; the pool is then ordered by measured fits.
 
     Args:
-        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units.
+        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units; lower_bound: as
+            ``placement_factor`` (scans).
     """
-    return (placement_factor(sources, extent) / IMPLAUSIBLE_FACTOR).clamp_min(1.0) ** RANK_PROPORTION_POWER
+    factor = placement_factor(sources, extent, lower_bound=lower_bound)
+    return (factor / IMPLAUSIBLE_FACTOR).clamp_min(1.0) ** RANK_PROPORTION_POWER
 
 
 def coarse_chamfer(
@@ -185,7 +194,8 @@ def placement_scores(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How a fit ranks sources: each placed per axis on a target box (``box_placement``), scored by its
-    ``coarse_chamfer`` times its ``proportion_charge``. The one home of that score: ``fit_cloud``'s ranking,
+    ``coarse_chamfer`` times its ``proportion_charge`` (for a scan, given ``viewpoint``, only growth is charged:
+    its box may be short along the view). The one home of that score: ``fit_cloud``'s ranking,
     training's pairs (``training.joint.train.placement_candidates``) and the evaluation's ranking
     (``training.evaluate.evaluate_pipeline``) all call it, so they rank alike.
 
@@ -199,7 +209,7 @@ def placement_scores(
     """
     placed = box_placement(sources, extent)
     chamfer = coarse_chamfer(sources, placed, targets, weights, viewpoint, n_points, progress=progress)
-    return chamfer, chamfer * proportion_charge(sources, extent)
+    return chamfer, chamfer * proportion_charge(sources, extent, lower_bound=viewpoint is not None)
 
 
 def network_boxes(
@@ -367,11 +377,12 @@ def refine_boxes(
 
     Adam on each candidate's null-space coordinates (so every joint stays attached), on
     ``partial_chamfer`` to the target plus ``symmetry_weight`` times the symmetry error, plus
-    ``size_weight`` times ``size_penalty`` against ``reference`` boxes, plus a barrier keeping
-    half-sizes at least ``min_half`` (without locked parts, the result is projected onto boxes that keep every
-    joint and every half-size at least ``min_half``: ``project_positive``). Stops when the summed loss improves by
-    less than ``tolerance`` (relative) over 10 steps, after ``steps`` steps, or after ``max_seconds`` (a
-    safety cap only: results should not depend on the machine's load).
+    ``size_weight`` times ``size_penalty`` against ``reference`` boxes and ``size_weight x REFINE_GROWTH_WEIGHT``
+    times ``implausible_growth`` (no part taken beyond 3x of its source size that its reference left within it),
+    plus a barrier keeping half-sizes at least ``min_half`` (without locked parts, the result is projected onto
+    boxes that keep every joint and every half-size at least ``min_half``: ``project_positive``). Stops when the
+    summed loss improves by less than ``tolerance`` (relative) over 10 steps, after ``steps`` steps, or after
+    ``max_seconds`` (a safety cap only: results should not depend on the machine's load).
 
     Args:
         sources: P sources (use few points: ``first_points(REFINE_POINTS)``).
@@ -488,7 +499,8 @@ class CloudFit:
         boxes: (C, K, 6) fitted boxes (normalised frame).
         chamfer: (C,) measured fit, in the normalised frame of the unturned cloud.
         start: (C,) long, which start won: 0 the per-axis placement, 1 the network's prediction.
-        coarse: (C,) the coarse ranking score, same unit as ``chamfer``.
+        coarse: (C,) the coarse ranking score: ``chamfer``'s unit times the ``proportion_charge`` (1 for plausible
+            placements).
         viewpoint: (3,) direction towards the scanner in the unturned frame, or None (full cloud).
         estimated: whether ``viewpoint`` (or its absence) was estimated from the cloud (``viewpoint="auto"``).
     """
@@ -615,8 +627,9 @@ def fit_cloud(
        they return, and the leader is refined again on finer points where that measures better
        (``REFINE_POLISH_SHARE``). For a scan, a candidate's boxes fall back to its start unless refinement at least
        halved its measured chamfer (``SCAN_REFINE_GAIN``), and candidates are ranked by their refined fits
-       (``CloudFit.chamfer`` is then the start's, so a scan's chamfers need not be in order). The ranking charges
-       placements that stretch a source's parts beyond 3x (``proportion_charge``).
+       (``CloudFit.chamfer`` is then the start's, so a scan's chamfers need not be in order). Which sources enter the
+       pool, and at which heading, is charged for placements that stretch a source's parts beyond 3x
+       (``proportion_charge``; a scan's only for growth).
     4. With ``viewpoint="auto"``, a cloud judged from all around on weak evidence (``DUAL_EVIDENCE``) is fitted
        again as a scan from the best scan hypothesis (refined with ``DUAL_STEP_SHARE`` of the steps), and the
        refined fits decide (``DUAL_MARGIN``).

@@ -85,7 +85,7 @@ COARSE_SOURCE, COARSE_TRUTH = 512, 1024
 IMPLAUSIBLE = 3.0
 MODES = ("full", "scan", "full_turned", "scan_turned")
 VISIBLE_SAMPLES = 4 * TRUTH_POINTS  # surface samples drawn before a z-buffer keeps the seen ones (partial_cloud: 4x)
-RANK_POINTS = 4096  # seen samples per side in the visible ranking (batched chamfer; k-d trees of far shapes are slow)
+RANK_POINTS = 4096  # seen samples per side in the visible ranking (k-d tree queries between far shapes are slow)
 # Views from all round (every 45 degrees, below and above, and both poles): what some camera position could see.
 ANYWHERE = tuple(Camera(azimuth=a, elevation=e) for a in range(0, 360, 45) for e in (-60, -20, 20, 60)) + (
     Camera(azimuth=0, elevation=89),
@@ -439,23 +439,20 @@ def visible_ranking(library: LibraryArrays, target: Target, oracle_row: int) -> 
     seed = [CATEGORIES.index(target.category), target.index, 9]
     rng = np.random.default_rng(seed)
 
-    def subsample(points: np.ndarray) -> torch.Tensor:
-        chosen = points[rng.choice(len(points), RANK_POINTS, replace=len(points) < RANK_POINTS)]
-        return torch.from_numpy(chosen / diagonal).float()
+    def subsample(points: np.ndarray) -> np.ndarray:
+        return points[rng.choice(len(points), RANK_POINTS, replace=len(points) < RANK_POINTS)]
 
     truth_seen = subsample(seen_samples(*target.mesh, bounds, (camera,), rng))
     # One raster per source (numpy z-buffer): a loop over the library, in the bench only.
-    seen = torch.stack(
+    values = np.array(
         [
-            subsample(seen_samples(*placed_mesh(library, row, bounds), bounds, (camera,), rng))
+            dense_chamfer(
+                subsample(seen_samples(*placed_mesh(library, row, bounds), bounds, (camera,), rng)),
+                truth_seen,
+                diagonal,
+            )
             for row in range(len(library))
         ]
-    )
-    values = (
-        torch.cat([chamfer_distance(part, truth_seen.expand(len(part), -1, -1)) for part in seen.split(4)])
-        .double()
-        .numpy()
-        * 100
     )
     best = int(values.argmin())
     seconds = time.perf_counter() - started

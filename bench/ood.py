@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ood.py [--per-category 100] [--targets 5] [--modes full scan full_turned scan_turned]
         [--target-seed 1] [--mixed] [--tell-viewpoint] [--fit-options '{"refine": true}'] [--no-pipeline] [--threads 1]
-        [--placement-ranking]
+        [--placement-ranking] [--visible-ranking] [--no-product]
         [--checkpoint backend/checkpoints/default.pt] [--out bench/out/ood] [--json PATH] [--write docs/ood.md]
     .venv/bin/python bench/ood.py --report RESULTS.json [--write docs/ood.md]     # tables of a saved run
 
@@ -19,7 +19,8 @@ What it does (see docs/ood.md):
    (``backend.model.inference.fit_cloud`` with no model: per-axis placement of every source, coarse chamfer on 256
    points, refinement of the top 5 from that placement, heading trusted). ``--tell-viewpoint`` adds a
    ``product_told_viewpoint`` row: the product given each scan's true scanner direction (``FitOptions.viewpoint``);
-   ``--placement-ranking`` a diagnostic ``placement_ranking`` row (``placement_ranking_fit``).
+   ``--placement-ranking`` a diagnostic ``placement_ranking`` row (``placement_ranking_fit``), ``--visible-ranking``
+   a diagnostic ``visible_ranking`` row on unturned scans (``visible_ranking``: the bound of what a scan shows).
 4. Measures every fit against a dense sample of the true surface: chamfer x10^-2 (squared distances, mean per
    direction, summed) on coordinates divided by the true shape's box diagonal; the fitted shape is ``FIT_POINTS``
    samples of the source's own part meshes carried by the fitted part boxes. Reference: the per-axis box oracle, the
@@ -70,6 +71,7 @@ from backend.geometry.sampling import sample_surface, seed_from_bytes  # noqa: E
 from backend.library import LibraryIndex, build_index, load_index  # noqa: E402
 from backend.model.checkpoint import checkpoint_id  # noqa: E402
 from backend.model.geometry import chamfer_distance, deform_points  # noqa: E402
+from backend.render import Camera, visible_points  # noqa: E402
 from training.data.ood import CATEGORIES, OODShape, generate, write_glb  # noqa: E402
 from training.data.views import partial_cloud, random_camera  # noqa: E402
 
@@ -82,6 +84,13 @@ SHORTLIST = 8  # the oracle measures this many coarse-best sources exactly
 COARSE_SOURCE, COARSE_TRUTH = 512, 1024
 IMPLAUSIBLE = 3.0
 MODES = ("full", "scan", "full_turned", "scan_turned")
+VISIBLE_SAMPLES = 4 * TRUTH_POINTS  # surface samples drawn before a z-buffer keeps the seen ones (partial_cloud: 4x)
+RANK_POINTS = 4096  # seen samples per side in the visible ranking (k-d tree queries between far shapes are slow)
+# Views from all round (every 45 degrees, below and above, and both poles): what some camera position could see.
+ANYWHERE = tuple(Camera(azimuth=a, elevation=e) for a in range(0, 360, 45) for e in (-60, -20, 20, 60)) + (
+    Camera(azimuth=0, elevation=89),
+    Camera(azimuth=0, elevation=-89),
+)
 
 
 # -- library and targets ---------------------------------------------------------------------------
@@ -116,6 +125,8 @@ class Target:
         bounds: (2, 3) the true shape's box; diagonal: its diagonal (the metric's unit for every mode).
         yaw: radians the turned modes are turned by about the vertical through the box centre.
         clouds: mode -> (N, 3) float32 input cloud.
+        cameras: mode -> the ``Camera`` of a scan (unturned ``"scan"`` only; framed on ``bounds``).
+        mesh: the true shape's (V, 3) vertices and (F, 3) faces (metres, unturned).
         viewpoints: scan mode -> (3,) unit direction from the object towards the scanner (turned with the mode).
         floor: chamfer x100 of a perfect fit (another ``FIT_POINTS`` samples of the true surface): sampling noise,
             the least any row can measure.
@@ -131,6 +142,8 @@ class Target:
     clouds: dict[str, np.ndarray] = field(default_factory=dict)
     viewpoints: dict[str, np.ndarray] = field(default_factory=dict)
     floor: float = 0.0
+    cameras: dict[str, Camera] = field(default_factory=dict)
+    mesh: tuple[np.ndarray, np.ndarray] | None = None
 
     def turn(self, points: np.ndarray) -> np.ndarray:
         """``points`` turned by ``yaw`` about the vertical through the true box's centre."""
@@ -160,6 +173,7 @@ def make_target(category: str, index: int, seed: int = TARGET_SEED) -> Target:
     target.clouds["full"] = sample_surface(vertices, faces, CLOUD_POINTS, rng)[0].astype(np.float32)
     camera = random_camera(rng)
     target.clouds["scan"] = partial_cloud(shape, CLOUD_POINTS, rng, camera=camera)
+    target.cameras["scan"], target.mesh = camera, (vertices, faces)
     target.viewpoints["scan"] = -camera.view(np.zeros(3), 1.0)[0][2]  # the camera looks along -direction
     target.viewpoints["scan_turned"] = rotation_z(target.yaw) @ target.viewpoints["scan"]
     target.clouds["full_turned"] = target.turn(target.clouds["full"]).astype(np.float32)
@@ -378,6 +392,86 @@ def placement_ranking_fit(fitter: Fitter, cloud: np.ndarray, viewpoint: np.ndarr
     return Fit(row, world, 0.0, time.perf_counter() - started)
 
 
+def seen_samples(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    bounds: np.ndarray,
+    cameras: tuple[Camera, ...],
+    rng: np.random.Generator,
+    count: int = VISIBLE_SAMPLES,
+) -> np.ndarray:
+    """(M, 3) of ``count`` area-uniform samples of the mesh (V, 3) / (F, 3) that some camera of ``cameras`` sees,
+    through ``backend.render.visible_points`` (the scans' z-buffer) with every camera framed on the box ``bounds``
+    (2, 3), as a scan of a shape with that box is framed (``partial_cloud``)."""
+    points, point_faces = sample_surface(vertices, faces, count, rng)
+    framed = np.concatenate([vertices, bounds])  # two unreferenced corners: the frame is the box, not the mesh
+    seen = np.zeros(len(points), bool)
+    for camera in cameras:
+        seen |= visible_points(framed, faces, points, point_faces, camera)
+    return points[seen]
+
+
+def placed_mesh(library: LibraryArrays, row: int, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Source ``row``'s part meshes as one mesh scaled per axis onto the box ``bounds`` (2, 3), as the oracle
+    places it: (V, 3) vertices (metres) and (F, 3) faces."""
+    meshes = part_meshes(library.index, row)
+    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+    vertices = torch.from_numpy(np.concatenate([m.vertices for m in meshes]).astype(float)).unsqueeze(0)
+    faces = np.concatenate([m.faces + o for m, o in zip(meshes, offsets)])
+    return scaled_per_axis(vertices, library.bounds[row : row + 1], bounds)[0].numpy(), faces
+
+
+def visible_ranking(library: LibraryArrays, target: Target, oracle_row: int) -> tuple[Fit, dict]:
+    """Diagnostic row (``--visible-ranking``, unturned scans): the bound of any method that uses only what a scan
+    shows. Every source is placed per axis on the TRUE box and ranked by the chamfer (x100, diagonal units) between
+    its surface seen from the scan's real camera and the truth's surface seen from it (``seen_samples`` of
+    ``VISIBLE_SAMPLES`` each, ``RANK_POINTS`` of the seen ones per side);
+    the top-1 is returned as placed (measured by the caller against the whole truth, like every row).
+
+    Returns:
+        the top-1's fit, and extras: ``visible_rank_of_oracle`` (0 = first), ``exterior_oracle`` (the oracle's
+        surface seen from ``ANYWHERE`` against the truth's, chamfer x100), ``oracle_vs_exterior`` (the oracle's whole
+        surface against the truth's seen-from-anywhere samples), ``exterior_chamfer`` (the top-1's, as
+        ``exterior_oracle``).
+    """
+    started = time.perf_counter()
+    bounds, diagonal, camera = target.bounds, target.diagonal, target.cameras["scan"]
+    seed = [CATEGORIES.index(target.category), target.index, 9]
+    rng = np.random.default_rng(seed)
+
+    def subsample(points: np.ndarray) -> np.ndarray:
+        return points[rng.choice(len(points), RANK_POINTS, replace=len(points) < RANK_POINTS)]
+
+    truth_seen = subsample(seen_samples(*target.mesh, bounds, (camera,), rng))
+    # One raster per source (numpy z-buffer): a loop over the library, in the bench only.
+    values = np.array(
+        [
+            dense_chamfer(
+                subsample(seen_samples(*placed_mesh(library, row, bounds), bounds, (camera,), rng)),
+                truth_seen,
+                diagonal,
+            )
+            for row in range(len(library))
+        ]
+    )
+    best = int(values.argmin())
+    seconds = time.perf_counter() - started
+    truth_out = seen_samples(*target.mesh, bounds, ANYWHERE, np.random.default_rng(seed + [1]))
+
+    def exterior(row: int) -> float:
+        seen = seen_samples(*placed_mesh(library, row, bounds), bounds, ANYWHERE, np.random.default_rng([row, 10]))
+        return dense_chamfer(seen, truth_out, diagonal)
+
+    oracle_whole = fitted_surface(library, _oracle_fit(library, oracle_row, bounds))
+    extras = {
+        "visible_rank_of_oracle": int((values < values[oracle_row]).sum()),
+        "exterior_oracle": exterior(oracle_row),
+        "oracle_vs_exterior": dense_chamfer(oracle_whole, truth_out, diagonal),
+        "exterior_chamfer": exterior(best),
+    }
+    return Fit(best, _oracle_fit(library, best, bounds).boxes, 0.0, seconds), extras
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 def evaluate(
     fitters: dict[str, Fitter],
@@ -386,11 +480,13 @@ def evaluate(
     methods: dict[str, Callable[[Fitter, np.ndarray], Fit]],
     modes=MODES,
     log: Callable[[str], None] = print,
+    visible: bool = False,
 ) -> dict:
     """Every number of the check: per target, library, mode and method.
 
     ``fitters`` and ``libraries`` are keyed by library name (a category, or ``"mixed"``); a target is fitted in
-    its own category's library and in the mixed one when present.
+    its own category's library and in the mixed one when present. With ``visible``, unturned scans also get a
+    ``visible_ranking`` row (``visible_ranking``; its extras in the row).
 
     Returns:
         ``{"rows": [...], "summary": {...}}`` (JSON-able); a row holds target, category, family, library, mode,
@@ -435,6 +531,22 @@ def evaluate(
                             "source": fit.row,
                             "seconds": fit.seconds,
                             **_plausibility(factors),
+                        }
+                    )
+                if visible and mode == "scan":
+                    fit, extras = visible_ranking(library, target, oracle_row)
+                    value = dense_chamfer(fitted_surface(library, fit), truth, target.diagonal)
+                    factors = part_scale_factors(library, fit, target.diagonal)
+                    rows.append(
+                        {
+                            **base,
+                            "mode": mode,
+                            "method": "visible_ranking",
+                            "chamfer": value,
+                            "source": fit.row,
+                            "seconds": fit.seconds,
+                            **_plausibility(factors),
+                            **extras,
                         }
                     )
         log(f"target {n + 1}/{len(targets)} {target.category}_{target.index} ({target.family}) done")
@@ -553,11 +665,18 @@ def main(argv=None) -> int:
         "--tell-viewpoint", action="store_true", help="add a product row told each scan's true scanner direction"
     )
     parser.add_argument("--no-pipeline", action="store_true", help="skip the learning-free pipeline row")
+    parser.add_argument("--no-product", action="store_true", help="skip the product row (for diagnostic rows)")
     parser.add_argument(
         "--placement-ranking",
         action="store_true",
         help="add a diagnostic row: every source placed per axis, ranked by the scan objective with the true "
         "viewpoint, top-1 unrefined (placement_ranking_fit)",
+    )
+    parser.add_argument(
+        "--visible-ranking",
+        action="store_true",
+        help="diagnostic row on unturned scans: every source placed on the true box, ranked by what the scan's "
+        "camera sees of it against what it sees of the truth, top-1 (visible_ranking)",
     )
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "ood"))
@@ -590,7 +709,7 @@ def main(argv=None) -> int:
         + ", ".join(f"{n} {len(lib)}" for n, lib in libraries.items()),
         file=sys.stderr,
     )
-    methods = {"product": product_fit(options)}
+    methods = {} if args.no_product else {"product": product_fit(options)}
     if args.tell_viewpoint:
         methods["product_told_viewpoint"] = product_fit(options, tell_viewpoint=True)
     if not args.no_pipeline:
@@ -600,7 +719,8 @@ def main(argv=None) -> int:
     if args.target_seed == LIBRARY_SEED:
         parser.error(f"--target-seed {LIBRARY_SEED} is the library's seed: its targets would be in the library")
     targets = make_targets(args.targets, args.target_seed)
-    results = evaluate(fitters, libraries, targets, methods, tuple(args.modes), log=lambda s: print(s, file=sys.stderr))
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    results = evaluate(fitters, libraries, targets, methods, tuple(args.modes), log=log, visible=args.visible_ranking)
     seconds = time.perf_counter() - started
     results["config"] = {
         "command": "python bench/ood.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -188,7 +188,9 @@ def main(argv=None) -> int:
         nargs="+",
         default=["baseline", "refine", "refine_z", "soft", "hypotheses", "edges"],
         help="baseline: one view (the IoU consensus); hypotheses[@MARGIN]: the shipped view hypotheses, "
-        "the other views' shortlists charged MARGIN (default SWITCH_MARGIN) more mask distance",
+        "the other views' shortlists charged MARGIN (default SWITCH_MARGIN) more mask distance; "
+        "edges[@W[,M[,K]]]: the shipped choice by interior edges (weight, margin, candidates); polish: edges, then "
+        "the chosen stretch and view searched again; refine, refine_z, soft: image-space refinements (not shipped)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -102,7 +102,9 @@ def write_report(results: dict, docs: Path) -> Path:
             "## Examples (seed " + next(iter(results["seeds"])) + ")",
             "",
             "One test target per category drawn at random; chamfer x10^-2 above each deformed result; "
-            "parts coloured by index.",
+            "parts coloured by index. These are the methods' own outputs (the network's deformation, as in the "
+            "paper); the product's default fit on shapes our generator did not make, each titled with its largest "
+            "part scale factor, is [docs/ood_examples.png](ood_examples.png) (`bench/ood_examples.py`).",
             "",
             "![examples](results_examples.png)",
             "",

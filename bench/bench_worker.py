@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -121,7 +122,7 @@ def main() -> None:
         "## Worker round trip",
         "",
         f"Command: `python bench/bench_worker.py --sizes {' '.join(map(str, args.sizes))} --repeats {args.repeats}` "
-        f"({machine()}).",
+        f"({machine()}, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads in the worker).",
         "The add-on's fit request (default options, part meshes of the best candidate, the 96-pixel thumbnails "
         "of every candidate that indexing drew, per-part residuals) through `python -m backend serve`, default "
         "checkpoint, a held-out generated chair "

@@ -15,9 +15,9 @@ from backend.geometry.connectivity import joint_gaps
 from backend.library import IndexOptions, build_source, load_model
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_points, project
-from backend.model.inference import box_placement, network_boxes, target_extent
+from backend.model.inference import box_placement, network_boxes, partial_chamfer, target_extent
 from backend.model.networks import JointModel, ModelConfig, deformed_points
-from backend.model.sources import stack_sources
+from backend.model.sources import SourceTensors, stack_sources
 from training.joint.objectives import (
     cross_modal_loss,
     deformation_loss,
@@ -42,6 +42,37 @@ def test_chamfer_matches_brute_force_and_its_gradient():
     (g_brute,) = torch.autograd.grad(brute.sum(), a)
     torch.testing.assert_close(g_fast, g_brute)
     assert float(chamfer_distance(b, b).abs().max()) < 1e-12
+
+
+def test_neighbour_searches_match_brute_force_in_both_directions():
+    """The scan objective and the viewpoint hypotheses find neighbours each way with their own product (fast on the
+    CPU); their values must be the brute-force ones, the slow axis included (targets and sources of other sizes)."""
+    from backend.model.viewpoint import hypothesis_scores, visible_from
+
+    torch.manual_seed(0)
+    points = torch.rand(4, 96, 3, dtype=torch.float64) - 0.5
+    targets = torch.rand(4, 64, 3, dtype=torch.float64) - 0.5
+    direction = torch.nn.functional.normalize(torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64), dim=0)
+    d = ((targets[:, :, None] - points[:, None]) ** 2).sum(-1)  # (P, M, N)
+    seen = visible_from(points, direction.expand(4, 3), grid=8, tolerance=0.04).double()
+    to_target = (d.min(1).values * seen).sum(1) / seen.sum(1)
+    brute = d.min(2).values.mean(1) + to_target
+    sources = SourceTensors(
+        points=points,
+        labels=torch.zeros(4, 96, dtype=torch.long),
+        boxes=torch.tensor([[[0.0, 0, 0, 0.5, 0.5, 0.5]]], dtype=torch.float64).expand(4, 1, 6),
+        part_mask=torch.ones(4, 1, dtype=torch.bool),
+        basis=torch.eye(6, dtype=torch.float64).expand(4, 6, 6),
+        mirror=torch.full((4, 1), -1),
+        axis=torch.full((4,), -1),
+        centre=torch.zeros(4, 3, dtype=torch.float64),
+        scale=torch.ones(4, dtype=torch.float64),
+        min_half=torch.full((4,), 1e-4, dtype=torch.float64),
+    )
+    torch.testing.assert_close(partial_chamfer(sources, sources.boxes, targets, direction), brute)
+    scores = hypothesis_scores(points, targets, direction.expand(4, 1, 3), grid=8, tolerance=0.04, neighbours=96)
+    full = d.min(2).values.mean(1) + d.min(1).values.mean(1)
+    torch.testing.assert_close(scores[:, 0], full)
 
 
 @pytest.fixture(scope="module")

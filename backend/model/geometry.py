@@ -21,6 +21,25 @@ def normalisation(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (lo + hi) / 2, (hi - lo).norm(dim=-1).clamp_min(1e-9)
 
 
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, N, M) squared Euclidean distances between (B, N, 3) ``a`` and (B, M, 3) ``b`` (one matrix product of
+    augmented points, ``|a|^2 - 2 a.b + |b|^2``; not for autograd: callers find neighbours with it)."""
+    ones_a, ones_b = a.new_ones(a.shape[:-1] + (1,)), b.new_ones(b.shape[:-1] + (1,))
+    left = torch.cat([-2 * a, a.square().sum(-1, keepdim=True), ones_a], dim=-1)
+    right = torch.cat([b, ones_b, b.square().sum(-1, keepdim=True)], dim=-1)
+    return torch.bmm(left, right.transpose(1, 2))
+
+
+def nearest_neighbours(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, N) long: for each point of (B, N, 3) ``a`` the index of its nearest point in (B, M, 3) ``b``.
+
+    A reduction along the last axis: on the CPU ``min(dim=1)`` of a (B, M, N) matrix is 10x slower than
+    ``min(dim=2)`` of its own product (and ``argmin`` 3x slower than ``min``), so each direction of a chamfer
+    takes its own product."""
+    with torch.no_grad():
+        return squared_distances(a, b).min(dim=2).indices
+
+
 def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Symmetric chamfer distance between point sets.
 
@@ -37,14 +56,8 @@ def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # Nearest neighbours are found without autograd; the distances to them
     # are then recomputed differentiably. Same value and gradient as
     # differentiating through the min, without a (B, N, M) backward pass.
-    with torch.no_grad():
-        squared = torch.baddbmm(
-            a.square().sum(-1, keepdim=True) + b.square().sum(-1).unsqueeze(1), a, b.transpose(1, 2), alpha=-2
-        )
-        nearest_in_b = squared.argmin(dim=2)
-        nearest_in_a = squared.argmin(dim=1)
-    matched_b = torch.gather(b, 1, nearest_in_b.unsqueeze(-1).expand(-1, -1, 3))
-    matched_a = torch.gather(a, 1, nearest_in_a.unsqueeze(-1).expand(-1, -1, 3))
+    matched_b = torch.gather(b, 1, nearest_neighbours(a, b).unsqueeze(-1).expand(-1, -1, 3))
+    matched_a = torch.gather(a, 1, nearest_neighbours(b, a).unsqueeze(-1).expand(-1, -1, 3))
     return (a - matched_b).square().sum(-1).mean(1) + (b - matched_a).square().sum(-1).mean(1)
 
 

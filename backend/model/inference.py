@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from backend.model.geometry import box_symmetry_loss, chamfer_distance, project_positive
+from backend.model.geometry import box_symmetry_loss, chamfer_distance, nearest_neighbours, project_positive
 from backend.model.networks import JointModel, deformed_points
 from backend.model.sources import SourceTensors
 from backend.model.viewpoint import (
@@ -348,9 +348,7 @@ def partial_chamfer(
     with torch.no_grad():
         grid = max(8, int(math.sqrt(points.shape[1] / 4)))
         seen = visible_from(points, viewpoint.expand(len(points), 3), grid=grid, tolerance=0.04).float()
-        squared = torch.cdist(targets, points).square()
-        nearest_source = squared.argmin(dim=2)
-        nearest_target = squared.argmin(dim=1)
+    nearest_source, nearest_target = nearest_neighbours(targets, points), nearest_neighbours(points, targets)
     matched_source = torch.gather(points, 1, nearest_source.unsqueeze(-1).expand(-1, -1, 3))
     matched_target = torch.gather(targets, 1, nearest_target.unsqueeze(-1).expand(-1, -1, 3))
     to_source = (targets - matched_source).square().sum(-1).mean(1)

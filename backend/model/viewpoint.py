@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from backend.model.geometry import squared_distances
+
 # Hypotheses: a ring of azimuths at a few elevations (scans from below the object are not considered).
 AZIMUTHS = 24
 ELEVATIONS_DEG = (0.0, 15.0, 30.0, 45.0, 60.0)
@@ -95,14 +97,15 @@ def hypothesis_scores(
         points.repeat_interleave(n_views, dim=0), directions.reshape(-1, 3), grid=grid, tolerance=tolerance
     ).view(n_pairs, n_views, -1)
     seen = torch.cat([torch.ones_like(seen[:, :1]), seen], dim=1)  # (P, 1 + V, N)
-    squared = torch.cdist(targets, points).square()  # (P, M, N)
+    squared = squared_distances(targets, points).clamp_min(0)  # (P, M, N)
     near, which = squared.topk(min(neighbours, points.shape[1]), dim=2, largest=False)  # (P, M, k)
     near_seen = torch.gather(
         seen.unsqueeze(2).expand(-1, -1, targets.shape[1], -1), 3, which.unsqueeze(1).expand(-1, 1 + n_views, -1, -1)
     )
     farthest = near[..., -1:].unsqueeze(1)
     to_source = torch.where(near_seen, near.unsqueeze(1), farthest).min(dim=3).values.mean(dim=2)
-    to_target = (squared.min(dim=1).values.unsqueeze(1) * seen).sum(2) / seen.sum(2).clamp_min(1)
+    nearest = squared_distances(points, targets).clamp_min(0).min(dim=2).values  # (P, N); not squared.min(dim=1): slow
+    to_target = (nearest.unsqueeze(1) * seen).sum(2) / seen.sum(2).clamp_min(1)
     return to_source + to_target
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -73,6 +74,21 @@ def test_neighbour_searches_match_brute_force_in_both_directions():
     scores = hypothesis_scores(points, targets, direction.expand(4, 1, 3), grid=8, tolerance=0.04, neighbours=96)
     full = d.min(2).values.mean(1) + d.min(1).values.mean(1)
     torch.testing.assert_close(scores[:, 0], full)
+
+
+def test_sampling_floor_is_the_distance_a_surface_point_has_to_the_nearest_sample():
+    """Measured candidates lose the bias of their own sampling: on a unit square of N random samples a random point
+    of the square is, on average, 1 / (pi N) (squared) from the nearest sample, and ``sampling_floor`` must say so
+    from the samples alone, after a deformation too (a square stretched 3x has 3x the area per sample)."""
+    from backend.model.geometry import sampling_floor, squared_distances
+
+    torch.manual_seed(0)
+    for n, stretch in ((512, 1.0), (2048, 1.0), (2048, 3.0)):
+        samples = torch.cat([torch.rand(8, n, 2), torch.zeros(8, n, 1)], -1) * torch.tensor([stretch, 1.0, 1.0])
+        probes = torch.cat([torch.rand(8, 4000, 2), torch.zeros(8, 4000, 1)], -1) * torch.tensor([stretch, 1.0, 1.0])
+        empirical = squared_distances(probes, samples).clamp_min(0).min(dim=2).values.mean(1)
+        assert abs(float(sampling_floor(samples).mean() / empirical.mean()) - 1) < 0.05
+        assert abs(float(empirical.mean()) * math.pi * n / stretch - 1) < 0.1
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,20 @@ def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - matched_b).square().sum(-1).mean(1) + (b - matched_a).square().sum(-1).mean(1)
 
 
+def sampling_floor(points: torch.Tensor) -> torch.Tensor:
+    """(B,) expected squared distance from a point of a surface to the nearest of its (B, N, 3) random samples.
+
+    For samples of density ``N / area`` on a surface, that expectation is ``area / (pi N)`` (a Poisson process in
+    the plane); the mean squared distance from each sample of one half to the nearest of the other half is twice it,
+    so the floor is half of that, read off the samples themselves (deformed parts included, no areas or normals
+    needed). A chamfer to N samples of a surface is biased by about this much wherever the target lies on it.
+    """
+    half = points.shape[1] // 2
+    first, second = points[:, :half], points[:, half : 2 * half]
+    nearest = torch.gather(second, 1, nearest_neighbours(first, second).unsqueeze(-1).expand(-1, -1, 3))
+    return (first - nearest).square().sum(-1).mean(1) / 2
+
+
 def deform_points(
     points: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, new_boxes: torch.Tensor, min_half: float = 1e-4
 ) -> torch.Tensor:

@@ -725,14 +725,17 @@ def fit_cloud(
         plain, charged = ranked(candidates, range(n_given), views)
         best_score, best_heading = charged.min(dim=0)
         keep = torch.argsort(best_score)[: min(pool, len(rows))]
-        heading = best_heading[keep]
+        kept, heading, score = rows[keep], best_heading[keep], best_score[keep]
         if len(yaws) > n_given:
             ring = ranked(candidates.select(keep), range(n_given, len(yaws)), views)[1]
-            better = ring.min(dim=0).values < RING_MARGIN * best_score[keep]
-            heading = torch.where(better, ring.argmin(dim=0) + n_given, heading)
+            better = ring.min(dim=0).values < RING_MARGIN * score
+            # A ring heading wins on the coarse score alone; its source stays in the pool at its footprint heading
+            # too, and the measured fits decide (``finish`` returns each source once).
+            kept, score = torch.cat([kept, kept[better]]), torch.cat([score, score[better]])
+            heading = torch.cat([torch.where(better, ring.argmin(dim=0) + n_given, heading), heading[better]])
         plain_score, plain_heading = plain.min(dim=0)
         evidence = torch.argsort(plain_score)[:EVIDENCE_SOURCES]
-        return rows[keep], heading, best_score[keep], rows, (rows[evidence], plain_heading[evidence])
+        return kept, heading, score, rows, (rows[evidence], plain_heading[evidence])
 
     pooled_rows, heading, coarse, shortlisted, (evidence_rows, evidence_heading) = pooled(rows, views)
     other = None
@@ -814,7 +817,8 @@ def fit_cloud(
             ranking = measured
         winner = ranking.argmin(dim=0)
         pick = winner * n_pool + torch.arange(n_pool, device=cloud.device)
-        order = torch.argsort(ranking.min(dim=0).values)[: min(top_k, n_pool)]
+        order = torch.argsort(ranking.min(dim=0).values)
+        order = order[_first_of_each(pooled_rows[order])][:top_k]  # a source pooled at two headings: its better
         chosen_pairs = pick[order]
         # The leader alone is refined again on finer points (REFINE_POLISH_POINTS): what finer points gain goes
         # almost all to the top candidate, at a fifth of the cost of refining every candidate on them.
@@ -861,6 +865,12 @@ def fit_cloud(
         ):
             fit = scan_fit
     return fit
+
+
+def _first_of_each(values: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: True where an (n,) tensor's value appears for the first time."""
+    same = values.unsqueeze(0) == values.unsqueeze(1)
+    return ~torch.tril(same, diagonal=-1).any(dim=1)
 
 
 def _explained(sources, fit: CloudFit, targets, yaws, common) -> float:

@@ -773,11 +773,11 @@ def fit_cloud(
         pair_target = targets[pair_heading]
         pair_view = None if views is None else views[pair_heading]
 
-        scan = pair_view is not None
+        is_scan = pair_view is not None
         source_points, target_points = (
-            (SCAN_REFINE_POINTS, SCAN_REFINE_TARGET_POINTS) if scan else (REFINE_POINTS, REFINE_TARGET_POINTS)
+            (SCAN_REFINE_POINTS, SCAN_REFINE_TARGET_POINTS) if is_scan else (REFINE_POINTS, REFINE_TARGET_POINTS)
         )
-        measure_points = SCAN_MEASURE_POINTS if scan else MEASURE_POINTS
+        measure_points = SCAN_MEASURE_POINTS if is_scan else MEASURE_POINTS
 
         def refined(rows: torch.Tensor, start_boxes: torch.Tensor, budget: int) -> torch.Tensor:
             return refine_boxes(
@@ -823,7 +823,7 @@ def fit_cloud(
         winner = ranking.argmin(dim=0)
         pick = winner * n_pool + torch.arange(n_pool, device=cloud.device)
         order = torch.argsort(ranking.min(dim=0).values)
-        order = order[_first_of_each(pooled_rows[order])][:top_k]  # a source pooled at two headings: its better
+        order = order[_first_of_each(pooled_rows[order])][:top_k]  # a source pooled at two headings: its better one
         chosen_pairs = pick[order]
         # The leader alone is refined again on finer points (REFINE_POLISH_POINTS): what finer points gain goes
         # almost all to the top candidate, at a fifth of the cost of refining every candidate on them.

@@ -494,10 +494,11 @@ def measured_chamfer(
     ``sampling_floor`` is taken off (``MEASURE_DEBIAS``): candidates of different areas, or a candidate before and
     after refinement, are then compared on their shapes rather than on how densely their samples cover them."""
     chosen = sources.first_points(n_points)
-    value = partial_chamfer(chosen, boxes, targets, viewpoint)
-    if viewpoint is None and MEASURE_DEBIAS:
-        value = (value - sampling_floor(deformed_points(chosen, boxes))).clamp_min(0)  # a chamfer is not negative
-    return value
+    if viewpoint is not None:
+        return partial_chamfer(chosen, boxes, targets, viewpoint)
+    points = deformed_points(chosen, boxes)
+    value = chamfer_distance(points, targets)
+    return (value - sampling_floor(points)).clamp_min(0) if MEASURE_DEBIAS else value  # a chamfer is not negative
 
 
 # Libraries up to this many sources are ranked in full by coarse chamfer at every heading; larger

@@ -28,13 +28,10 @@ from backend.geometry.frames import rotation_z, view_record
 from backend.library import load_index
 from backend.library.index import LibraryIndex
 from backend.model.checkpoint import checkpoint_id, load_checkpoint
-from backend.model.inference import (
-    candidate_headings,
-    embedding_distance,
-    fit_cloud,
-    plausibility,
-)
+from backend.model.inference import embedding_distance, fit_cloud
 from backend.model.networks import JointModel
+from backend.model.placement import candidate_headings
+from backend.model.plausibility import plausibility
 from backend.model.sources import SourceTensors, stack_sources
 from backend.silhouettes import SilhouetteBank, foreground_mask, match_image
 
@@ -91,12 +88,12 @@ class FitOptions:
         refine_seconds: safety cap on the optimisation's wall time (not a quality knob).
         symmetry_weight: weight of the symmetry term during refinement.
         size_weight: weight of the part-size plausibility term during refinement
-            (``backend.model.inference.size_penalty``).
+            (``backend.model.plausibility.size_penalty``).
         viewpoint: ``"auto"``: judge from the cloud whether it is a single-view scan and from where
             (``backend.model.viewpoint``; a cloud from all around keeps the full objective); a
             direction (x, y, z) from the object towards the scanner in the cloud's frame: a scan
             seen from there, only the source surface facing it is pulled toward the scan
-            (``backend.model.inference.partial_chamfer``); None: a cloud from all around.
+            (``backend.model.scoring.partial_chamfer``); None: a cloud from all around.
     """
 
     top_k: int = 5

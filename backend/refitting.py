@@ -13,7 +13,7 @@
 3. minimises chamfer to the target (for a single-view scan, ``partial_chamfer`` from the
    scanner's side: ``options.viewpoint`` as the fit reported it, ``"auto"`` to judge it
    again from the cloud, None for a cloud from all around) plus the symmetry term with the fitter's own
-   refinement (``backend.model.inference.refine_boxes`` with ``locked`` and
+   refinement (``backend.model.refinement.refine_boxes`` with ``locked`` and
    ``keep_best``: the best iterate whose half-sizes are all above the source's floor,
    so nothing is clamped afterwards, which would open joints), and returns the start
    itself when that does not measure better (the chamfer after is never above before).
@@ -37,7 +37,10 @@ from backend.geometry.boxes import union_box
 from backend.geometry.connectivity import joint_gaps
 from backend.geometry.frames import rotation_z, view_record
 from backend.model.geometry import normalisation
-from backend.model.inference import estimate_viewpoint, partial_chamfer, refine_boxes, target_extent
+from backend.model.inference import estimate_viewpoint
+from backend.model.placement import target_extent
+from backend.model.refinement import refine_boxes
+from backend.model.scoring import partial_chamfer
 
 OPTIMISE_POINTS = 512
 MEASURE_POINTS = 1024

@@ -32,7 +32,8 @@ from report import machine, write_section  # noqa: E402
 
 from backend.fitting import DEFAULT_CHECKPOINT, FitOptions, Fitter  # noqa: E402
 from backend.library import build_index  # noqa: E402
-from backend.model.inference import SHORTLIST_THRESHOLD, source_extent  # noqa: E402
+from backend.model.inference import SHORTLIST_THRESHOLD  # noqa: E402
+from backend.model.placement import source_extent  # noqa: E402
 from backend.model.sources import SourceTensors  # noqa: E402
 from training.data.export import write_glb  # noqa: E402
 from training.data.furniture import CATEGORIES, generate  # noqa: E402

@@ -50,7 +50,7 @@ from ood import Fit, build_libraries, dense_chamfer, fitted_surface, load_librar
 
 from backend.fitting import DEFAULT_CHECKPOINT, Fitter  # noqa: E402
 from backend.model.geometry import box_symmetry_loss, deform_points, project_positive  # noqa: E402
-from backend.model.inference import size_penalty  # noqa: E402
+from backend.model.plausibility import size_penalty  # noqa: E402
 from backend.model.sources import SourceTensors  # noqa: E402
 from backend.render import Camera  # noqa: E402
 from backend.silhouettes import (  # noqa: E402
@@ -107,7 +107,7 @@ def refine_to_image(
     soft: bool = False,
 ) -> torch.Tensor:
     """(P, K, 6) ``boxes`` of P candidates (``sources``: their rows; normalised frame) refined against the image's
-    ``mask`` from ``angles`` (P, 2), as ``backend.model.inference.refine_boxes`` refines against a cloud."""
+    ``mask`` from ``angles`` (P, 2), as ``backend.model.refinement.refine_boxes`` refines against a cloud."""
     target = mask_grid(mask, resolution)
     sub = sources.first_points(points)
     basis = sub.basis.to(boxes)

@@ -368,7 +368,8 @@ def placement_ranking_fit(fitter: Fitter, cloud: np.ndarray, viewpoint: np.ndarr
     heading, ranked by ``measured_chamfer`` (``partial_chamfer`` from a scan's true scanner direction, plain chamfer
     for a full cloud), the best placement returned unrefined. The OOD scans' boxes are the true boxes, so a perfect
     ranking of these placements is the per-axis box oracle: what this row misses, the scan objective misses."""
-    from backend.model.inference import box_placement, measured_chamfer, target_extent
+    from backend.model.placement import box_placement, target_extent
+    from backend.model.scoring import measured_chamfer
 
     started = time.perf_counter()
     points = torch.from_numpy(clean_points(cloud, fitter.model.config.n_points)[0]).float()

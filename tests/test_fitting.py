@@ -382,13 +382,8 @@ def test_the_ranking_charges_placements_that_stretch_a_source_beyond_3x(setup):
     ``proportion_charge`` leaves placements up to ``IMPLAUSIBLE_FACTOR`` alone, then grows as ``(factor / 3) ** 4``.
     Fails with 4a3e884's measure (one axis against the geometric mean of the three: 4 ** (2 / 3) = 2.5 for the 4x
     stretch, so no charge)."""
-    from backend.model.inference import (
-        box_placement,
-        part_scale_factors,
-        placement_factor,
-        proportion_charge,
-        source_extent,
-    )
+    from backend.model.placement import box_placement, placement_factor, proportion_charge, source_extent
+    from backend.model.plausibility import part_scale_factors
 
     sources = Fitter.open(setup / "model.pt", setup / "index").sources
     own = source_extent(sources)
@@ -409,7 +404,7 @@ def test_a_scan_that_sees_only_the_front_is_not_charged_for_its_shallow_box(tmp_
     with no charge at all. Fails with the charge both ways for scans (best one-sided chamfer 0.0022, where 0.0008
     is reached)."""
     from backend.fitting import DEFAULT_CHECKPOINT
-    from backend.model.inference import placement_factor, target_extent
+    from backend.model.placement import placement_factor, target_extent
     from backend.render import Camera
     from training.data.ood import FAMILIES, generate, write_glb
     from training.data.views import partial_cloud
@@ -433,7 +428,7 @@ def test_refinement_may_not_make_a_plausible_part_implausible(setup):
     placement) had already taken beyond 3x, and grows with the excess otherwise. Fails if the allowance ignores the
     reference (a placement the target demands would be pulled back) or is measured against the reference alone (a
     plausible placement's part could grow to 4.5x: 3x its reference at 1.5x)."""
-    from backend.model.inference import implausible_growth
+    from backend.model.plausibility import implausible_growth
 
     sources = Fitter.open(setup / "model.pt", setup / "index").sources
     own = sources.boxes
@@ -509,7 +504,8 @@ def test_fits_training_and_evaluation_rank_placements_alike(setup):
     reorders the library (asserted), ``fit_cloud``'s coarse scores, training's pairs (``placement_candidates``) and
     the evaluation's ranking (``evaluate_pipeline``, for recall@k) are the charged score. Fails with training's or
     the evaluation's ranking on the uncharged coarse chamfer (their code before this test)."""
-    from backend.model.inference import PREFILTER_POINTS, fit_cloud, placement_scores, target_extent
+    from backend.model.inference import PREFILTER_POINTS, fit_cloud
+    from backend.model.placement import placement_scores, target_extent
     from training.evaluate import evaluate_pipeline
     from training.joint.data import Targets
     from training.joint.train import placement_candidates, target_batch

@@ -16,8 +16,10 @@ from backend.geometry.connectivity import joint_gaps
 from backend.library import IndexOptions, build_source, load_model
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, deform_points, project
-from backend.model.inference import box_placement, network_boxes, partial_chamfer, target_extent
+from backend.model.inference import network_boxes
 from backend.model.networks import JointModel, ModelConfig, deformed_points
+from backend.model.placement import box_placement, target_extent
+from backend.model.scoring import partial_chamfer
 from backend.model.sources import SourceTensors, stack_sources
 from training.joint.objectives import (
     cross_modal_loss,

@@ -121,7 +121,7 @@ def test_two_processes_with_gloo(dataset, tmp_path):
 
 
 def test_scanned_targets_see_one_side():
-    from backend.model.inference import visible_from
+    from backend.model.viewpoint import visible_from
     from training.joint.data import Targets
     from training.joint.train import target_batch
 

@@ -36,16 +36,10 @@ import torch
 from backend.library import build_index, load_index
 from backend.model.checkpoint import load_checkpoint
 from backend.model.geometry import chamfer_distance
-from backend.model.inference import (
-    box_placement,
-    embedding_distance,
-    fit_cloud,
-    network_boxes,
-    placement_scores,
-    refine_boxes,
-    target_extent,
-)
+from backend.model.inference import embedding_distance, fit_cloud, network_boxes
 from backend.model.networks import JointModel, deformed_points
+from backend.model.placement import box_placement, placement_scores, target_extent
+from backend.model.refinement import refine_boxes
 from backend.model.sources import SourceTensors
 from training.baselines import train_mds_retrieval
 from training.joint.data import Targets, TrainingData, _images, _normalise, prepare

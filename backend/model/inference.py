@@ -1,42 +1,51 @@
 """The inference core: place, rank, deform, measure, refine (pure tensors, batched).
 
-Every step of a fit has one home here; ``backend.fitting.Fitter``, training validation,
-``training.evaluate`` and the benches call these functions, so what is measured is what users get.
+``fit_cloud`` is the one home of a point-cloud fit; ``backend.fitting.Fitter``, training validation,
+``training.evaluate`` and the benches call it and its steps, so what is measured is what users get. The steps
+live one concern per module:
+
+- ``backend.model.placement``: headings to try (``candidate_headings``), every source scaled per axis to the
+  target's box (``box_placement``; a per-axis scaling keeps every joint attached, so it lies in every source's
+  connectivity subspace) and the ranking of those placements (``placement_scores``).
+- ``backend.model.scoring``: the chamfer objectives (``partial_chamfer`` for scans, ``coarse_chamfer`` on a few
+  points to rank, ``measured_chamfer`` on more to decide).
+- ``backend.model.refinement``: ``refine_boxes``, Adam in each source's connectivity subspace from every start,
+  bounded by steps and convergence.
+- ``backend.model.plausibility``: part sizes kept plausible in refinement, and reported.
+- here: the learned deformation as a second start (``network_boxes``), the retrieval prior
+  (``embedding_distance``), the viewpoint of a scan (``estimate_viewpoint``) and the fit itself.
 
 Frames: a target and every source live in their own *normalised frame* (box centre at 0, box
 diagonal 1, see ``backend.model.geometry.normalisation``). Chamfer values are
 ``backend.model.geometry.chamfer_distance`` (squared distances, mean per direction, summed) in the
 target's normalised frame. Boxes are ``[centre, half_size]`` per part, (..., K, 6).
-
-The pipeline of a point-cloud fit:
-
-1. ``candidate_headings``: headings to try, from the cloud's footprint.
-2. ``box_placement``: every source scaled per axis to the target's box (a per-axis scaling keeps
-   every joint attached, so it lies in every source's connectivity subspace).
-3. ``coarse_chamfer``: rank every (heading, source) pair on a few points.
-4. ``network_boxes``: the learned deformation, a second start beside the placement.
-5. ``refine_boxes``: Adam in each source's connectivity subspace from every start, bounded by
-   steps and convergence.
-6. ``measured_chamfer``: the final ranking on more points.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from backend.model.geometry import (
-    box_symmetry_loss,
-    chamfer_distance,
-    nearest_neighbours,
-    project_positive,
-    sampling_floor,
-)
+from backend.model.geometry import project_positive
 from backend.model.networks import JointModel, deformed_points
+from backend.model.placement import (
+    box_placement,
+    placement_scores,
+    target_extent,
+    turn_about_z,
+    turn_directions,
+)
+from backend.model.refinement import refine_boxes
+from backend.model.scoring import (
+    LEADER_POINTS,
+    MEASURE_POINTS,
+    RANK_POINTS,
+    SCAN_MEASURE_POINTS,
+    measured_chamfer,
+)
 from backend.model.sources import SourceTensors
 from backend.model.viewpoint import (
     EVIDENCE_POINTS,
@@ -44,10 +53,8 @@ from backend.model.viewpoint import (
     choose_viewpoint,
     hypothesis_scores,
     view_directions,
-    visible_from,
 )
 
-RANK_POINTS = 256
 # Libraries larger than this are first ranked on this many points, and only the best kept.
 PREFILTER_KEEP = 64
 PREFILTER_POINTS = 64
@@ -66,17 +73,8 @@ SCAN_REFINE_TARGET_POINTS = 512
 # placements worse (OOD seed 2, the per-axis oracle's own sources: x-base table 0.0048 placed -> 0.0062 refined,
 # console 0.0045 -> 0.0064, wardrobe 0.0097 -> 0.0106, chamfer x10^-2 against the true surface).
 REFINE_GAIN = 1.0
-# Source samples a full cloud's candidates are measured on: the measure's bias (a target point's distance to the
-# nearest of N samples of a candidate's surface, about its area / N) differs between candidates and decides near
-# ties; all 2,048 samples of the index halve it (seeds 1 / 2 / 3 as above, 256 / 512 refinement: 0.531 / 0.776 /
-# 0.410 -> 0.530 / 0.761 / 0.393). Taking off the samples' own ``sampling_floor`` (``MEASURE_DEBIAS``), with the finer
-# refinement and polish: 0.497 / 0.714 / 0.381 -> 0.493 / 0.710 / 0.365 (8 of 45 targets better, 3 worse by at most
-# 0.0008 chamfer x10^-2). The leader of a candidate's two starts is picked on ``LEADER_POINTS``; a scan is measured
-# on ``SCAN_MEASURE_POINTS``, its objective's counts.
-MEASURE_POINTS = 2048
-LEADER_POINTS = 1024
-SCAN_MEASURE_POINTS = 1024
-MEASURE_DEBIAS = True
+
+
 # A full cloud's leader (its top candidate after refinement) is refined again for this share of the steps on finer
 # points, and keeps the result where it measures better: bench/ood.py full clouds, target seeds 1 / 2 / 3, ratio of
 # means to the per-axis box oracle, with the refinement and measure above: no polish 0.517 / 0.753 / 0.398; on 512 /
@@ -85,151 +83,6 @@ MEASURE_DEBIAS = True
 REFINE_POLISH_SHARE = 0.5
 REFINE_POLISH_POINTS = 1024
 REFINE_POLISH_TARGET_POINTS = 1024
-# Two sizes of a part differ "implausibly" beyond this factor on some axis (reported, and the
-# dead zone of the size penalty starts well below it).
-IMPLAUSIBLE_FACTOR = 3.0
-SIZE_DEAD_ZONE = math.log(1.5)
-# How steeply the ranking charges a placement beyond IMPLAUSIBLE_FACTOR (``proportion_charge``): at 5x a placement's
-# coarse chamfer counts 7.7 times.
-RANK_PROPORTION_POWER = 4
-# Weight of ``implausible_growth`` in refinement, relative to ``size_weight`` (a barrier: 100 x 0.01 = 1, against
-# chamfers of about 1e-4 to 1e-3).
-REFINE_GROWTH_WEIGHT = 100.0
-
-
-def source_extent(sources: SourceTensors) -> torch.Tensor:
-    """(S, 3) size of the union of each source's real part boxes, normalised units (diagonal 1)."""
-    mask = sources.part_mask.unsqueeze(-1)
-    centre, half = sources.boxes[..., :3], sources.boxes[..., 3:]
-    lo = torch.where(mask, centre - half, torch.full_like(centre, float("inf"))).min(dim=1).values
-    hi = torch.where(mask, centre + half, torch.full_like(centre, float("-inf"))).max(dim=1).values
-    return hi - lo
-
-
-def target_extent(points: torch.Tensor) -> torch.Tensor:
-    """(B, 3) box size of (B, N, 3) targets."""
-    return points.max(dim=1).values - points.min(dim=1).values
-
-
-def box_placement(sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
-    """Each source scaled per axis so its box matches a target box of size ``extent``.
-
-    Both are centred at 0 in their normalised frames, so the placement is a per-axis scaling of
-    centres and half-sizes about the origin (padded parts keep their boxes).
-
-    Args:
-        sources: S sources.
-        extent: (S, 3) or (3,) target box sizes, normalised units; an axis thinner than
-            ``floor`` is treated as ``floor`` (a flat scan does not flatten the source).
-
-    Returns:
-        (S, K, 6) boxes in the target's normalised frame.
-    """
-    scale = extent.clamp_min(floor).expand(len(sources), 3) / source_extent(sources).clamp_min(1e-6)
-    factor = torch.cat([scale, scale], dim=-1).unsqueeze(1)
-    placed = sources.boxes * factor
-    return torch.where(sources.part_mask.unsqueeze(-1), placed, sources.boxes)
-
-
-def placement_factor(
-    sources: SourceTensors, extent: torch.Tensor, floor: float = 1e-3, lower_bound: bool = False
-) -> torch.Tensor:
-    """(S,) the largest per-axis factor (>= 1, growing or shrinking) by which ``box_placement`` scales each source's
-    parts, relative to the shapes' diagonals: what ``part_scale_factors`` reports for every part of that placement
-    (a uniform scaling gives 1; a source turned a quarter so its depth has to fill the target's width gives its
-    width-to-depth ratio or more).
-
-    Args:
-        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units (as ``box_placement``).
-        lower_bound: the extent may fall short of the true one (a single-view scan: seen from the front at eye
-            level, a wardrobe is as deep as its doors), so only growth counts; shrinking to it is no evidence.
-    """
-    ratio = extent.clamp_min(floor).expand(len(sources), 3) / source_extent(sources).clamp_min(1e-6)
-    if lower_bound:
-        return ratio.max(dim=-1).values.clamp_min(1.0)
-    return torch.maximum(ratio, 1 / ratio).max(dim=-1).values
-
-
-def proportion_charge(sources: SourceTensors, extent: torch.Tensor, lower_bound: bool = False) -> torch.Tensor:
-    """(S,) factor (>= 1) on each placement's coarse chamfer in the ranking: 1 up to ``IMPLAUSIBLE_FACTOR``, then
-    ``(placement_factor / IMPLAUSIBLE_FACTOR) ** RANK_PROPORTION_POWER``. It decides which sources enter a fit's
-    pool and at which heading (issue 14 item 8): a placement that stretches a source's parts beyond 3x enters only
-    where no source of plausible proportions fits nearly as well; the pool is then ordered by measured fits.
-
-    Args:
-        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units; lower_bound: as
-            ``placement_factor`` (scans).
-    """
-    factor = placement_factor(sources, extent, lower_bound=lower_bound)
-    return (factor / IMPLAUSIBLE_FACTOR).clamp_min(1.0) ** RANK_PROPORTION_POWER
-
-
-def coarse_chamfer(
-    sources: SourceTensors,
-    boxes: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    viewpoint: torch.Tensor | None = None,
-    n_points: int = RANK_POINTS,
-    batch: int = 512,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> torch.Tensor:
-    """Chamfer of many deformed sources to their targets on ``n_points`` points of each.
-
-    Sources' samples are in random order, so their first points are a uniform subset; so are the
-    first points of a target cleaned by ``backend.fitting.clean_points``.
-
-    Args:
-        sources: P sources (one per pair); boxes: (P, K, 6) their boxes.
-        targets: (P, M, 3) the target of each pair (an expanded view costs nothing).
-        weights: optional (P,) factors (a common unit when targets differ in normalisation).
-        viewpoint: (3,) towards the scanner of a single-view scan (``partial_chamfer``), or None.
-        batch: pairs per batch (memory: batch x n_points^2 floats).
-        progress: called ``progress(done, total, text)`` after each batch.
-
-    Returns:
-        (P,) chamfer distances.
-    """
-    out = []
-    total = len(boxes)
-    for start in range(0, total, batch):
-        rows = slice(start, min(start + batch, total))
-        chosen = SourceTensors(*(getattr(sources, f)[rows] for f in SourceTensors.__dataclass_fields__)).first_points(
-            n_points
-        )
-        out.append(partial_chamfer(chosen, boxes[rows], targets[rows, :n_points], viewpoint))
-        if progress is not None:
-            progress(rows.stop, total, f"ranking {rows.stop} of {total} placements")
-    distance = torch.cat(out)
-    return distance if weights is None else distance * weights
-
-
-def placement_scores(
-    sources: SourceTensors,
-    extent: torch.Tensor,
-    targets: torch.Tensor,
-    weights: torch.Tensor | None = None,
-    viewpoint: torch.Tensor | None = None,
-    n_points: int = RANK_POINTS,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """How a fit ranks sources: each placed per axis on a target box (``box_placement``), scored by its
-    ``coarse_chamfer`` times its ``proportion_charge`` (for a scan, given ``viewpoint``, only growth is charged:
-    its box may be short along the view). The one home of that score: ``fit_cloud``'s ranking,
-    training's pairs (``training.joint.train.placement_candidates``) and the evaluation's ranking
-    (``training.evaluate.evaluate_pipeline``) all call it, so they rank alike.
-
-    Args:
-        sources: S sources; extent: (S, 3) or (3,) target box sizes, normalised units.
-        targets: (S, M, 3) the target of each source (an expanded view costs nothing).
-        weights, viewpoint, n_points, progress: as ``coarse_chamfer``.
-
-    Returns:
-        (S,) the placements' coarse chamfer and (S,) their ranking score (lower ranks first).
-    """
-    placed = box_placement(sources, extent)
-    chamfer = coarse_chamfer(sources, placed, targets, weights, viewpoint, n_points, progress=progress)
-    return chamfer, chamfer * proportion_charge(sources, extent, lower_bound=viewpoint is not None)
 
 
 def network_boxes(
@@ -251,254 +104,6 @@ def network_boxes(
 def embedding_distance(model: JointModel, target: torch.Tensor, modality: str, codes: torch.Tensor) -> torch.Tensor:
     """(B, S) distances in the retrieval space from B targets to the sources' embeddings ``codes`` (S, E)."""
     return torch.cdist(model.retrieval.embed_target(target, modality), codes)
-
-
-def candidate_headings(points: torch.Tensor, steps: int = 90) -> torch.Tensor:
-    """Yaws (radians, about +Z) to try for an (N, 3) cloud whose heading is unknown.
-
-    Library models stand axis-aligned; a turned target is axis-aligned again after turning it by
-    ``-yaw`` for the right ``yaw``. The footprint's minimum-area bounding rectangle gives that angle
-    modulo 90 degrees; it is tried with its four quarter turns, beside the four quarter turns of the
-    cloud's own heading (yaw 0). Angles closer than 3 degrees are merged. (Footprints without a
-    clear rectangle are left to ``fit_cloud``'s ring of headings.)
-
-    Returns:
-        (H,) yaws in [0, 2 pi), H at most 8, yaw 0 first.
-    """
-    xy = points[:, :2] - points[:, :2].mean(dim=0)
-    angles = torch.arange(steps, dtype=xy.dtype, device=xy.device) * (math.pi / 2 / steps)
-    c, s = torch.cos(angles), torch.sin(angles)
-    # Coordinates after turning by -angle: u = x c + y s, v = -x s + y c.
-    u = xy[:, 0:1] * c + xy[:, 1:2] * s
-    v = -xy[:, 0:1] * s + xy[:, 1:2] * c
-    area = (u.max(0).values - u.min(0).values) * (v.max(0).values - v.min(0).values)
-    rectangle = float(angles[area.argmin()])
-    out: list[float] = []
-    for base in (0.0, rectangle):
-        for turn in range(4):
-            yaw = (base + turn * math.pi / 2) % (2 * math.pi)
-            gap = [abs((yaw - y + math.pi) % (2 * math.pi) - math.pi) for y in out]
-            if all(g > math.radians(3) for g in gap):
-                out.append(yaw)
-    return torch.tensor(out, dtype=points.dtype)
-
-
-def turn_about_z(points: torch.Tensor, yaws: torch.Tensor, pivot: torch.Tensor) -> torch.Tensor:
-    """(H, N, 3) copies of (N, 3) ``points`` turned by ``-yaws`` (H,) about the vertical through ``pivot`` (3,)."""
-    c, s = torch.cos(-yaws), torch.sin(-yaws)
-    rel = points - pivot
-    x = c.unsqueeze(1) * rel[:, 0] - s.unsqueeze(1) * rel[:, 1]
-    y = s.unsqueeze(1) * rel[:, 0] + c.unsqueeze(1) * rel[:, 1]
-    return torch.stack([x, y, rel[:, 2].expand_as(x)], dim=-1) + pivot
-
-
-def size_penalty(boxes: torch.Tensor, reference: torch.Tensor, part_mask: torch.Tensor) -> torch.Tensor:
-    """(P,) how far parts' sizes left their reference sizes, beyond a 1.5x dead zone.
-
-    Mean over real parts of the squared excess of ``|log(half / reference_half)|`` over
-    ``log 1.5``, summed over axes: a part may grow or shrink with the target freely up to 1.5x of
-    its reference per axis, then pays, so thin parts stay thin and small parts stay small.
-
-    Args:
-        boxes, reference: (P, K, 6); part_mask: (P, K).
-    """
-    ratio = torch.log(boxes[..., 3:].clamp_min(1e-6) / reference[..., 3:].clamp_min(1e-6))
-    excess = torch.relu(ratio.abs() - SIZE_DEAD_ZONE).square().sum(-1) * part_mask
-    return excess.sum(1) / part_mask.sum(1).clamp_min(1)
-
-
-def implausible_growth(boxes: torch.Tensor, reference: torch.Tensor, sources: SourceTensors) -> torch.Tensor:
-    """(P,) how far parts' sizes went beyond ``IMPLAUSIBLE_FACTOR`` of their source sizes (growing or shrinking,
-    the measure of ``part_scale_factors``) where the reference had not already taken them there.
-
-    Mean over real parts of the squared excess of ``|log(half / source_half)|`` over
-    ``max(log 3, |log(reference_half / source_half)|)``, summed over axes: refinement may not make a part
-    implausible that its start (the per-axis placement, charged in the ranking) left plausible.
-
-    Args:
-        boxes, reference: (P, K, 6) in the targets' normalised frames; sources: P sources (their own normalised
-            boxes).
-    """
-    own = sources.boxes[..., 3:].clamp_min(1e-6)
-    ratio = torch.log(boxes[..., 3:].clamp_min(1e-6) / own).abs()
-    allowed = torch.log(reference[..., 3:].clamp_min(1e-6) / own).abs().clamp_min(math.log(IMPLAUSIBLE_FACTOR))
-    excess = torch.relu(ratio - allowed).square().sum(-1) * sources.part_mask
-    return excess.sum(1) / sources.part_mask.sum(1).clamp_min(1)
-
-
-def part_scale_factors(boxes: torch.Tensor, sources: SourceTensors) -> torch.Tensor:
-    """(P, K) largest per-axis factor (>= 1, growing or shrinking) between each part's fitted
-    size and its source size, both in their normalised frames (so a uniform scaling is 1);
-    padded parts are NaN."""
-    ratio = boxes[..., 3:].clamp_min(1e-9) / sources.boxes[..., 3:].clamp_min(1e-9)
-    factor = torch.maximum(ratio, 1 / ratio).max(dim=-1).values
-    return torch.where(sources.part_mask, factor, torch.full_like(factor, float("nan")))
-
-
-def plausibility(boxes: torch.Tensor, sources: SourceTensors) -> dict[str, torch.Tensor]:
-    """Per fit: the 95th percentile of its parts' scale factors (``part_scale_factors``) and the
-    share of its parts scaled over ``IMPLAUSIBLE_FACTOR`` on some axis. Values (P,)."""
-    factor = part_scale_factors(boxes, sources)
-    return {
-        "scale_factor_p95": torch.nanquantile(factor, 0.95, dim=1),
-        "share_over_3x": ((factor > IMPLAUSIBLE_FACTOR).float() * sources.part_mask).sum(1)
-        / sources.part_mask.sum(1).clamp_min(1),
-    }
-
-
-def partial_chamfer(
-    sources: SourceTensors, boxes: torch.Tensor, targets: torch.Tensor, viewpoint: torch.Tensor | None
-) -> torch.Tensor:
-    """Chamfer for a target that may be a single-view scan, differentiable in ``boxes``.
-
-    Every target point is pulled to the source surface; from the source side only the points a
-    viewer at ``viewpoint`` would see are pulled to the target (all of them when ``viewpoint``
-    is None: ``chamfer_distance``), so a one-sided scan does not squash the source into its
-    visible half.
-
-    Args:
-        sources: P sources; boxes: (P, K, 6); targets: (P, M, 3); viewpoint: (3,) or None.
-
-    Returns:
-        (P,) distances.
-    """
-    points = deformed_points(sources, boxes)
-    if viewpoint is None:
-        return chamfer_distance(points, targets)
-    with torch.no_grad():
-        grid = max(8, int(math.sqrt(points.shape[1] / 4)))
-        seen = visible_from(points, viewpoint.expand(len(points), 3), grid=grid, tolerance=0.04).float()
-    nearest_source, nearest_target = nearest_neighbours(targets, points), nearest_neighbours(points, targets)
-    matched_source = torch.gather(points, 1, nearest_source.unsqueeze(-1).expand(-1, -1, 3))
-    matched_target = torch.gather(targets, 1, nearest_target.unsqueeze(-1).expand(-1, -1, 3))
-    to_source = (targets - matched_source).square().sum(-1).mean(1)
-    to_target = ((points - matched_target).square().sum(-1) * seen).sum(1) / seen.sum(1).clamp_min(1)
-    return to_source + to_target
-
-
-def refine_boxes(
-    sources: SourceTensors,
-    boxes: torch.Tensor,
-    targets: torch.Tensor,
-    steps: int = 200,
-    symmetry_weight: float = 1.0,
-    size_weight: float = 0.0,
-    reference: torch.Tensor | None = None,
-    locked: torch.Tensor | None = None,
-    viewpoint: torch.Tensor | None = None,
-    max_seconds: float = float("inf"),
-    tolerance: float = 1e-3,
-    progress: Callable[[int, int, str], None] | None = None,
-    keep_best: bool = False,
-) -> torch.Tensor:
-    """Inner deformation optimisation from the given starts.
-
-    Adam on each candidate's null-space coordinates (so every joint stays attached), on
-    ``partial_chamfer`` to the target plus ``symmetry_weight`` times the symmetry error, plus
-    ``size_weight`` times ``size_penalty`` against ``reference`` boxes and ``size_weight x REFINE_GROWTH_WEIGHT``
-    times ``implausible_growth`` (no part taken beyond 3x of its source size that its reference left within it),
-    plus a barrier keeping half-sizes at least ``min_half`` (without locked parts, the result is projected onto
-    boxes that keep every joint and every half-size at least ``min_half``: ``project_positive``). Stops when the
-    summed loss improves by less than ``tolerance`` (relative) over 10 steps, after ``steps`` steps, or after
-    ``max_seconds`` (a safety cap only: results should not depend on the machine's load).
-
-    Args:
-        sources: P sources (use few points: ``first_points(REFINE_POINTS)``).
-        boxes: (P, K, 6) starts; targets: (P, M, 3).
-        reference: (P, K, 6) boxes whose part sizes are plausible (default: the starts).
-        locked: optional (P, K) bool, parts that keep their boxes exactly.
-        viewpoint: (3,) or (P, 3) direction towards the scanner of a single-view scan, or None.
-        progress: called ``progress(step, steps, text)`` every 10 steps.
-        keep_best: return each candidate's lowest-loss iterate whose half-sizes are all at
-            least ``min_half`` (nothing clamped afterwards, so no joint opens), not the last one.
-
-    Returns:
-        (P, K, 6) refined boxes.
-    """
-    basis = sources.basis
-    reference = boxes if reference is None else reference
-    start = basis.transpose(1, 2) @ boxes.reshape(len(boxes), -1, 1)
-    directions = torch.eye(basis.shape[2], dtype=basis.dtype, device=basis.device).expand(len(boxes), -1, -1)
-    if locked is not None and bool(locked.any()):
-        start, directions = _locked_subspace(basis, boxes, locked)
-    w = torch.zeros(len(boxes), directions.shape[2], 1, device=basis.device, requires_grad=True)
-    best_w = torch.zeros_like(w, requires_grad=False)
-    best = torch.full((len(boxes),), float("inf"), device=basis.device)
-    with torch.enable_grad():
-        optimiser = torch.optim.Adam([w], lr=2e-3)
-        started, previous = time.perf_counter(), None
-        for step in range(steps):
-            current = (basis @ (start + directions @ w)).reshape(boxes.shape)
-            fit = partial_chamfer(sources, current, targets, viewpoint)
-            shortfall = torch.relu(sources.min_half.view(-1, 1, 1) - current[..., 3:]) * sources.part_mask.unsqueeze(-1)
-            each = fit + 10 * shortfall.square().sum((1, 2))
-            if symmetry_weight:
-                each = each + symmetry_weight * box_symmetry_loss(current, sources.mirror, sources.axis)
-            if size_weight:
-                each = each + size_weight * size_penalty(current, reference, sources.part_mask)
-                each = each + size_weight * REFINE_GROWTH_WEIGHT * implausible_growth(current, reference, sources)
-            if keep_best:  # the boxes before this step: keep each candidate's best valid one
-                better = (each.detach() < best) & (shortfall.detach().flatten(1).amax(1) <= 0)
-                best = torch.where(better, each.detach(), best)
-                best_w = torch.where(better.view(-1, 1, 1), w.detach(), best_w)
-            loss = each.sum()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if step % 10 == 0:
-                if progress is not None:
-                    progress(step, steps, f"refining, step {step} of {steps}")
-                value = float(loss.detach())
-                if previous is not None and previous - value <= tolerance * abs(previous):
-                    break
-                previous = value
-            if time.perf_counter() - started > max_seconds:
-                break
-    with torch.no_grad():
-        if keep_best:  # candidates that never had a valid iterate fall back to the clamped last one
-            w = torch.where(torch.isfinite(best).view(-1, 1, 1), best_w, w)
-        final = (basis @ (start + directions @ w)).reshape(boxes.shape)
-        if locked is None:  # half-sizes below the floor (a scan's unseen parts) lifted without opening a joint
-            return project_positive(final, basis, sources.min_half, sources.part_mask)
-        return torch.cat([final[..., :3], torch.maximum(final[..., 3:], sources.min_half.view(-1, 1, 1))], dim=-1)
-
-
-def _locked_subspace(basis: torch.Tensor, boxes: torch.Tensor, locked: torch.Tensor):
-    """Start ``z0`` (P, D, 1) meeting the locked boxes and directions ``M`` (P, D, W) that leave them be:
-    null-space coordinates ``z = z0 + M w``. ``z0`` is the point of that set nearest the start's own
-    coordinates, so the unlocked parts begin where the start has them."""
-    starts, spans = [], []
-    for p in range(len(boxes)):  # one least-squares problem per user-edited candidate (one in practice)
-        rows = locked[p].repeat_interleave(6)
-        n_locked = basis[p].double()[rows]
-        z_start = basis[p].double().T @ boxes[p].reshape(-1, 1).double()
-        miss = n_locked @ z_start - boxes[p].reshape(-1).double()[rows].unsqueeze(-1)
-        z0 = z_start - torch.linalg.lstsq(n_locked, miss).solution
-        _, singular, vt = torch.linalg.svd(n_locked, full_matrices=True)
-        rank = int((singular > 1e-9 * max(float(singular.max()) if len(singular) else 0.0, 1e-300)).sum())
-        starts.append(z0.to(basis))
-        spans.append(vt[rank:].T.to(basis))
-    width = max(m.shape[1] for m in spans)
-    return torch.stack(starts), torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in spans])
-
-
-def measured_chamfer(
-    sources: SourceTensors,
-    boxes: torch.Tensor,
-    targets: torch.Tensor,
-    viewpoint: torch.Tensor | None = None,
-    n_points: int = MEASURE_POINTS,
-) -> torch.Tensor:
-    """(P,) final fit of P deformed sources to (P, M, 3) targets on ``n_points`` source samples
-    (``partial_chamfer``: one-sided from the source for a scan). For a full cloud the source samples' own
-    ``sampling_floor`` is taken off (``MEASURE_DEBIAS``): candidates of different areas, or a candidate before and
-    after refinement, are then compared on their shapes rather than on how densely their samples cover them."""
-    chosen = sources.first_points(n_points)
-    if viewpoint is not None:
-        return partial_chamfer(chosen, boxes, targets, viewpoint)
-    points = deformed_points(chosen, boxes)
-    value = chamfer_distance(points, targets)
-    return (value - sampling_floor(points)).clamp_min(0) if MEASURE_DEBIAS else value  # a chamfer is not negative
 
 
 # Libraries up to this many sources are ranked in full by coarse chamfer at every heading; larger
@@ -614,12 +219,6 @@ def estimate_viewpoint(
     return None if best == 0 else directions[best - 1]
 
 
-def _rotate_directions(direction: torch.Tensor, yaws: torch.Tensor) -> torch.Tensor:
-    """(H, 3) a direction (3,) turned by ``-yaws`` (H,) about Z."""
-    pivot = torch.zeros(3, dtype=direction.dtype, device=direction.device)
-    return turn_about_z(direction.unsqueeze(0), yaws.to(direction.device), pivot).squeeze(1)
-
-
 @torch.no_grad()
 def fit_cloud(
     model: JointModel | None,
@@ -690,7 +289,7 @@ def fit_cloud(
     diagonal = (turned.max(dim=1).values - turned.min(dim=1).values).norm(dim=-1)
     targets = (turned - centre.unsqueeze(1)) / diagonal.view(-1, 1, 1)
     common = (diagonal / unit).square()  # chamfer in a heading's frame -> the unturned cloud's frame
-    views = None if viewpoint is None else _rotate_directions(viewpoint, yaws)
+    views = None if viewpoint is None else turn_directions(viewpoint, yaws)
     extents = target_extent(targets)
 
     rows = torch.arange(len(sources), device=cloud.device)
@@ -751,7 +350,7 @@ def fit_cloud(
             sources, evidence_rows, targets[h], extents[h], yaws[h], with_evidence=True
         )
         if viewpoint is not None:  # the first pass's shortlist is ranked again with the scan's objective
-            views = _rotate_directions(viewpoint, yaws)
+            views = turn_directions(viewpoint, yaws)
             pooled_rows, heading, coarse = pooled(shortlisted, views)[:3]
         elif evidence > DUAL_EVIDENCE:  # open pieces look alike either way: fit both, decide on the fits
             other = scan
@@ -863,7 +462,7 @@ def fit_cloud(
 
     fit = finish(pooled_rows, heading, coarse, views, viewpoint)
     if other is not None:
-        scan_views = _rotate_directions(other, yaws)
+        scan_views = turn_directions(other, yaws)
         budget = max(1, int(steps * DUAL_STEP_SHARE))
         scan_fit = finish(*pooled(shortlisted, scan_views)[:3], scan_views, other, budget)
         if _explained(sources, fit, targets, yaws, common) > DUAL_MARGIN * _explained(
@@ -886,6 +485,6 @@ def _explained(sources, fit: CloudFit, targets, yaws, common) -> float:
     group = sources.select(fit.rows[:1]).first_points(EVIDENCE_POINTS)
     points = deformed_points(group, fit.boxes[:1])
     view = torch.tensor([1.0, 0.0, 0.0]).to(points) if fit.viewpoint is None else fit.viewpoint  # full: column 0
-    view = _rotate_directions(view, yaws[h : h + 1])
+    view = turn_directions(view, yaws[h : h + 1])
     scores = hypothesis_scores(points, targets[h : h + 1, :EVIDENCE_TARGET_POINTS], view.view(1, 1, 3))
     return float(scores[0, 0 if fit.viewpoint is None else 1] * common[h])

@@ -51,7 +51,7 @@ class ModelConfig:
     # shapes land close before any training (False: a separate source encoder).
     shared_point_encoder: bool = True
     # The deformation is predicted on top of the per-axis placement of the source on the target's
-    # box (``backend.model.inference.box_placement``, a legal start that keeps every joint): a
+    # box (``backend.model.placement.box_placement``, a legal start that keeps every joint): a
     # point target's deformation code ends with its box size (3), each source is placed on it and
     # the part MLP, also given the placement's log scale per axis, predicts offsets from there.
     # Image targets (box unknown) keep the source's own boxes as the base. False: offsets are
@@ -263,7 +263,7 @@ class DeformationModule(nn.Module):
         base, features = sources.boxes, [global_code.unsqueeze(1).expand(-1, k, -1), part_code]
         features.append(target_code.unsqueeze(1).expand(-1, k, -1))
         if self.placement_base:
-            from backend.model.inference import box_placement  # inference builds on this module
+            from backend.model.placement import box_placement  # placement builds on this module (through scoring)
 
             extent = target_code[:, -3:]
             known = (extent > 0).all(dim=-1)

@@ -25,16 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.geometry import box_symmetry_loss, chamfer_distance, normalisation
-from backend.model.inference import (
-    PREFILTER_POINTS,
-    embedding_distance,
-    network_boxes,
-    placement_scores,
-    target_extent,
-    visible_from,
-)
+from backend.model.inference import PREFILTER_POINTS, embedding_distance, network_boxes
 from backend.model.networks import JointModel, ModelConfig, deformed_points
+from backend.model.placement import placement_scores, target_extent
 from backend.model.sources import SourceTensors
+from backend.model.viewpoint import visible_from
 from training.joint.data import (
     Targets,
     TrainingData,

@@ -46,7 +46,7 @@ def refine_boxes(
     ``max_seconds`` (a safety cap only: results should not depend on the machine's load).
 
     Args:
-        sources: P sources (use few points: ``first_points(REFINE_POINTS)``).
+        sources: P sources (use few points: ``first_points(inference.REFINE_POINTS)``).
         boxes: (P, K, 6) starts; targets: (P, M, 3).
         reference: (P, K, 6) boxes whose part sizes are plausible (default: the starts).
         locked: optional (P, K) bool, parts that keep their boxes exactly.

@@ -17,16 +17,16 @@ from backend.model.networks import deformed_points
 from backend.model.sources import SourceTensors
 from backend.model.viewpoint import visible_from
 
+# Points of each source and target a placement is ranked on (``coarse_chamfer``).
 RANK_POINTS = 256
-
-
 # Source samples a full cloud's candidates are measured on: the measure's bias (a target point's distance to the
 # nearest of N samples of a candidate's surface, about its area / N) differs between candidates and decides near
-# ties; all 2,048 samples of the index halve it (seeds 1 / 2 / 3 as above, 256 / 512 refinement: 0.531 / 0.776 /
-# 0.410 -> 0.530 / 0.761 / 0.393). Taking off the samples' own ``sampling_floor`` (``MEASURE_DEBIAS``), with the finer
-# refinement and polish: 0.497 / 0.714 / 0.381 -> 0.493 / 0.710 / 0.365 (8 of 45 targets better, 3 worse by at most
-# 0.0008 chamfer x10^-2). The leader of a candidate's two starts is picked on ``LEADER_POINTS``; a scan is measured
-# on ``SCAN_MEASURE_POINTS``, its objective's counts.
+# ties; all 2,048 samples of the index halve it (bench/ood.py full clouds, target seeds 1 / 2 / 3, ratio of means to
+# the per-axis box oracle, 256 / 512 refinement: 0.531 / 0.776 / 0.410 -> 0.530 / 0.761 / 0.393). Taking off the
+# samples' own ``sampling_floor`` (``MEASURE_DEBIAS``), with the finer refinement and polish of
+# ``backend.model.inference`` (``REFINE_POINTS``, ``REFINE_POLISH_POINTS``): 0.497 / 0.714 / 0.381 -> 0.493 / 0.710 /
+# 0.365 (8 of 45 targets better, 3 worse by at most 0.0008 chamfer x10^-2). The leader of a candidate's two starts
+# is picked on ``LEADER_POINTS``; a scan is measured on ``SCAN_MEASURE_POINTS``, its objective's counts.
 MEASURE_POINTS = 2048
 LEADER_POINTS = 1024
 SCAN_MEASURE_POINTS = 1024
